@@ -1,0 +1,1 @@
+"""map-jax: multi-value alignment of language models (MAP) in JAX."""

@@ -1,0 +1,1 @@
+"""Flax language models and encoders, and loading of real checkpoints into them."""

@@ -1,0 +1,49 @@
+"""map-jax: multi-value alignment of language models (MAP) in JAX."""
+
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "jax>=0.10.2",
+    "numpy>=2.0",
+    "chex>=0.1.90",
+    "flax>=0.12",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12",
+    "absl-py>=2.1",
+    "ml-collections>=1.0",
+    "tqdm>=4.66",
+    "tabulate>=0.9",
+    "matplotlib>=3.9",
+    "safetensors>=0.4",
+    "gguf>=0.17",
+    "transformers>=5.0",
+    "tokenizers>=0.21",
+    "sentencepiece>=0.2",
+    "datasets>=3.0",
+    "vaderSentiment>=3.3.2",
+    "alt-profanity-check>=1.6",
+    "chitchat-dataset>=0.9",
+    "tensorboardX>=2.6",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    "scipy>=1.13",
+    # PyTorch and accelerate only serve as independent references in tests.
+    "torch==2.13.0",
+    "accelerate>=1.0",
+    "nbclient>=0.10",
+    "nbformat>=5.10",
+    "ipykernel>=6.29",
+]
+
+setup(
+    name="map-jax",
+    version="0.1.0",
+    description="MAP (Multi-Human-Value Alignment Palette) in JAX: exact dual solver, "
+    "Flax language and reward models, alignment by decoding and by PPO.",
+    packages=find_packages(include=["map_jax", "map_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+)
