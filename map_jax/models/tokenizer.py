@@ -1,0 +1,75 @@
+"""Tokenizers (transformers `AutoTokenizer`, also from GGUF), chat templates, and left-padded bucketed batches."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+
+def load_tokenizer(path: str, gguf_file: str | None = None):
+    """`AutoTokenizer` for a local directory / hub id (or a GGUF file inside `path`), set up for decoding.
+
+    Padding goes on the left, so that the last column of a batch is every prompt's last token; a tokenizer
+    without a pad token pads with EOS (pad positions are masked out everywhere, the id never matters).
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file) if gguf_file else \
+            AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        where = os.path.join(path, gguf_file) if gguf_file else path
+        raise ValueError(f"{where}: cannot load tokenizer ({type(e).__name__}: {e})") from e
+    tok.padding_side = "left"
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def chat_prompt(tokenizer, prompt: str | Sequence[dict], system: str | None = None) -> str:
+    """Format a user prompt (or a list of chat messages) with the tokenizer's chat template, ready to generate."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system is not None:
+        messages = [{"role": "system", "content": system}] + messages
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """Round a length up to a power of two (at least `minimum`), so jit compiles once per bucket."""
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = None,
+             min_bucket: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad token lists to one bucketed length: (tokens int32 [B, T], mask bool [B, T])."""
+    longest = max((len(s) for s in seqs), default=1)
+    T = length if length is not None else bucket(longest, min_bucket)
+    if longest > T:
+        raise ValueError(f"a sequence of {longest} tokens does not fit the length {T}")
+    tokens = np.full((len(seqs), T), pad_id, np.int32)
+    mask = np.zeros((len(seqs), T), bool)
+    for i, s in enumerate(seqs):
+        if len(s):
+            tokens[i, T - len(s):] = s
+            mask[i, T - len(s):] = True
+    return tokens, mask
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = None,
+              min_bucket: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token lists (continuations) to one bucketed length: (tokens [B, C], mask [B, C])."""
+    longest = max((len(s) for s in seqs), default=1)
+    C = length if length is not None else bucket(longest, min_bucket)
+    tokens = np.full((len(seqs), C), pad_id, np.int32)
+    mask = np.zeros((len(seqs), C), bool)
+    for i, s in enumerate(seqs):
+        tokens[i, : len(s)] = s
+        mask[i, : len(s)] = True
+    return tokens, mask
+
+
+def encode(tokenizer, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+    """Token ids of each text (no padding); BOS is added iff the tokenizer is configured to add it."""
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]]
