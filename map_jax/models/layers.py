@@ -134,7 +134,8 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def attend(q, k, v, *, kv_mask, layer=None, cache: KVCache | None = None, cache_index=0, scale=None):
+def attend(q, k, v, *, kv_mask, layer=None, cache: KVCache | None = None, cache_index=0, scale=None,
+           causal=True):
     """Masked causal multi-head attention with grouped-query heads and an optional KV cache.
 
     Args:
@@ -144,6 +145,7 @@ def attend(q, k, v, *, kv_mask, layer=None, cache: KVCache | None = None, cache_
       cache: the stacked cache; k/v are written at slots [cache_index, cache_index + T) of `layer`.
       cache_index: int32 scalar, the slot of q's first token.
       scale: logit scale, default 1/sqrt(D).
+      causal: False for encoders (BERT): every query sees every real key.
 
     Returns:
       (out [B, T, H, D], updated cache or None). Query t attends to slots s <= cache_index + t with kv_mask.
@@ -162,7 +164,9 @@ def attend(q, k, v, *, kv_mask, layer=None, cache: KVCache | None = None, cache_
     qg = q.reshape(B, T, Hkv, H // Hkv, D)
     logits = jnp.einsum("btkgd,bskd->bkgts", qg * jnp.asarray(scale, q.dtype), k).astype(jnp.float32)
     q_slot = cache_index + jnp.arange(T)
-    mask = (jnp.arange(S)[None, :] <= q_slot[:, None])[None] & kv_mask[:, None, :].astype(bool)  # [B, T, S]
+    mask = jnp.broadcast_to(kv_mask[:, None, :].astype(bool), (B, T, S))
+    if causal:
+        mask = mask & (jnp.arange(S)[None, :] <= q_slot[:, None])[None]
     # A finite floor (not -inf) keeps fully masked rows (queries on left padding) finite instead of NaN.
     logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
