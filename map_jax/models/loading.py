@@ -112,6 +112,26 @@ def _download(repo_id: str) -> str:
         raise CheckpointError(f"{repo_id}: could not download from the Hugging Face hub ({e})") from e
 
 
+def load_sentence_encoder(name_or_path: str = "all-minilm-l6-v2", *, dtype: str = "float32",
+                          max_length: int | None = None, normalize: bool = True):
+    """A `bert.SentenceEncoder` (mean pooling + L2 norm, as sentence-transformers) from a BERT-family checkpoint.
+
+    `max_length` defaults to sentence-transformers' `max_seq_length` (sentence_bert_config.json) when present.
+    """
+    from map_jax.models import bert
+
+    directory = os.path.dirname(builtin_path(name_or_path)) if name_or_path in BUILTIN else name_or_path
+    loaded = load_model(directory, dtype=dtype)
+    if not isinstance(loaded.config, bert.BertConfig):
+        raise CheckpointError(f"{directory}: a sentence encoder needs a BERT-family model, "
+                              f"got {type(loaded.config).__name__}")
+    if max_length is None:
+        st = os.path.join(directory, "sentence_bert_config.json")
+        max_length = json.load(open(st)).get("max_seq_length", 256) if os.path.isfile(st) else \
+            loaded.config.max_position_embeddings
+    return bert.SentenceEncoder(loaded.config, loaded.params, loaded.tokenizer, max_length, normalize)
+
+
 # ---------------------------------------------------------------------------------------------- HF directories
 
 def _read_config(directory: str) -> dict:
@@ -205,6 +225,8 @@ def load_hf(directory: str, *, dtype: str = "float32", param_dtype: str | None =
     config = config_from_hf(hf, os.path.join(directory, "config.json"), dtype=dtype,
                             param_dtype=param_dtype or dtype, **overrides)
     reader = SafetensorsReader(directory)
+    if hasattr(config, "adapt_to_weights"):
+        config = config.adapt_to_weights(reader.has)
     mod = importlib.import_module(ARCHITECTURES[hf["model_type"]][0])
     params = attach_metadata(config, mod.params_from_hf(config, reader), directory)
     tk = tok_lib.load_tokenizer(directory) if tokenizer else None
