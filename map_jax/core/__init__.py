@@ -1,0 +1,1 @@
+"""Pure math on pilot reward matrices: the MAP dual, feasibility, sensitivity, palettes."""
