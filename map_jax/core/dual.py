@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from map_jax.core import feasibility as feas
 from map_jax.core import sensitivity
+from map_jax.core import validation
 
 
 class DualSolution(NamedTuple):
@@ -84,10 +85,13 @@ class _Standardized(NamedTuple):
 
 def _standardize(rewards: jax.Array) -> _Standardized:
   n, m = rewards.shape
-  mean = jnp.mean(rewards, axis=0)
+  # A constant column is exactly zero once centred; computing it as (R − mean) / std
+  # would leave rounding noise that a singular Hessian direction amplifies.
+  constant = jnp.max(rewards, axis=0) == jnp.min(rewards, axis=0)
+  mean = jnp.where(constant, rewards[0], jnp.mean(rewards, axis=0))
   std = jnp.std(rewards, axis=0)
-  scale = jnp.where(std > 0, std, 1.0)
-  r = (rewards - mean) / scale
+  scale = jnp.where(constant | (std == 0), 1.0, std)
+  r = jnp.where(constant, 0.0, (rewards - mean) / scale)
   rr = (r[:, :, None] * r[:, None, :]).reshape(n, m * m)
   return _Standardized(r, rr, mean, scale)
 
@@ -202,12 +206,20 @@ def solve_dual(
   Returns:
     A :class:`DualSolution`.
 
+  Raises:
+    ValueError: on concrete inputs, for an empty or non-finite reward matrix, a
+      palette of the wrong shape or with non-finite levels (see
+      :mod:`map_jax.core.validation`). Traced inputs are not inspected.
+
   Example:
     >>> R = jnp.array([[0., 1.], [1., 0.], [0.5, 0.5]])
     >>> sol = solve_dual(R, jnp.array([0.4, 0.45]))
     >>> bool(sol.feasible), sol.lam.shape
     (True, (2,))
   """
+  if validation.is_concrete(rewards, palette):
+    r_np = validation.check_rewards(rewards)
+    validation.check_palette(palette, r_np.shape[1])
   rewards = jnp.asarray(rewards)
   if not jnp.issubdtype(rewards.dtype, jnp.floating):
     rewards = rewards.astype(jnp.result_type(float))
