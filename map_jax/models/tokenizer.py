@@ -37,8 +37,15 @@ def chat_prompt(tokenizer, prompt: str | Sequence[dict], system: str | None = No
 
 
 def bucket(n: int, minimum: int = 16) -> int:
-    """Round a length up to a power of two (at least `minimum`), so jit compiles once per bucket."""
-    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+    """Round a length up to the next bucket 16, 24, 32, 48, 64, 96, ... (powers of two and 1.5x them).
+
+    jit compiles once per bucket, so buckets bound the number of compiles (two per doubling of length) while
+    wasting at most a third of the padded compute (pure powers of two can waste half of a prefill).
+    """
+    b = max(1, int(minimum))
+    while b < n:
+        b = b * 3 // 2 if (b & (b - 1)) == 0 and b % 2 == 0 else (b // 3) * 4 if b % 3 == 0 else b * 2
+    return b
 
 
 def pad_left(seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = None,
