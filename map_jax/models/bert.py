@@ -50,7 +50,8 @@ class BertConfig:
     @classmethod
     def from_hf(cls, hf: dict, **overrides: Any) -> "BertConfig":
         classifier = any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or ())
-        id2label = hf.get("id2label") or {}
+        # transformers omits id2label from config.json when it is the default two labels.
+        id2label = hf.get("id2label") or {str(i): f"LABEL_{i}" for i in range(hf.get("num_labels", 2))}
         labels = tuple(id2label[k] for k in sorted(id2label, key=int)) if classifier else ()
         if hf["model_type"] == "distilbert":
             if hf.get("sinusoidal_pos_embds"):
