@@ -274,6 +274,13 @@ def load_gguf(path: str, *, dtype: str = "float32", param_dtype: str | None = No
     if arch != "llama":
         raise CheckpointError(f"{path}: unsupported GGUF architecture {arch!r} (supported: 'llama')")
     tensors = {t.name: t for t in reader.tensors}
+    # Fail before the slow dequantization if any tensor type is one the gguf package cannot decode.
+    decodable = set(getattr(gguf.quants, "_type_traits", {})) | {
+        gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16}
+    bad = sorted({t.tensor_type.name for t in reader.tensors if t.tensor_type not in decodable})
+    if len(decodable) > 3 and bad:
+        raise CheckpointError(f"{path}: unsupported GGUF quantisation {', '.join(bad)} (the gguf package "
+                              "cannot dequantize it)")
     a = lambda k, d=None: _gguf_field(reader, f"llama.{k}", d)  # noqa: E731
     heads = int(a("attention.head_count"))
     hidden = int(a("embedding_length"))
