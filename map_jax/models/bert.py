@@ -79,8 +79,9 @@ class BertConfig:
             return dataclasses.replace(self, pooler=False)
         return self
 
-    def module(self) -> "Bert":
-        return Bert(self)
+    def module(self, **kwargs) -> "Bert":
+        """The Flax module for this config (kwargs go to the module, e.g. `name=`)."""
+        return Bert(self, **kwargs)
 
 
 class EncoderOutput(NamedTuple):

@@ -56,8 +56,9 @@ class GPT2Config:
         kw.update(overrides)
         return cls(**kw)
 
-    def module(self) -> "GPT2":
-        return GPT2(self)
+    def module(self, **kwargs) -> "GPT2":
+        """The Flax module for this config (kwargs go to the module, e.g. `name=`)."""
+        return GPT2(self, **kwargs)
 
 
 class GPT2Block(nn.Module):

@@ -72,8 +72,9 @@ class LlamaConfig:
         kw.update(overrides)
         return cls(**kw)
 
-    def module(self) -> "Llama":
-        return Llama(self)
+    def module(self, **kwargs) -> "Llama":
+        """The Flax module for this config (kwargs go to the module, e.g. `name=`)."""
+        return Llama(self, **kwargs)
 
 
 class LlamaBlock(nn.Module):

@@ -152,13 +152,26 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides: Any):
         raise CheckpointError(f"{source}: unsupported architecture model_type={model_type!r} "
                               f"(supported: {sorted(ARCHITECTURES)})")
     mod, cls = ARCHITECTURES[model_type]
-    return getattr(importlib.import_module(mod), cls).from_hf(hf, **overrides)
+    config_cls = getattr(importlib.import_module(mod), cls)
+    archs = hf.get("architectures") or ()
+    if model_type not in ("bert", "distilbert") and any(a.endswith("ForSequenceClassification") for a in archs):
+        from map_jax.models.heads import ClassifierConfig
+        return ClassifierConfig.from_hf(hf, config_cls, **overrides)
+    try:
+        return config_cls.from_hf(hf, **overrides)
+    except (KeyError, NotImplementedError) as e:
+        raise CheckpointError(f"{source}: cannot build a {cls} ({type(e).__name__}: {e})") from e
+
+
+def params_from_hf(config, get) -> dict:
+    """Dispatch to the `params_from_hf` next to the config's module (llama.py, gpt2.py, heads.py, ...)."""
+    return importlib.import_module(type(config).__module__).params_from_hf(config, get)
 
 
 class SafetensorsReader:
     """Name -> numpy array over one or several safetensors files, tolerant of a missing/extra model prefix."""
 
-    PREFIXES = ("model.", "transformer.", "bert.", "distilbert.", "model.decoder.", "decoder.")
+    PREFIXES = ("model.", "transformer.", "bert.", "distilbert.", "model.decoder.", "decoder.", "backbone.")
 
     def __init__(self, directory: str):
         from safetensors import safe_open
@@ -227,8 +240,7 @@ def load_hf(directory: str, *, dtype: str = "float32", param_dtype: str | None =
     reader = SafetensorsReader(directory)
     if hasattr(config, "adapt_to_weights"):
         config = config.adapt_to_weights(reader.has)
-    mod = importlib.import_module(ARCHITECTURES[hf["model_type"]][0])
-    params = attach_metadata(config, mod.params_from_hf(config, reader), directory)
+    params = attach_metadata(config, params_from_hf(config, reader), directory)
     tk = tok_lib.load_tokenizer(directory) if tokenizer else None
     return LoadedModel(config, params, tk)
 

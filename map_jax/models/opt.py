@@ -70,8 +70,9 @@ class OPTConfig:
         kw.update(overrides)
         return cls(**kw)
 
-    def module(self) -> "OPT":
-        return OPT(self)
+    def module(self, **kwargs) -> "OPT":
+        """The Flax module for this config (kwargs go to the module, e.g. `name=`)."""
+        return OPT(self, **kwargs)
 
 
 class OPTBlock(nn.Module):
