@@ -132,8 +132,9 @@ def morl_lambdas(key: jax.Array, num: int, m: int, *, max_scale: float = 6.0,
   dtype = jnp.result_type(float) if dtype is None else dtype
   k_scale, k_dir = jax.random.split(key)
   scale = jax.random.uniform(k_scale, (num, 1), dtype, 0.0, max_scale)
-  direction = jax.random.dirichlet(k_dir, jnp.ones((m,), dtype), (num,), dtype)
-  return scale * direction
+  # Dirichlet(1, ..., 1) is a vector of i.i.d. exponentials normalised to sum 1.
+  e = jax.random.exponential(k_dir, (num, m), dtype)
+  return scale * (e / jnp.sum(e, axis=-1, keepdims=True))
 
 
 def realized_levels(rewards: jax.Array, lam: jax.Array) -> jax.Array:

@@ -123,10 +123,8 @@ def test_converges_to_joint_optimum_synthetic():
   c = R.mean(0) + np.array([0.5, 0.5, 0.4]) * R.std(0)
   got = solve(R, c, rounds=150)
   joint = scipy_joint(R, c)
-  exact = dual.solve_dual(R, c)
   assert bool(got.converged)
-  np.testing.assert_allclose(got.lam, joint, atol=1e-4)
-  np.testing.assert_allclose(got.lam, exact.lam, atol=1e-8)
+  np.testing.assert_allclose(got.lam, joint, atol=1e-6)
   # KKT: every value reached, with equality where λ_i > 0.
   realized, active = np.asarray(got.realized[-1]), np.asarray(got.lam) > 0
   assert np.all(realized >= c - 1e-9) and active.sum() >= 2
@@ -140,7 +138,7 @@ def test_converges_to_joint_optimum_reference(reference):
   palettes = jnp.stack([pal.quantile_palette(R, [q, q, q, None, None, None])
                         for q in (0.5, 0.6, 0.7)])
   got = jax.jit(jax.vmap(lambda c: seq.sequential_solve(R, c, rounds=60)))(palettes)
-  exact = jax.vmap(lambda c: dual.solve_dual(R, c))(palettes)
+  exact = jax.jit(jax.vmap(lambda c: dual.solve_dual(R, c)))(palettes)
   assert np.all(np.asarray(exact.feasible))
   np.testing.assert_allclose(got.lam, exact.lam, atol=1e-4)
   assert np.all(np.asarray(got.converged))
@@ -160,7 +158,7 @@ def test_single_value_order_and_warm_start():
   assert np_tilted_mean(R, lam)[1] == pytest.approx(c[1], abs=1e-11)
   # Continuing from a previous λ equals running the rounds in one go.
   first = solve(R, c, rounds=2)
-  more = seq.sequential_solve(R, c, rounds=2, init=first.lam)
+  more = solve(R, c, rounds=2, init=first.lam)
   both = solve(R, c, rounds=4)
   np.testing.assert_allclose(more.lam, both.lam, rtol=1e-12, atol=1e-14)
 
