@@ -6,6 +6,7 @@ import functools
 import logging
 from typing import NamedTuple, Sequence
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -85,6 +86,8 @@ def sample(module: nn.Module, params, prompt_tokens: jax.Array, prompt_mask: jax
     Returns:
       `SampleOutput` with B*k rows.
     """
+    chex.assert_rank(prompt_tokens, 2)
+    chex.assert_equal_shape([prompt_tokens, prompt_mask])
     B, T = prompt_tokens.shape
     N, k, cfg = max_new_tokens, num_return_sequences, module.config
     log.info("compiling sample: batch=%d prompt_len=%d new=%d k=%d", B, T, N, k)  # runs at trace time only
@@ -138,6 +141,17 @@ class GenerationOutput(NamedTuple):
     prompt_index: np.ndarray
 
 
+def _pad_batch(tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pad the batch up to its bucket (1, 2, 3, 4, 6, 8, 12, 16, ...) with copies of row 0, so a last, smaller
+    batch reuses a compiled shape; callers drop the extra rows."""
+    B = tokens.shape[0]
+    extra = tok_lib.bucket(B, 1) - B
+    if extra == 0:
+        return tokens, mask
+    return (np.concatenate([tokens, np.repeat(tokens[:1], extra, 0)]),
+            np.concatenate([mask, np.repeat(mask[:1], extra, 0)]))
+
+
 def _eos_ids(module, tokenizer, eos_ids):
     if eos_ids is not None:
         return tuple(int(e) for e in eos_ids)
@@ -180,11 +194,12 @@ def generate(module: nn.Module, params, tokenizer, prompts: Sequence[str] | Sequ
         raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
                          f"context of {context} positions")
     pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
-    tokens, mask = tok_lib.pad_left(ids, pad_id, min_bucket=min_bucket)
+    tokens, mask = _pad_batch(*tok_lib.pad_left(ids, pad_id, min_bucket=min_bucket))
     out = sample(module, params, tokens, mask, key, jnp.float32(temperature), max_new_tokens=max_new_tokens,
                  top_k=top_k, top_p=top_p, num_return_sequences=num_return_sequences,
                  eos_ids=_eos_ids(module, tokenizer, eos_ids), pad_id=int(pad_id))
-    toks, lps, lens = (np.asarray(x) for x in (out.tokens, out.logprobs, out.lengths))
+    R = len(ids) * num_return_sequences  # drop the rows that only padded the batch to its bucket
+    toks, lps, lens = (np.asarray(x)[:R] for x in (out.tokens, out.logprobs, out.lengths))
     text = [] if tokenizer is None else tokenizer.batch_decode(
         [t[:n].tolist() for t, n in zip(toks, lens)], skip_special_tokens=True)
     return GenerationOutput(toks, text, lps, lens, np.repeat(np.arange(len(ids)), num_return_sequences))
@@ -201,6 +216,10 @@ def token_logprobs(module: nn.Module, params, prompt_tokens, prompt_mask, cont_t
     Returns:
       (total [B], per_token [B, C]) with per_token = log p(y_t | x, y_<t), 0 on padding.
     """
+    chex.assert_rank([prompt_tokens, cont_tokens], 2)
+    chex.assert_equal_shape([prompt_tokens, prompt_mask])
+    chex.assert_equal_shape([cont_tokens, cont_mask])
+    chex.assert_equal_shape_prefix([prompt_tokens, cont_tokens], 1)
     T = prompt_tokens.shape[1]
     C = cont_tokens.shape[1]
     tokens = jnp.concatenate([prompt_tokens, cont_tokens], axis=1)
@@ -240,7 +259,8 @@ def score(module: nn.Module, params, tokenizer, prompts: Sequence[str] | Sequenc
     if max(len(p) for p in p_ids) + max(len(c) for c in c_ids) > context:
         raise ValueError(f"prompt + continuation longer than the model's context of {context} positions")
     pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
-    pt, pm = tok_lib.pad_left(p_ids, pad_id, min_bucket=min_bucket)
-    ct, cm = tok_lib.pad_right(c_ids, pad_id, min_bucket=min_bucket)
+    pt, pm = _pad_batch(*tok_lib.pad_left(p_ids, pad_id, min_bucket=min_bucket))
+    ct, cm = _pad_batch(*tok_lib.pad_right(c_ids, pad_id, min_bucket=min_bucket))
     total, per = token_logprobs(module, params, pt, pm, ct, cm)
-    return ScoreOutput(np.asarray(total), np.asarray(per), cm)
+    B = len(p_ids)
+    return ScoreOutput(np.asarray(total)[:B], np.asarray(per)[:B], cm[:B])

@@ -103,3 +103,35 @@ def test_params_carry_logical_axes(smollm2):
     assert tuple(specs["layers"]["q_proj"]["kernel"]) == ("layers", "embed", "heads", "head_dim")
     assert tuple(specs["embed_tokens"]["embedding"]) == ("vocab", "embed")
     assert params["layers"]["q_proj"]["kernel"].value.shape == (30, 576, 9, 64)
+
+
+def test_token_logprob_gradients_match_torch_autograd_with_remat(tmp_path):
+    """d/dparams of sum log p(continuation | prompt), with rematerialised layers, equals PyTorch's autograd."""
+    import flax.linen as nn
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from map_jax.generate import token_logprobs
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, initializer_range=0.2, tie_word_embeddings=False)).eval()
+    model.save_pretrained(tmp_path)
+    cfg, params, _ = loading.load_model(str(tmp_path), tokenizer=False, remat=True)
+    prompt, cont = [3, 17, 5, 40], [8, 9, 33]
+    pt, pm = pad_left([prompt], 0, length=6)
+    ct, cm = np.array([cont], np.int32), np.ones((1, 3), bool)
+    loss = lambda p: token_logprobs(cfg.module(), p, pt, pm, ct, cm)[0].sum()  # noqa: E731
+    grads = nn.meta.unbox(jax.grad(loss)(nn.meta.unbox(params)))
+
+    ids = torch.tensor([prompt + cont])
+    lp = torch.log_softmax(model(ids).logits[0], -1)
+    total = lp[torch.arange(3, 6), torch.tensor(cont)].sum()
+    total.backward()
+    np.testing.assert_allclose(float(loss(params)), total.item(), rtol=1e-5)
+    g_q = model.model.layers[1].self_attn.q_proj.weight.grad.numpy().T.reshape(32, 4, 8)
+    np.testing.assert_allclose(grads["layers"]["q_proj"]["kernel"][1], g_q, atol=1e-5 * np.abs(g_q).max() + 1e-7)
+    g_emb = model.model.embed_tokens.weight.grad.numpy()
+    np.testing.assert_allclose(grads["embed_tokens"]["embedding"], g_emb, atol=1e-5 * np.abs(g_emb).max())
+    g_head = model.lm_head.weight.grad.numpy().T
+    np.testing.assert_allclose(grads["lm_head"]["kernel"], g_head, atol=1e-5 * np.abs(g_head).max())
