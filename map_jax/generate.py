@@ -105,24 +105,26 @@ def sample(module: nn.Module, params, prompt_tokens: jax.Array, prompt_mask: jax
         lengths=jnp.zeros((R,), jnp.int32))
     eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
 
-    def cond(s):
-        return (s["i"] < N) & ~jnp.all(s["done"])
-
-    def body(s):
+    def pick(s):  # sample token i from the current logits and record it
         i = s["i"]
         tok, lp, slp = _choose(s["logits"], jax.random.fold_in(key, i), temperature, top_k, top_p)
         live = ~s["done"]
         tok = jnp.where(live, tok, pad_id)
         col = lambda a, v: jax.lax.dynamic_update_slice(a, v[:, None].astype(a.dtype), (0, i))  # noqa: E731
-        kv_mask = s["kv_mask"].at[:, T + i].set(True)
-        o = apply(tok[:, None], s["pos"][:, None], kv_mask, s["cache"], T + i)
-        return dict(
-            i=i + 1, cache=o.cache, kv_mask=kv_mask, logits=o.logits[:, 0], pos=s["pos"] + 1,
-            done=s["done"] | jnp.isin(tok, eos), tokens=col(s["tokens"], tok),
-            lp=col(s["lp"], jnp.where(live, lp, 0.0)), slp=col(s["slp"], jnp.where(live, slp, 0.0)),
-            lengths=s["lengths"] + live)
+        return dict(s, tok=tok, done=s["done"] | jnp.isin(tok, eos), tokens=col(s["tokens"], tok),
+                    lp=col(s["lp"], jnp.where(live, lp, 0.0)), slp=col(s["slp"], jnp.where(live, slp, 0.0)),
+                    lengths=s["lengths"] + live)
 
-    s = jax.lax.while_loop(cond, body, state)
+    def advance(s):  # feed token i through the model at cache slot T + i: logits for token i + 1
+        i = s["i"]
+        kv_mask = s["kv_mask"].at[:, T + i].set(True)
+        o = apply(s["tok"][:, None], s["pos"][:, None], kv_mask, s["cache"], T + i)
+        return dict(s, i=i + 1, cache=o.cache, kv_mask=kv_mask, logits=o.logits[:, 0], pos=s["pos"] + 1)
+
+    # N - 1 (pick, forward) steps in the loop and a last pick outside it: the last token needs no forward pass.
+    state["tok"] = jnp.full((R,), pad_id, jnp.int32)
+    s = jax.lax.while_loop(lambda s: (s["i"] < N - 1) & ~jnp.all(s["done"]), lambda s: advance(pick(s)), state)
+    s = pick(s)  # rows that were all done already just write padding
     return SampleOutput(s["tokens"], s["lp"], s["slp"], s["lengths"])
 
 
