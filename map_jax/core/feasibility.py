@@ -14,9 +14,10 @@ The LP has only m + 1 unknowns (d, t) and n + m inequalities,
 
     minimise t   s.t.   dᵀ(R_j − c) <= t  (j = 1..n),   d >= 0,   1ᵀd = 1,
 
-and is solved here by a Mehrotra predictor–corrector interior-point method written in
-plain JAX, so it runs under ``jit`` and ``vmap`` over palettes. The multipliers of the
-first n constraints are the mixture q of the primal form. Both bounds are reported:
+and is solved here by cutting planes over a small working set of rows, each restricted
+LP by a Mehrotra predictor–corrector interior-point method, all in plain JAX, so it
+runs under ``jit`` and ``vmap`` over palettes. The multipliers of the first n
+constraints are the mixture q of the primal form. Both bounds are reported:
 ``max_j dᵀ(R_j − c)`` (an upper bound on the margin, certified by d) and
 ``min_i (Rᵀq − c)_i`` (a lower bound, certified by q).
 """
@@ -81,51 +82,14 @@ def _max_step(v, dv):
   return jnp.minimum(1.0, jnp.min(ratio))
 
 
-def feasibility(
-    rewards: jax.Array,
-    palette: jax.Array,
-    *,
-    tol: float | None = None,
-    max_iter: int = 60,
-) -> Feasibility:
-  """Decides whether ``palette`` is reachable by a mixture of the pilot samples.
+def _interior_point(S, SS, c, *, tol, max_iter):
+  """Mehrotra predictor–corrector for min_{d ∈ Δ} max_j dᵀ(S_j − c) over the rows of S.
 
-  Solves the feasibility LP exactly (to ``tol``, in the rewards' dtype) by a
-  primal–dual interior-point method; see the module docstring for the LP.
-
-  Args:
-    rewards: pilot reward matrix R, shape (n, m).
-    palette: target levels c, shape (m,).
-    tol: stop once the certified bracket ``upper − lower`` on the margin is below
-      ``tol`` times the largest |R_j − c| entry; defaults to 1e-12 in float64 and
-      1e-5 in float32.
-    max_iter: iteration cap (the method typically needs 15–30).
-
-  Returns:
-    A :class:`Feasibility`. ``feasible`` is False exactly when ``certificate`` is a
-    valid proof of infeasibility (``upper < 0``).
-
-  Example:
-    >>> R = jnp.array([[0., 1.], [1., 0.]])
-    >>> bool(feasibility(R, jnp.array([0.6, 0.6])).feasible)
-    False
+  ``SS`` holds the outer products S_j S_jᵀ (rows × m²). Returns the best certified
+  (d, upper, q, lower, iterations) over the iterates, with d, q in their simplices.
   """
-  rewards = jnp.asarray(rewards)
-  dtype = rewards.dtype
-  palette = jnp.asarray(palette, dtype)
-  n, m = rewards.shape
-  if tol is None:
-    tol = 1e-12 if dtype == jnp.float64 else 1e-5
-
-  # The LP only sees R_j − c, so centring R (and c with it) changes nothing but
-  # rounding, and one common scale keeps the margin's units.
-  center = jnp.mean(rewards, axis=0)
-  diff0 = rewards - center
-  scale = jnp.maximum(jnp.max(jnp.abs(diff0)), jnp.max(jnp.abs(palette - center)))
-  scale = jnp.where(scale > 0, scale, 1.0)
-  S = diff0 / scale                                # (n, m), shared by all palettes
-  c = (palette - center) / scale                   # (m,)
-  SS = (S[:, :, None] * S[:, None, :]).reshape(n, m * m)
+  n, m = S.shape
+  dtype = S.dtype
   ones_n = jnp.ones((n,), dtype)
 
   def gx(d, t):
@@ -240,9 +204,112 @@ def feasibility(
       best_d=d0, best_upper=jnp.asarray(jnp.inf, dtype),
       best_q=ones_n / n, best_lower=jnp.asarray(-jnp.inf, dtype))
   st = jax.lax.while_loop(cond, body, keep_best(st))
-  d, q = st.best_d, st.best_q
-  upper, lower = st.best_upper * scale, st.best_lower * scale
+  return st.best_d, st.best_upper, st.best_q, st.best_lower, st.k
+
+
+def _first_unique(candidates: jax.Array, size: int) -> jax.Array:
+  """The first ``size`` distinct entries of ``candidates``, in order (static shapes)."""
+  earlier = jnp.tril(candidates[:, None] == candidates[None, :], k=-1)
+  first = ~jnp.any(earlier, axis=1)
+  (pos,) = jnp.nonzero(first, size=size, fill_value=0)
+  return candidates[pos]
+
+
+def feasibility(
+    rewards: jax.Array,
+    palette: jax.Array,
+    *,
+    tol: float | None = None,
+    max_iter: int = 60,
+    working_set: int | None = None,
+    max_rounds: int = 100,
+) -> Feasibility:
+  """Decides whether ``palette`` is reachable by a mixture of the pilot samples.
+
+  Solves the feasibility LP exactly (to ``tol``, in the rewards' dtype) by a
+  primal–dual interior-point method; see the module docstring for the LP.
+
+  Args:
+    rewards: pilot reward matrix R, shape (n, m).
+    palette: target levels c, shape (m,).
+    tol: stop once the certified bracket ``upper − lower`` on the margin is below
+      ``tol`` times the largest |R_j − c| entry; defaults to 1e-12 in float64 and
+      1e-5 in float32.
+    max_iter: iteration cap of each interior-point solve (typically 15–30 are used).
+    working_set: rows in the cutting-plane working set; defaults to
+      max(32, 4 (m + 1)). With ``working_set >= n`` the LP is solved on all rows at once.
+    max_rounds: cap on cutting-plane rounds (each swaps one row in).
+
+  Returns:
+    A :class:`Feasibility`. ``feasible`` is False exactly when ``certificate`` is a
+    valid proof of infeasibility (``upper < 0``).
+
+  Example:
+    >>> R = jnp.array([[0., 1.], [1., 0.]])
+    >>> bool(feasibility(R, jnp.array([0.6, 0.6])).feasible)
+    False
+  """
+  rewards = jnp.asarray(rewards)
+  dtype = rewards.dtype
+  palette = jnp.asarray(palette, dtype)
+  n, m = rewards.shape
+  if tol is None:
+    tol = 1e-12 if dtype == jnp.float64 else 1e-5
+  if working_set is None:
+    working_set = max(32, 4 * (m + 1))
+  k = min(n, working_set)
+
+  # The LP only sees R_j − c, so centring R (and c with it) changes nothing but
+  # rounding, and one common scale keeps the margin's units. Both come from R alone,
+  # so everything computed from S is shared by a batch of palettes.
+  center = jnp.mean(rewards, axis=0)
+  S = rewards - center
+  scale = jnp.max(jnp.abs(S))
+  scale = jnp.where(scale > 0, scale, 1.0)
+  S = S / scale                                    # (n, m)
+  c = (palette - center) / scale                   # (m,)
+
+  # Only rows on the upper boundary of the pilot set's hull can carry the optimum, so
+  # the LP is solved on a working set of k rows (cutting planes): solve the restricted
+  # LP, find the row that most violates its solution d over all n rows, swap it in for
+  # the restricted row with the least weight q, and stop when no row is violated,
+  # which makes d optimal for the full LP. The start is palette independent: the top
+  # rows along each value and along the uniform direction.
+  directions = jnp.concatenate([jnp.eye(m, dtype=dtype), jnp.full((1, m), 1.0 / m, dtype)])
+  ranked = jnp.argsort(-(S @ directions.T), axis=0)[:k]          # (k, m + 1)
+  rows0 = _first_unique(ranked.reshape(-1), k)
+
+  def restricted(rows):
+    sub = S[rows]
+    sub_ss = (sub[:, :, None] * sub[:, None, :]).reshape(k, m * m)
+    return _interior_point(sub, sub_ss, c, tol=tol, max_iter=max_iter)
+
+  def outer_body(state):
+    rows, best_d, best_up, best_q, best_lo, it, ipm_steps = state
+    d, _, q_w, lower, steps = restricted(rows)
+    # Both bounds are certified on the full pilot set: d against all n rows, and q_w
+    # is a mixture of pilot rows.
+    violation = S @ d - jnp.dot(c, d)
+    worst = jnp.argmax(violation)
+    upper = violation[worst]
+    q = jnp.zeros((n,), dtype).at[rows].add(q_w)
+    better_u = upper < best_up
+    better_l = lower > best_lo
+    new_rows = rows.at[jnp.argmin(q_w)].set(worst.astype(rows.dtype))
+    return (new_rows, jnp.where(better_u, d, best_d), jnp.where(better_u, upper, best_up),
+            jnp.where(better_l, q, best_q), jnp.where(better_l, lower, best_lo),
+            it + 1, ipm_steps + steps)
+
+  def outer_cond(state):
+    _, _, best_up, _, best_lo, it, _ = state
+    return (best_up - best_lo > tol) & (it < max_rounds)
+
+  init = (rows0, jnp.full((m,), 1.0 / m, dtype), jnp.asarray(jnp.inf, dtype),
+          jnp.full((n,), 1.0 / n, dtype), jnp.asarray(-jnp.inf, dtype),
+          jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+  _, d, upper, q, lower, _, num_steps = jax.lax.while_loop(outer_cond, outer_body, init)
+  upper, lower = upper * scale, lower * scale
   feasible = upper >= 0
   margin = jnp.where(feasible, jnp.maximum(lower, 0.0), upper)
   return Feasibility(feasible=feasible, margin=margin, certificate=d, mixture=q,
-                     upper=upper, lower=lower, num_steps=st.k)
+                     upper=upper, lower=lower, num_steps=num_steps)
