@@ -104,7 +104,7 @@ def format_table(record: dict) -> str:
              f"{record['n']}, KL(p_λ||p0) {record['kl']:.4f}, KKT residual "
              f"{record['kkt_residual']:.1e} after {record['num_steps']} Newton steps")
   if not record["feasible"]:
-    cert = ", ".join(f"{d:.3f}·{v}" for d, v in zip(record["certificate"], record["values"])
+    cert = " + ".join(f"{d:.3f}·{v}" for d, v in zip(record["certificate"], record["values"])
                      if d > 1e-6)
     summary += f"\ncertificate: no pilot sample has {cert} above this palette's"
   return f"{table}\n{summary}"
@@ -114,8 +114,9 @@ def run(argv_rewards, values, keep, *, quantiles=None, kappa=None, levels=None, 
         priority=None, float64=True) -> dict:
   """Reads the table, solves the palette (and its adjustment) and returns the record."""
   rewards, names = load_pilot(argv_rewards, values)
-  palette = build_palette(rewards, names, keep, quantiles=quantiles, kappa=kappa, levels=levels)
   with jax.enable_x64(float64):
+    palette = build_palette(rewards, names, keep, quantiles=quantiles, kappa=kappa,
+                            levels=levels)
     sol = solve_dual(rewards, palette)
     record = summarize(rewards, names, palette, sol)
     record["n"] = int(rewards.shape[0])

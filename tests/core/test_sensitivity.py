@@ -1,0 +1,37 @@
+"""Trade-off matrices of a palette against finite differences and the covariance formula."""
+
+import jax.numpy as jnp
+import numpy as np
+from scipy import special
+
+from map_jax.core.dual import solve_dual
+from map_jax.core.sensitivity import inverse_covariance_on_active, sensitivity
+
+from .conftest import hhh_palette
+
+
+def test_tradeoff_matrices(reference_rewards):
+  r = reference_rewards
+  c = hhh_palette(r, 0.6)
+  d_lam, d_realized = (np.asarray(a) for a in sensitivity(r, c))
+  lam = np.asarray(solve_dual(r, c).lam)
+  active = lam > 0
+  # Targeted values follow their own palette one for one and ignore the others'.
+  np.testing.assert_allclose(d_realized[np.ix_(active, active)], np.eye(active.sum()), atol=1e-8)
+  # Kept values move by Cov[kept, active] Cov[active, active]⁻¹ (float64 NumPy).
+  w = special.softmax(r @ lam)
+  centered = r - w @ r
+  cov = (centered * w[:, None]).T @ centered
+  expected = cov[np.ix_(~active, active)] @ np.linalg.inv(cov[np.ix_(active, active)])
+  np.testing.assert_allclose(d_realized[np.ix_(~active, active)], expected, rtol=1e-7, atol=1e-10)
+  np.testing.assert_allclose(d_realized[:, ~active], 0.0, atol=1e-12)
+  np.testing.assert_allclose(d_lam, np.asarray(inverse_covariance_on_active(jnp.asarray(r),
+                                                                           jnp.asarray(lam))),
+                             rtol=1e-8, atol=1e-10)
+  # Finite differences of the realized levels of a kept value.
+  h = 1e-5
+  for k in np.flatnonzero(active):
+    e = np.zeros(6)
+    e[k] = h
+    fd = (np.asarray(solve_dual(r, c + e).realized) - np.asarray(solve_dual(r, c - e).realized))
+    np.testing.assert_allclose(d_realized[:, k], fd / (2 * h), rtol=1e-4, atol=1e-7)
