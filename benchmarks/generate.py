@@ -2,6 +2,7 @@
 
     python benchmarks/generate.py                               # SmolLM2-135M on CPU, vs transformers (~2 min)
     python benchmarks/generate.py --model=llama2-7b-random      # Llama-2-7B shape, random bf16, accelerator
+    python benchmarks/generate.py --model=llama-tiny-random --repeats=1   # smoke test of that path on CPU
 
 Both sides sample the same prompts with top-k 50 for exactly --new_tokens tokens (EOS does not stop rows), so
 tokens/s = batch * new_tokens / seconds, best of --repeats after one warm-up (compile) run. The 7B mode has no
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from map_jax import generate as G
-from map_jax.models import layers, loading, tokenizer as tok_lib
+from map_jax.models import loading, tokenizer as tok_lib
 from map_jax.models.llama import LlamaConfig
 
 PROMPTS = [
@@ -85,10 +86,18 @@ def bench_smollm2(args):
     print(f"ratio        : {t_hf / t_ours:8.2f}x  (goal >= 1.5x)")
 
 
-def bench_llama2_7b_random(args):
-    """Llama-2-7B-shaped model with random bf16 weights: decode tokens/s vs the HBM roofline."""
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
-                      num_kv_heads=32, head_dim=128, max_position_embeddings=4096, dtype="bfloat16",
+# Random-weight Llama shapes for accelerator benchmarks ("llama-tiny-random" smoke-tests the code path on CPU).
+RANDOM_MODELS = {
+    "llama2-7b-random": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32,
+                             num_heads=32, num_kv_heads=32, head_dim=128),
+    "llama-tiny-random": dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=2,
+                              num_heads=4, num_kv_heads=2, head_dim=32),
+}
+
+
+def bench_random_llama(args):
+    """Llama-shaped model with random bf16 weights: prefill and decode tokens/s vs the HBM roofline."""
+    cfg = LlamaConfig(**RANDOM_MODELS[args.model], max_position_embeddings=4096, dtype="bfloat16",
                       param_dtype="bfloat16")
     module = cfg.module()
     params = jax.jit(lambda k: module.init(k, jnp.zeros((1, 1), jnp.int32))["params"])(jax.random.key(0))
@@ -122,7 +131,7 @@ def bench_llama2_7b_random(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2", choices=["smollm2", "llama2-7b-random"])
+    p.add_argument("--model", default="smollm2", choices=["smollm2", *RANDOM_MODELS])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--new_tokens", type=int, default=48)
     p.add_argument("--top_k", type=int, default=50)
@@ -132,7 +141,7 @@ def main():
     p.add_argument("--no_reference", action="store_true", help="skip transformers")
     args = p.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}")
-    (bench_smollm2 if args.model == "smollm2" else bench_llama2_7b_random)(args)
+    (bench_smollm2 if args.model == "smollm2" else bench_random_llama)(args)
 
 
 if __name__ == "__main__":

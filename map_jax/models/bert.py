@@ -179,7 +179,8 @@ def params_from_hf(config: BertConfig, get) -> dict:
         return {"scale": stack(lambda p: get(p + name + ".weight")), "bias": stack(lambda p: get(p + name + ".bias"))}
 
     def plain(name):
-        return {"kernel": stack(lambda p: get(p + name + ".weight").T), "bias": stack(lambda p: get(p + name + ".bias"))}
+        return {"kernel": stack(lambda p: get(p + name + ".weight").T),
+                "bias": stack(lambda p: get(p + name + ".bias"))}
 
     names = (dict(query="attention.q_lin", key="attention.k_lin", value="attention.v_lin",
                   attention_output="attention.out_lin", attention_norm="sa_layer_norm",

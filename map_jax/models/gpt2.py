@@ -139,7 +139,8 @@ def params_from_hf(config: GPT2Config, get) -> dict:
            for j, n in enumerate(("q_proj", "k_proj", "v_proj"))},
         "o_proj": {"kernel": stack(lambda p: get(p + "attn.c_proj.weight").reshape(H, D, E)),
                    "bias": stack(lambda p: get(p + "attn.c_proj.bias"))},
-        "fc": {"kernel": stack(lambda p: get(p + "mlp.c_fc.weight")), "bias": stack(lambda p: get(p + "mlp.c_fc.bias"))},
+        "fc": {"kernel": stack(lambda p: get(p + "mlp.c_fc.weight")),
+               "bias": stack(lambda p: get(p + "mlp.c_fc.bias"))},
         "proj": {"kernel": stack(lambda p: get(p + "mlp.c_proj.weight")),
                  "bias": stack(lambda p: get(p + "mlp.c_proj.bias"))},
     }
