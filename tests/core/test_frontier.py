@@ -1,8 +1,5 @@
 """Tests for map_jax.core.frontier against NumPy loops, linprog and distributional checks."""
 
-import json
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,21 +9,8 @@ from scipy.optimize import linprog
 
 from map_jax.core import frontier
 
-jax.config.update("jax_enable_x64", True)
-
-REFERENCE = "/work/shared/data/map_reference/opt1.3b-Anthropic-harmless.json"
-KEYS = ("humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "perplexity")
 
 sample = jax.jit(frontier.random_palettes, static_argnames=("num", "values"))
-
-
-@pytest.fixture(scope="module")
-def reference():
-  if not os.path.exists(REFERENCE):
-    pytest.skip(f"MAP reference pilot data not found at {REFERENCE}")
-  with open(REFERENCE) as f:
-    rows = json.load(f)
-  return np.array([[row[k] for k in KEYS] for row in rows], np.float64)
 
 
 def np_realized(R, lam):
@@ -47,8 +31,8 @@ def lp_margin(R, c):
   return -res.fun
 
 
-def test_random_palettes_reference(reference):
-  R = reference
+def test_random_palettes_reference(reference_rewards):
+  R = reference_rewards
   # Humor, helpfulness, harmlessness. (Randomising all six values leaves almost no
   # feasible palette: uniform between mean and max is far into every tail.)
   cands = sample(jax.random.key(0), R, num=64, values=(0, 1, 2))
@@ -77,7 +61,7 @@ def test_random_palettes_reference(reference):
 def test_random_palettes_uniform_between_mean_and_max():
   rng = np.random.default_rng(0)
   R = rng.normal(size=(40, 3)) * np.array([1.0, 2.0, 0.5])
-  cands = sample(jax.random.key(1), R, num=1000, values=(0, 2))
+  cands = sample(jax.random.key(1), R, num=400, values=(0, 2))
   c = np.asarray(cands.palettes)
   mean, high = R.mean(0), R.max(0)
   np.testing.assert_allclose(c[:, 1], mean[1], rtol=1e-13)  # not randomised
@@ -86,7 +70,7 @@ def test_random_palettes_uniform_between_mean_and_max():
     assert stats.kstest(u, "uniform").pvalue > 1e-3
   assert abs(np.corrcoef(c[:, 0], c[:, 2])[0, 1]) < 0.1
   # Different keys give different palettes; the same key the same ones.
-  again = sample(jax.random.key(1), R, num=1000, values=(0, 2))
+  again = sample(jax.random.key(1), R, num=400, values=(0, 2))
   np.testing.assert_array_equal(again.palettes, c)
 
 
@@ -132,8 +116,8 @@ def test_quantile_levels_matches_numpy():
   np.testing.assert_allclose(frontier.quantile_levels(R, levels[0]), want[0], rtol=1e-15)
 
 
-def test_navigation_efficiency_matches_numpy(reference):
-  R = reference
+def test_navigation_efficiency_matches_numpy(reference_rewards):
+  R = reference_rewards
   lams = np.asarray(frontier.morl_lambdas(jax.random.key(5), 300, 6))
   got = float(frontier.navigation_efficiency(R, lams))
   mean = R.mean(0)

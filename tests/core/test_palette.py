@@ -1,30 +1,14 @@
 """Tests for map_jax.core.palette against NumPy quantiles and scipy's linprog."""
 
-import json
 import math
-import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import optimize
 from scipy.optimize import linprog
 
 from map_jax.core import palette as pal
-
-jax.config.update("jax_enable_x64", True)
-
-REFERENCE = "/work/shared/data/map_reference/opt1.3b-Anthropic-harmless.json"
-KEYS = ("humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "perplexity")
-
-
-@pytest.fixture(scope="module")
-def reference():
-  if not os.path.exists(REFERENCE):
-    pytest.skip(f"MAP reference pilot data not found at {REFERENCE}")
-  with open(REFERENCE) as f:
-    rows = json.load(f)
-  return np.array([[row[k] for k in KEYS] for row in rows], np.float64)
 
 
 # Compiled once per (shape, method): an eager call would retrace the LP's while loops.
@@ -104,8 +88,8 @@ def test_quantile_palette_without_floor_is_plain_quantile():
   assert c[0] == R[:, 0].min() and c[2] == R[:, 2].max()
 
 
-def test_quantile_palette_hhh_on_reference(reference):
-  R = reference
+def test_quantile_palette_hhh_on_reference(reference_rewards):
+  R = reference_rewards
   c = np.asarray(pal.quantile_palette(R, hhh(0.7)))
   mean = R.mean(0)
   np.testing.assert_allclose(c[3:], mean[3:], rtol=1e-13)
@@ -164,8 +148,8 @@ def test_interpolate_hand_computed():
 
 
 @pytest.mark.parametrize("q", [0.9, 0.95])
-def test_interpolate_reference_is_on_boundary(reference, q):
-  R = reference
+def test_interpolate_reference_is_on_boundary(reference_rewards, q):
+  R = reference_rewards
   c = np.asarray(pal.quantile_palette(R, hhh(q)))
   adj = adjust(R, c)
   c0, rho = R.mean(0), float(adj.rho)
@@ -179,8 +163,8 @@ def test_interpolate_reference_is_on_boundary(reference, q):
   assert 0.0 <= float(adj.margin) < 1e-8
 
 
-def test_feasible_palette_unchanged(reference):
-  R = reference
+def test_feasible_palette_unchanged(reference_rewards):
+  R = reference_rewards
   c = pal.quantile_palette(R, hhh(0.85))  # feasible on this data
   # (greedy with the priority of the test below: one compile for both)
   for method, priority in (("interpolate", None), ("greedy", (2, 0, 1))):
@@ -191,8 +175,8 @@ def test_feasible_palette_unchanged(reference):
     assert float(adj.margin) == pytest.approx(lp_margin(R, np.asarray(c)), abs=1e-9)
 
 
-def test_greedy_reference_matches_sequential_linprog(reference):
-  R = reference
+def test_greedy_reference_matches_sequential_linprog(reference_rewards):
+  R = reference_rewards
   c = np.asarray(pal.quantile_palette(R, hhh(0.95)))
   priority = (2, 0, 1)
   adj = adjust(R, c, method="greedy", priority=priority)
@@ -212,6 +196,44 @@ def test_greedy_reference_matches_sequential_linprog(reference):
   frac = (np.asarray(adj.palette) - R.mean(0))[:3] / (c - R.mean(0))[:3]
   np.testing.assert_allclose(adj.fraction[:3], frac, rtol=1e-10)
   assert float(adj.rho) == pytest.approx(frac.min())
+
+
+def np_min_kl(R, c):
+  """min KL(q || uniform) s.t. R^T q >= c, as the dual max_{lam >= 0} g(lam) (L-BFGS-B)."""
+  n, m = R.shape
+
+  def neg_g(lam):
+    logits = R @ lam
+    top = logits.max()
+    w = np.exp(logits - top)
+    return top + np.log(w.sum()) - np.log(n) - lam @ c, w @ R / w.sum() - c
+
+  res = optimize.minimize(neg_g, np.zeros(m), jac=True, method="L-BFGS-B",
+                          bounds=[(0, None)] * m, options=dict(ftol=1e-15, gtol=1e-12))
+  return -res.fun
+
+
+def test_interpolate_with_kl_budget():
+  rng = np.random.default_rng(5)
+  R = rng.normal(size=(300, 3))
+  R[:, 1] -= 0.6 * R[:, 0]  # trade-off between values 0 and 1
+  c0 = R.mean(0)
+  c = c0 + np.array([2.0, 2.0, 0.0])  # infeasible, and far beyond a KL of 0.3
+  adj = adjust(R, c, max_kl=0.3)
+  rho = float(adj.rho)
+  assert not adj.feasible and 0 < rho < float(adjust(R, c).rho)
+  np.testing.assert_allclose(adj.palette, c0 + rho * (c - c0), rtol=1e-12)
+  # The KL of the aligned model, by an independent solver, is exactly at the budget.
+  assert np_min_kl(R, np.asarray(adj.palette)) == pytest.approx(0.3, abs=1e-7)
+  assert np_min_kl(R, c0 + (rho + 1e-4) * (c - c0)) > 0.3
+  # The premise of the bisection: KL is nondecreasing along the segment.
+  kls = [np_min_kl(R, c0 + r * (c - c0)) for r in np.linspace(0, rho, 6)]
+  assert np.all(np.diff(kls) > 0) and kls[0] == pytest.approx(0.0, abs=1e-12)
+  # A palette within the budget is returned unchanged.
+  inside = c0 + 0.2 * rho * (c - c0)
+  same = adjust(R, inside, max_kl=0.3)
+  assert same.feasible and float(same.rho) == 1.0
+  np.testing.assert_array_equal(same.palette, inside)
 
 
 def test_values_below_mean_keep_their_level():
