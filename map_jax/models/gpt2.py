@@ -105,7 +105,9 @@ class GPT2(nn.Module):
         if kv_mask is None:
             kv_mask = jnp.ones(tokens.shape, bool)
         if positions is None:
-            positions = L.positions_from_mask(kv_mask[:, : tokens.shape[1]])
+            if cache is not None:
+                raise ValueError("with a KV cache, pass positions (the slots' masks alone do not give them)")
+            positions = L.positions_from_mask(kv_mask)
         h = self.wte(tokens) + self.wpe(positions)
         (h, cache, _), _ = self.layers((h, cache, jnp.zeros((), jnp.int32)), kv_mask,
                                        jnp.asarray(cache_index, jnp.int32))

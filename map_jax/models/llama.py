@@ -14,7 +14,7 @@ from map_jax.models import layers as L
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
-    """Shape and numerics of a Llama-architecture model (Llama 1/2/3, SmolLM, Mistral without sliding window).
+    """Shape and numerics of a Llama-architecture model (Llama 1/2/3, SmolLM, TinyLlama, ...).
 
     Built from a Hugging Face `config.json` (`from_hf`) or GGUF metadata (`loading.load_gguf`). Frozen and
     hashable so a module built from it can be a static argument of `jax.jit`. `dtype` is the compute dtype
@@ -114,12 +114,19 @@ class Llama(nn.Module):
     Call signature (shared by `GPT2` and `OPT`, which is what `map_jax.generate` relies on):
 
       tokens    [B, T] int32
-      positions [B, T] int32 position ids; default: from `kv_mask` (left padding does not shift positions)
+      positions [B, T] int32 position ids; without a cache they default to `kv_mask`'s running count, so left
+                padding does not shift positions; with a cache they are required
       kv_mask   [B, S] bool, which key slots hold real tokens; S = T without a cache, the cache length with one
       cache     `layers.KVCache` or None; this call writes k/v at slots [cache_index, cache_index + T)
       last_only compute logits for the last position only (prefill in generation)
 
     Returns `layers.LMOutput(logits float32 [B, T|1, V], hidden [B, T, E], cache)`.
+
+    Example:
+      >>> cfg, params, tok = map_jax.models.load_model("smollm2-135m-instruct")
+      >>> ids = jnp.asarray(tok(["The capital of France is"])["input_ids"])
+      >>> tok.decode(int(cfg.module().apply({"params": params}, ids).logits[0, -1].argmax()))
+      ' Paris'
     """
 
     config: LlamaConfig
@@ -141,7 +148,9 @@ class Llama(nn.Module):
         if kv_mask is None:
             kv_mask = jnp.ones(tokens.shape, bool)
         if positions is None:
-            positions = L.positions_from_mask(kv_mask[:, : tokens.shape[1]])
+            if cache is not None:
+                raise ValueError("with a KV cache, pass positions (the slots' masks alone do not give them)")
+            positions = L.positions_from_mask(kv_mask)
         h = self.embed_tokens(tokens)
         cos, sin = L.rope_cos_sin(positions, self._inv_freq, self._rope_scale)
         carry = (h, cache, jnp.zeros((), jnp.int32))

@@ -23,7 +23,6 @@ class CheckpointError(ValueError):
 # model_type in config.json -> (module path, config class name). Each model module defines `params_from_hf`.
 ARCHITECTURES = {
     "llama": ("map_jax.models.llama", "LlamaConfig"),
-    "mistral": ("map_jax.models.llama", "LlamaConfig"),
     "gpt2": ("map_jax.models.gpt2", "GPT2Config"),
     "opt": ("map_jax.models.opt", "OPTConfig"),
     "bert": ("map_jax.models.bert", "BertConfig"),

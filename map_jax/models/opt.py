@@ -131,7 +131,9 @@ class OPT(nn.Module):
         if kv_mask is None:
             kv_mask = jnp.ones(tokens.shape, bool)
         if positions is None:
-            positions = L.positions_from_mask(kv_mask[:, : tokens.shape[1]])
+            if cache is not None:
+                raise ValueError("with a KV cache, pass positions (the slots' masks alone do not give them)")
+            positions = L.positions_from_mask(kv_mask)
         h = self.embed_tokens(tokens)
         if c.projects:
             h = self.project_in(h)
