@@ -131,8 +131,8 @@ def classifier_palette(rewards: jax.Array, kappa: Sequence[float | None]) -> jax
 
   Example:
     >>> R = jnp.log(jnp.array([[0.2, 0.5], [0.4, 0.5]]))
-    >>> jnp.exp(classifier_palette(R, [1.0, None]))  # twice the geometric mean 0.28
-    Array([0.56568545, 0.5       ], dtype=float32)
+    >>> jnp.round(jnp.exp(classifier_palette(R, [1.0, None])), 4)  # 2 × 0.2828
+    Array([0.5657, 0.5   ], dtype=float32)
   """
   rewards = _float_rewards(rewards)
   m = rewards.shape[1]
