@@ -285,6 +285,37 @@ def train_rating_head(texts: Sequence[str], ratings: np.ndarray, *, encoder: str
     return head
 
 
+def train_preference_head(chosen: Sequence[str], rejected: Sequence[str], *, encoder: str = "all-minilm-l6-v2",
+                          max_tokens: int = 128, config: HeadConfig = HeadConfig(loss="bradley_terry"),
+                          tag: str = "pairs", progress: bool = True) -> TrainedHead:
+    """Embed (chosen, rejected) response pairs, split them (80/10/10), fit a Bradley–Terry head, evaluate.
+
+    meta["metrics"] holds validation / test loss and accuracy (the fraction of pairs where the head prefers
+    the chosen response). The head's output is a log-odds score: r(a) − r(b) = log P(a ≻ b) / P(b ≻ a).
+    """
+    if len(chosen) != len(rejected) or len(chosen) < 10:
+        raise RewardError(f"{tag}: need >= 10 (chosen, rejected) pairs (got {len(chosen)} chosen, "
+                          f"{len(rejected)} rejected)")
+    config = dataclasses.replace(config, loss="bradley_terry")
+    emb = cached_embeddings(list(chosen) + list(rejected), encoder, max_tokens, tag)
+    n = len(chosen)
+    pairs = np.stack([emb[:n], emb[n:]], axis=1)  # [n, 2, E]
+    tr, va, te = split_indices(n, config.seed)
+    zeros = np.zeros(n, np.float32)
+    params, history = fit_head(pairs[tr], zeros[tr], pairs[va], zeros[va], config, progress=progress)
+    meta = dict(encoder=encoder, max_tokens=max_tokens, hidden=list(config.hidden), loss="bradley_terry",
+                embedding_dim=int(emb.shape[1]), target_mean=0.0, target_std=1.0, seed=config.seed,
+                config=dataclasses.asdict(config), data=tag, history=history)
+    head = TrainedHead(params, meta)
+    metrics = {"n_train": len(tr), "n_val": len(va), "n_test": len(te)}
+    for split, idx in (("val", va), ("test", te)):
+        margin = head.predict(pairs[idx, 0]) - head.predict(pairs[idx, 1])
+        metrics[f"{split}_accuracy"] = float(np.mean(margin > 0))
+        metrics[f"{split}_loss"] = float(np.mean(np.logaddexp(0.0, -margin)))
+    meta["metrics"] = metrics
+    return head
+
+
 def chitchat_head(rating: str = "witty", *, limit: int | None = None, seed: int = 0,
                   encoder: str = "all-minilm-l6-v2", max_tokens: int = 64, retrain: bool = False,
                   directory: str | None = None) -> TrainedHead:
