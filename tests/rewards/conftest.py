@@ -32,3 +32,24 @@ def reference_rows():
         pytest.skip(f"MAP reference data not found at {REFERENCE}")
     import json
     return json.loads(REFERENCE.read_text())
+
+
+WORDS = ("the a cat dog sat on mat and ran fast slow today is good bad very i you we like hate it was "
+         "human assistant : how are what why , . ! ?").split()
+
+
+def word_tokenizer(directory, bos: bool = False):
+    """A small whole-word tokenizer (tokenizers WordLevel) saved into `directory`, for tiny checkpoints.
+
+    Ids: 0 <pad>, 1 <unk>, 2 <eos>, then WORDS. transformers loads it with AutoTokenizer like any other.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    vocab = {"<pad>": 0, "<unk>": 1, "<eos>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    if bos:
+        tk.post_processor = processors.TemplateProcessing(single="<eos> $A", special_tokens=[("<eos>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
+    fast.save_pretrained(directory)
+    return fast
