@@ -10,6 +10,8 @@ import importlib
 from map_jax.core.dual import DualSolution, dual_objective, solve_dual
 from map_jax.core.feasibility import Feasibility, effective_sample_size, feasibility, upper_bounds
 from map_jax.core.frontier import (
+    RandomPalettes,
+    kept,
     morl_lambdas,
     navigation_efficiency,
     quantile_levels,
@@ -38,7 +40,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "AdjustedPalette", "DualSolution", "Feasibility", "SequentialSolution", "adjust_palette",
+    "AdjustedPalette", "DualSolution", "Feasibility", "RandomPalettes", "SequentialSolution",
+    "adjust_palette", "kept",
     "classifier_palette", "dual_objective", "effective_sample_size", "feasibility", "load_pilot",
     "morl_lambdas", "navigation_efficiency", "quantile_levels", "quantile_palette",
     "random_palettes", "realized_levels", "sensitivity", "sequential_solve", "solve_dual",

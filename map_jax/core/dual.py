@@ -26,6 +26,7 @@ where the derivative comes from the implicit function theorem
 (:mod:`map_jax.core.sensitivity`), not from unrolled iterations.
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -220,6 +221,15 @@ def solve_dual(
   if validation.is_concrete(rewards, palette):
     r_np = validation.check_rewards(rewards)
     validation.check_palette(palette, r_np.shape[1])
+  return _solve_dual(rewards, palette, tol=tol, max_iter=max_iter, ridge=ridge, lp_tol=lp_tol,
+                     lp_max_iter=lp_max_iter)
+
+
+# Compiled once per shape, dtype and options, so eager calls are fast too; inside an
+# outer jit or vmap this inlines.
+@functools.partial(jax.jit, static_argnames=("tol", "max_iter", "ridge", "lp_tol",
+                                             "lp_max_iter"))
+def _solve_dual(rewards, palette, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
   rewards = jnp.asarray(rewards)
   if not jnp.issubdtype(rewards.dtype, jnp.floating):
     rewards = rewards.astype(jnp.result_type(float))
@@ -255,7 +265,7 @@ def solve_dual(
   realized = w @ rewards
   kl = jnp.sum(w * (log_w + jnp.log(n)))
   margin = lp.margin - jnp.dot(lp.certificate, palette - c_sg)  # d margin / dc = −d
-  converged = jnp.where(lp.feasible, state.residual <= tol, lp.num_steps < lp_max_iter)
+  converged = jnp.where(lp.feasible, state.residual <= tol, lp.converged)
   return DualSolution(
       lam=lam,
       realized=realized,

@@ -22,6 +22,7 @@ constraints are the mixture q of the primal form. Both bounds are reported:
 ``min_i (Rᵀq − c)_i`` (a lower bound, certified by q).
 """
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -38,7 +39,8 @@ class Feasibility(NamedTuple):
     mixture: ``q`` in the simplex (n,), the best mixture of pilot samples.
     upper: ``max_j dᵀ(R_j − c)``, an upper bound on the margin.
     lower: ``min_i (Rᵀq − c)_i``, a lower bound on the margin.
-    num_steps: interior-point iterations used.
+    num_steps: interior-point iterations used, over all cutting-plane rounds.
+    converged: whether ``upper − lower`` reached the tolerance.
   """
   feasible: jax.Array
   margin: jax.Array
@@ -47,6 +49,7 @@ class Feasibility(NamedTuple):
   upper: jax.Array
   lower: jax.Array
   num_steps: jax.Array
+  converged: jax.Array
 
 
 def upper_bounds(rewards: jax.Array) -> jax.Array:
@@ -215,6 +218,7 @@ def _first_unique(candidates: jax.Array, size: int) -> jax.Array:
   return candidates[pos]
 
 
+@functools.partial(jax.jit, static_argnames=("tol", "max_iter", "working_set", "max_rounds"))
 def feasibility(
     rewards: jax.Array,
     palette: jax.Array,
@@ -308,8 +312,9 @@ def feasibility(
           jnp.full((n,), 1.0 / n, dtype), jnp.asarray(-jnp.inf, dtype),
           jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
   _, d, upper, q, lower, _, num_steps = jax.lax.while_loop(outer_cond, outer_body, init)
+  converged = upper - lower <= tol
   upper, lower = upper * scale, lower * scale
   feasible = upper >= 0
   margin = jnp.where(feasible, jnp.maximum(lower, 0.0), upper)
   return Feasibility(feasible=feasible, margin=margin, certificate=d, mixture=q,
-                     upper=upper, lower=lower, num_steps=num_steps)
+                     upper=upper, lower=lower, num_steps=num_steps, converged=converged)

@@ -59,25 +59,29 @@ def _masked_solve(matrix: jax.Array, mask: jax.Array, rhs: jax.Array) -> jax.Arr
   return jnp.linalg.solve(reduced, jnp.where(mask, rhs, 0.0))
 
 
-def sensitivity(rewards: jax.Array, palette: jax.Array, **options):
+@functools.partial(jax.jit, static_argnames=("tol", "max_iter"))
+def sensitivity(rewards: jax.Array, palette: jax.Array, *, tol: float | None = None,
+                max_iter: int = 50):
   """Trade-off matrices of a palette: dλ/dc and d realized/dc, both (m, m).
 
   ``d_lam[i, k] = ∂λ_i / ∂c_k`` and ``d_realized[i, k] = ∂E_{p_λ}[r_i] / ∂c_k``: raising
   the target of value k by one unit moves value i's realized level by
   ``d_realized[i, k]``. Targeted (active) values follow their palette one for one;
-  the rows of the others show what they gain or lose. Options go to ``solve_dual``.
+  the rows of the others show what they gain or lose. ``tol`` and ``max_iter`` go to
+  ``solve_dual``. Compiled once per shape.
   """
   from map_jax.core.dual import solve_dual  # Local: dual imports this module.
 
+  rewards = jnp.asarray(rewards)
+
   def outputs(c):
-    sol = solve_dual(rewards, c, **options)
+    sol = solve_dual(rewards, c, tol=tol, max_iter=max_iter)
     return sol.lam, sol.realized
 
-  d_lam, d_realized = jax.jacobian(outputs)(jnp.asarray(palette, jnp.asarray(rewards).dtype))
-  return d_lam, d_realized
+  return jax.jacobian(outputs)(jnp.asarray(palette, rewards.dtype))
 
 
-@functools.partial(jax.jit, static_argnames=())
+@jax.jit
 def inverse_covariance_on_active(rewards: jax.Array, lam: jax.Array) -> jax.Array:
   """The closed form of dλ/dc: (Cov_{p_λ})_FF⁻¹ on the active set F, zero elsewhere."""
   _, _, cov = tilted_moments(rewards, lam)

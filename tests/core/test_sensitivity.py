@@ -1,5 +1,6 @@
 """Trade-off matrices of a palette against finite differences and the covariance formula."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import special
@@ -14,7 +15,7 @@ def test_tradeoff_matrices(reference_rewards):
   r = reference_rewards
   c = hhh_palette(r, 0.6)
   d_lam, d_realized = (np.asarray(a) for a in sensitivity(r, c))
-  lam = np.asarray(solve_dual(r, c).lam)
+  lam = np.asarray(jax.jit(solve_dual)(r, c).lam)
   active = lam > 0
   # Targeted values follow their own palette one for one and ignore the others'.
   np.testing.assert_allclose(d_realized[np.ix_(active, active)], np.eye(active.sum()), atol=1e-8)
@@ -30,8 +31,9 @@ def test_tradeoff_matrices(reference_rewards):
                              rtol=1e-8, atol=1e-10)
   # Finite differences of the realized levels of a kept value.
   h = 1e-5
+  realized = jax.jit(lambda c: solve_dual(r, c).realized)
   for k in np.flatnonzero(active):
     e = np.zeros(6)
     e[k] = h
-    fd = (np.asarray(solve_dual(r, c + e).realized) - np.asarray(solve_dual(r, c - e).realized))
+    fd = np.asarray(realized(c + e)) - np.asarray(realized(c - e))
     np.testing.assert_allclose(d_realized[:, k], fd / (2 * h), rtol=1e-4, atol=1e-7)
