@@ -43,6 +43,12 @@ def test_missing_path_and_missing_config(tmp_path):
         loading.load_model(str(tmp_path))
 
 
+def test_unknown_hub_id_fails_clearly():
+    """Offline (DNS failure) or online (404), an unknown repo id is a CheckpointError naming it."""
+    with pytest.raises(CheckpointError, match=r"map-jax-test/does-not-exist: could not download"):
+        loading.load_model("map-jax-test/does-not-exist")
+
+
 def test_corrupt_config_and_unsupported_architecture(tiny_dir, tmp_path):
     d = _copy(tiny_dir, tmp_path / "m")
     cfg_path = os.path.join(d, "config.json")
