@@ -94,7 +94,7 @@ def score_table(input_path: str, output: str, specs: list[str], *, prompt_field=
                 progress=True) -> str:
   """Score `input_path` with each value spec in turn, resumable; writes JSONL to `output` and returns it."""
   from map_jax.rewards import get_reward
-  from experiments.train_reward import read_table
+  from map_jax.rewards.tables import read_table
 
   rows = read_table(input_path)[:limit]
   if not rows:

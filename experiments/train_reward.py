@@ -40,7 +40,7 @@ _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 64, "Encoder tokens read per te
 _HIDDEN = flags.DEFINE_list("hidden", ["128"], "Hidden layer widths of the head.")
 _LR = flags.DEFINE_float("learning_rate", 1e-3, "AdamW learning rate.")
 _WD = flags.DEFINE_float("weight_decay", 1e-2, "AdamW weight decay.")
-_BATCH = flags.DEFINE_integer("batch_size", 128, "Minibatch size.")
+_BATCH = flags.DEFINE_integer("head_batch_size", 128, "Minibatch size of head training.")
 _EPOCHS = flags.DEFINE_integer("max_epochs", 200, "Most epochs.")
 _PATIENCE = flags.DEFINE_integer("patience", 10, "Early stopping: epochs without a better validation loss.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the train/val/test split and the initialisation.")
@@ -48,40 +48,10 @@ _LIMIT = flags.DEFINE_integer("limit", None, "Use only the first N rows.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory to save the head (replaced if it exists).")
 
 
-def read_table(path: str) -> list[dict]:
-  """Rows of a .jsonl/.json/.csv/.parquet table as dicts, via `datasets` (one loader for every format)."""
-  import datasets
-  ext = os.path.splitext(path)[1].lower().lstrip(".")
-  builder = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}.get(ext)
-  if builder is None:
-    raise ValueError(f"{path}: unknown table format {ext!r}; use .jsonl, .json, .csv or .parquet")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path}: no such table")
-  ds = datasets.load_dataset(builder, data_files=path, split="train")
-  return ds.to_list()
-
-
-def column(rows: list[dict], field: str, path: str, kind=str) -> list:
-  """One column, checked: every row has it and it has the right type (errors name the row)."""
-  out = []
-  for i, row in enumerate(rows):
-    if field not in row:
-      raise ValueError(f"{path}: row {i} has no field {field!r} (fields: {', '.join(sorted(row))})")
-    v = row[field]
-    if kind is float:
-      try:
-        v = float(v)
-      except (TypeError, ValueError):
-        raise ValueError(f"{path}: row {i}, field {field!r}: {v!r} is not a number") from None
-    elif not isinstance(v, str):
-      raise ValueError(f"{path}: row {i}, field {field!r} is {type(v).__name__}, expected text")
-    out.append(v)
-  return out
-
-
 def train(argv_data: str | None = None):
   """Train as the flags say; returns the `TrainedHead`."""
   from map_jax.rewards import heads
+  from map_jax.rewards.tables import column, read_table
 
   data = argv_data or _DATA.value
   config = heads.HeadConfig(loss=_LOSS.value, hidden=tuple(int(h) for h in _HIDDEN.value),
