@@ -38,6 +38,14 @@ def test_minilm_embeddings_match_transformers_bert_with_mean_pooling():
     assert sim[0, 1] > 0.5 > sim[0, 2]  # a real sentence model: paraphrases close, unrelated far
 
 
+def test_builtin_minilm_loads_as_a_bert_model():
+    cfg, params, tok = loading.load_model("all-minilm-l6-v2")
+    assert (cfg.flavor, cfg.num_layers, cfg.hidden_size, cfg.num_labels) == ("bert", 6, 384, 0)
+    ids = tok(["hello world"])["input_ids"]
+    out = cfg.module().apply({"params": params}, jnp.asarray(ids))
+    assert out.hidden.shape == (1, len(ids[0]), 384) and out.pooled.shape == (1, 384)
+
+
 def _bert_cls():
     return transformers.BertForSequenceClassification(transformers.BertConfig(
         vocab_size=120, hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

@@ -117,6 +117,10 @@ def test_bfloat16_params_and_compute(tiny_dir):
     b = cfg16.module().apply({"params": p16}, ids).logits
     assert b.dtype == jnp.float32 and a.shape == b.shape
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=0.05 * float(jnp.abs(a).max()))
+    from map_jax.generate import generate  # the bf16 KV cache and sampler path
+    out = generate(cfg16.module(), p16, None, [[1, 2, 3], [4]], key=jax.random.key(0), max_new_tokens=4,
+                   top_k=8, eos_ids=())
+    assert out.tokens.shape == (2, 4) and np.isfinite(out.logprobs).all() and (out.logprobs < 0).all()
 
 
 def _write_gguf(path, arch="llama", qtype=None):
