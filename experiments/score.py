@@ -30,16 +30,21 @@ from absl import app
 from absl import flags
 from absl import logging
 
-_INPUT = flags.DEFINE_string("input", None, "Pilot table: .jsonl, .json, .csv or .parquet.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output .jsonl (default: INPUT stem + .rewards.jsonl).")
-_VALUES = flags.DEFINE_list("values", None, "Values to score: built-in names or specs, NAME=SPEC to rename.")
-_PROMPT = flags.DEFINE_string("prompt_field", "prompt", "Column of the prompt.")
-_RESPONSE = flags.DEFINE_string("response_field", "response", "Column of the response.")
-_STRIP = flags.DEFINE_bool("strip_prompt", False,
-                           "The response column starts with the prompt (e.g. `generated`): strip it.")
-_CHUNK = flags.DEFINE_integer("chunk", 256, "Rows scored (and saved for resuming) at a time.")
-_BATCH = flags.DEFINE_integer("batch_size", None, "Batch size passed to model-backed values.")
-_LIMIT = flags.DEFINE_integer("limit", None, "Score only the first N rows.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Define the launcher's flags (only when run as a program, so launchers can be imported together)."""
+  flags.DEFINE_string("input", None, "Pilot table: .jsonl, .json, .csv or .parquet.")
+  flags.DEFINE_string("output", None, "Output .jsonl (default: INPUT stem + .rewards.jsonl).")
+  flags.DEFINE_list("values", None, "Values to score: built-in names or specs, NAME=SPEC to rename.")
+  flags.DEFINE_string("prompt_field", "prompt", "Column of the prompt.")
+  flags.DEFINE_string("response_field", "response", "Column of the response.")
+  flags.DEFINE_bool("strip_prompt", False,
+      "The response column starts with the prompt (e.g. `generated`): strip it.")
+  flags.DEFINE_integer("chunk", 256, "Rows scored (and saved for resuming) at a time.")
+  flags.DEFINE_integer("batch_size", None, "Batch size passed to model-backed values.")
+  flags.DEFINE_integer("limit", None, "Score only the first N rows.")
 
 
 def value_name(spec: str) -> str:
@@ -165,14 +170,15 @@ def score_table(input_path: str, output: str, specs: list[str], *, prompt_field=
 
 def main(argv):
   del argv
-  if not _INPUT.value or not _VALUES.value:
+  if not FLAGS.input or not FLAGS.values:
     raise app.UsageError("--input and --values are required")
-  output = _OUTPUT.value or os.path.splitext(_INPUT.value)[0] + ".rewards.jsonl"
-  kw = {"batch_size": _BATCH.value} if _BATCH.value else None
-  score_table(_INPUT.value, output, _VALUES.value, prompt_field=_PROMPT.value, response_field=_RESPONSE.value,
-              strip_prompt=_STRIP.value, chunk=_CHUNK.value, limit=_LIMIT.value, value_kwargs=kw)
+  output = FLAGS.output or os.path.splitext(FLAGS.input)[0] + ".rewards.jsonl"
+  kw = {"batch_size": FLAGS.batch_size} if FLAGS.batch_size else None
+  score_table(FLAGS.input, output, FLAGS.values, prompt_field=FLAGS.prompt_field, response_field=FLAGS.response_field,
+              strip_prompt=FLAGS.strip_prompt, chunk=FLAGS.chunk, limit=FLAGS.limit, value_kwargs=kw)
   print(f"wrote {output}")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -49,15 +49,14 @@ def test_bradley_terry_training_cli_learns_preferences(tmp_path, monkeypatch):
     with open(data, "w") as f:
         for c, r in _sentiment_pairs(120):
             f.write(json.dumps({"prompt": "How was it?", "chosen": c, "rejected": r}) + "\n")
-    from absl import flags
-    from experiments import train_reward
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS([sys.argv[0], f"--data={data}", "--loss=bradley_terry", f"--workdir={tmp_path / 'bt'}",
-                 "--max_tokens=32", "--seed=1"])
-    try:
-        train_reward.main([])
-    finally:
-        flags.FLAGS.unparse_flags()
+    import os
+    import subprocess
+    env = dict(os.environ, MAP_JAX_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run([sys.executable, "-m", "experiments.train_reward", f"--data={data}", "--loss=bradley_terry",
+                           f"--workdir={tmp_path / 'bt'}", "--max_tokens=32", "--seed=1"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "test_accuracy" in proc.stdout
     metrics = json.loads((tmp_path / "bt" / "metrics.json").read_text())
     assert metrics["test_accuracy"] >= 0.9
     value = get_reward(f"head:{tmp_path / 'bt'}")
