@@ -164,3 +164,21 @@ def test_gguf_errors_name_the_file_and_problem(tmp_path):
     _write_gguf(incomplete)
     with pytest.raises(CheckpointError, match=r"incomplete.gguf: tensor 'blk.0.\w+.weight' missing"):
         loading.load_model(str(incomplete), tokenizer=False)
+
+
+def test_logical_axes_map_to_mesh_shardings_and_sharded_params_run(tiny_dir):
+    """The boxes' logical names turn into NamedShardings over a mesh; sampling runs on the sharded params."""
+    from map_jax.generate import sample
+
+    cfg, params, _ = loading.load_model(tiny_dir, tokenizer=False)
+    # Auto axes: XLA propagates shardings through the model (Explicit axes would need out_sharding on gathers).
+    mesh = jax.make_mesh((1, 1), ("fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    rules = (("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"), ("kv_heads", "tensor"),
+             ("vocab", "tensor"), ("layers", None), ("head_dim", None), ("norm", None))
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(params), mesh, rules)
+    assert shardings["layers"]["q_proj"]["kernel"].spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+    sharded = jax.device_put(nn.meta.unbox(params), shardings)
+    tokens, mask = np.ones((2, 8), np.int32), np.ones((2, 8), bool)
+    a = sample(cfg.module(), sharded, tokens, mask, jax.random.key(0), 0.0, max_new_tokens=3)
+    b = sample(cfg.module(), params, tokens, mask, jax.random.key(0), 0.0, max_new_tokens=3)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
