@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from typing import Sequence
 
 import numpy as np
@@ -17,14 +19,41 @@ def load_tokenizer(path: str, gguf_file: str | None = None):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file) if gguf_file else \
-            AutoTokenizer.from_pretrained(path)
+        if gguf_file:
+            tok = _gguf_tokenizer(path, gguf_file)
+        else:
+            tok = AutoTokenizer.from_pretrained(path)
     except Exception as e:
         where = os.path.join(path, gguf_file) if gguf_file else path
         raise ValueError(f"{where}: cannot load tokenizer ({type(e).__name__}: {e})") from e
     tok.padding_side = "left"
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
+    return tok
+
+
+def cache_dir() -> str:
+    """Where map-jax caches derived files: $MAP_JAX_CACHE, else ~/.cache/map_jax."""
+    return os.environ.get("MAP_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "map_jax")
+
+
+def _gguf_tokenizer(path: str, gguf_file: str):
+    """Tokenizer from a GGUF file; the conversion (~5 s) is cached as tokenizer.json, keyed by the file's stat."""
+    from transformers import AutoTokenizer
+
+    full = os.path.abspath(os.path.join(path, gguf_file))
+    st = os.stat(full)
+    key = hashlib.sha1(f"{full}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = os.path.join(cache_dir(), "tokenizers", f"{os.path.splitext(gguf_file)[0]}-{key}")
+    if os.path.isfile(os.path.join(cached, "tokenizer.json")):
+        return AutoTokenizer.from_pretrained(cached)
+    tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+    try:
+        tmp = f"{cached}.tmp{os.getpid()}"
+        tok.save_pretrained(tmp)
+        os.replace(tmp, cached)  # atomic, so a concurrent reader never sees half a directory
+    except OSError:  # read-only home or a racing writer: the cache is only an optimisation
+        shutil.rmtree(tmp, ignore_errors=True)
     return tok
 
 

@@ -1,11 +1,13 @@
 """Tokenizer from the SmolLM2 GGUF: vocabulary, special tokens and chat template agree with the file itself."""
 
+import os
+
 import jinja2
 import numpy as np
 import pytest
 
 from map_jax.models import loading
-from map_jax.models.tokenizer import bucket, chat_prompt, encode, pad_left, pad_right
+from map_jax.models.tokenizer import bucket, chat_prompt, encode, load_tokenizer, pad_left, pad_right
 
 TEXTS = [
     "Hello, world!",
@@ -67,3 +69,16 @@ def test_bucketed_padding():
     np.testing.assert_array_equal(tokens, [[5, 6, 7, 0], [8, 0, 0, 0]])
     with pytest.raises(ValueError, match="does not fit"):
         pad_left([[1] * 20], 0, length=16)
+
+
+def test_cached_gguf_tokenizer_equals_the_fresh_conversion(monkeypatch, tmp_path):
+    monkeypatch.setenv("MAP_JAX_CACHE", str(tmp_path))
+    path = loading.builtin_path("smollm2-135m-instruct")
+    fresh = load_tokenizer(os.path.dirname(path), gguf_file=os.path.basename(path))
+    assert len(os.listdir(tmp_path / "tokenizers")) == 1
+    cached = load_tokenizer(os.path.dirname(path), gguf_file=os.path.basename(path))
+    for text in TEXTS + ["<|im_start|>user\nhi<|im_end|>"]:
+        assert fresh(text)["input_ids"] == cached(text)["input_ids"]
+    assert chat_prompt(fresh, "hi", system="s") == chat_prompt(cached, "hi", system="s")
+    assert (fresh.eos_token_id, fresh.pad_token_id, fresh.padding_side) == (
+        cached.eos_token_id, cached.pad_token_id, cached.padding_side)
