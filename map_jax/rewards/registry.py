@@ -70,6 +70,19 @@ def get_reward(spec: str | RewardFn, **kwargs) -> RewardFn:
     return value
 
 
+def accepts(spec: str, option: str) -> bool:
+    """Whether the constructor behind `spec` takes keyword `option` (e.g. batch_size); launchers use it to pass
+    shared options only to the values that have them."""
+    import inspect
+    _load_builtins()
+    spec = spec.split("=", 1)[1] if "=" in spec.split(":", 1)[0] else spec
+    entry = _BUILTINS.get(spec) or _SPECS.get(spec.split(":", 1)[0])
+    if entry is None:
+        return False
+    params = inspect.signature(entry[0]).parameters.values()
+    return any(p.name == option or p.kind is p.VAR_KEYWORD for p in params)
+
+
 def _load_builtins() -> None:
     # Importing the modules registers their values; they import heavy libraries only when a value is built.
     from map_jax.rewards import checkpoint, heads, lexicon, models, text  # noqa: F401

@@ -29,8 +29,10 @@ def test_head_save_load_and_head_spec(humor_head, tmp_path):
     humor_head.save(str(tmp_path / "h"))
     value = get_reward(f"h=head:{tmp_path / 'h'}")
     ref = heads.HeadReward(humor_head)
-    texts = ["haha that is hilarious, you crack me up", "ok."]
-    np.testing.assert_allclose(value(["x", "x"], texts), ref(["x", "x"], texts), rtol=1e-6)
+    texts = ["haha that is hilarious, you crack me up", ""]
+    got = value(["x", "x"], texts)
+    np.testing.assert_allclose(got, ref(["x", "x"], texts), rtol=1e-6)
+    assert np.all(np.isfinite(got)) and value.name == "h"
 
 
 def _sentiment_pairs(n, seed=0):

@@ -80,4 +80,6 @@ def test_perplexity_prefers_fluent_text_on_smollm2():
     salad = [" ".join(rng.permutation(s.split())) for s in fluent]
     r = value(prompts, fluent + salad)
     assert np.all(r < 0)
+    edge = value(["", "Say nothing."], ["Hello.", ""])  # empty prompt / empty response: finite, defined
+    assert np.all(np.isfinite(edge)) and np.all(edge < 0)
     assert r[0] > r[2] + 1.0 and r[1] > r[3] + 1.0

@@ -98,7 +98,7 @@ def test_reference_opt_texts_diversity_and_cli(reference_rows, tmp_path):
     from .conftest import REFERENCE
     out = tmp_path / "opt.jsonl"
     proc = subprocess.run([sys.executable, "-m", "experiments.score", f"--input={REFERENCE}",
-                           "--response_field=generated", "--values=div=diversity,positiveness", "--limit=400",
+                           "--response_field=generated", "--values=div=diversity,positiveness", "--limit=400", "--batch_size=8",
                            f"--output={out}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in open(out)]

@@ -86,3 +86,9 @@ def test_unknown_and_bad_input_errors():
     assert renamed.name == "div"
     assert {"humor", "positiveness", "harmlessness", "coherence", "diversity", "perplexity", "interesting",
             "length", "classifier:..."} <= set(available_rewards())
+
+
+@pytest.mark.parametrize("name", ["diversity", "length", "positiveness", "harmlessness", "coherence"])
+def test_empty_and_whitespace_responses_get_finite_rewards(name):
+    r = get_reward(name)(["Hi", "", "Hi"], ["", "", "  \n "])
+    assert r.shape == (3,) and np.all(np.isfinite(r))
