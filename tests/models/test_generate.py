@@ -20,11 +20,13 @@ def chats(smollm2):
 
 def test_greedy_generation_matches_transformers(smollm2, hf_smollm2, chats):
     cfg, params, tok = smollm2
-    out = G.generate(cfg.module(), params, tok, chats, key=jax.random.key(0), max_new_tokens=20, temperature=0.0)
-    for row, prompt in enumerate(chats):
+    prompts = chats[:2]  # mixed lengths; the first ends with EOS after 12 tokens, the second runs to the budget
+    out = G.generate(cfg.module(), params, tok, prompts, key=jax.random.key(0), max_new_tokens=16, temperature=0.0)
+    assert out.lengths[0] < 16 and out.lengths[1] == 16
+    for row, prompt in enumerate(prompts):
         ids = tok(prompt, return_tensors="pt")["input_ids"]
         with torch.no_grad():
-            ref = hf_smollm2.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20,
+            ref = hf_smollm2.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=16,
                                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
         ref = ref[0, ids.shape[1]:].tolist()
         n = out.lengths[row]
