@@ -17,6 +17,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 
 FLAGS = flags.FLAGS
@@ -105,6 +106,7 @@ def torch_coherence(prompts, responses, batch_size):
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   prompts, responses, source = pilot_rows(FLAGS.data, FLAGS.rows)
   print(f"{len(prompts)} rows from {source}; {os.cpu_count()} CPU cores\n")
   print(f"{'value':>14} {'rows':>6} {'load s':>8} {'warm-up s':>10} {'run s':>8} {'rows/s':>10}")

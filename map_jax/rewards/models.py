@@ -22,6 +22,15 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def _grouped_batches(keys: Sequence[int], batch_size: int):
+    """Batches of at most `batch_size` rows with equal keys (rows of one key together, keys in order)."""
+    out = []
+    for k in sorted(set(keys)):
+        rows = np.flatnonzero(np.asarray(keys) == k)
+        out += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    return out
+
+
 def pad_rows(arrays: Sequence[np.ndarray], rows: int) -> list[np.ndarray]:
     """Pad each array's first axis up to `rows` with copies of row 0 (copies, not zeros: a fully masked row
     could make attention produce NaN, and extra rows are dropped anyway)."""
@@ -173,7 +182,11 @@ class Perplexity(RewardFn):
 
         p_ids, r_ids = self._ids(prompts, responses)
         out = np.zeros(len(prompts))
-        for idx in length_sorted_batches([len(p) + len(r) for p, r in zip(p_ids, r_ids)], self.batch_size):
+        from map_jax.models.tokenizer import bucket
+        # `score` pads prompts and responses to separate length buckets: batching rows that share both buckets
+        # keeps the number of compiled shapes at (prompt buckets) x (response buckets), not one per batch.
+        keys = [bucket(len(p)) * 100_000 + bucket(len(r)) for p, r in zip(p_ids, r_ids)]
+        for idx in _grouped_batches(keys, self.batch_size):
             s = score(self.module, self.params, self.tokenizer, [p_ids[i] for i in idx], [r_ids[i] for i in idx])
             out[idx] = s.total / np.maximum(s.mask.sum(-1), 1)
         return out
