@@ -80,3 +80,12 @@ def test_fit_head_is_reproducible_and_stops_early():
     assert h1["best_val_loss"] < 0.1  # learns a linear rating function
     assert len(h1["val_loss"]) <= h1["best_epoch"] + cfg.patience
     assert h1["best_val_loss"] == min(h1["val_loss"])
+
+
+def test_humor_value_rates_jokes_above_dry_statements(humor_head):
+    value = heads.HeadReward(humor_head, name="humor")
+    jokes = ["Why did the scarecrow win an award? Because he was outstanding in his field! haha",
+             "lol my cat just tried to fight a cucumber and lost, I cannot stop laughing"]
+    dry = ["The meeting is at 3pm.", "I do not know.", "Please submit the form by Friday."]
+    r = value(["Tell me something."] * 5, jokes + dry)
+    assert r[:2].mean() > r[2:].mean() + 0.5
