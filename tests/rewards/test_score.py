@@ -55,6 +55,19 @@ def test_score_table_writes_values_next_to_text_and_feeds_solve_palette(tmp_path
     matrix, names = load_pilot(out, ["positiveness", "div"])
     assert matrix.shape == (5, 2) and names == ["positiveness", "div"]
     assert not (tmp_path / "out.jsonl.parts").exists()
+    from experiments import solve_palette
+    record = solve_palette.run(out, ["positiveness", "div"], ["div"], quantiles=["0.6"])
+    assert record["feasible"] and record["values"] == ["positiveness", "div"]
+
+
+def test_parquet_input(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    path = tmp_path / "pilot.parquet"
+    pq.write_table(pa.Table.from_pylist(ROWS), path)
+    out = score.score_table(str(path), str(tmp_path / "o.jsonl"), ["length"], progress=False)
+    lengths = [json.loads(line)["length"] for line in open(out)]
+    np.testing.assert_array_equal(lengths, get_reward("length")([""] * 5, [r["response"] for r in ROWS]))
 
 
 def test_resume_after_a_crash_scores_only_what_is_missing(tmp_path):
