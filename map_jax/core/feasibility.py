@@ -218,7 +218,8 @@ def _first_unique(candidates: jax.Array, size: int) -> jax.Array:
   return candidates[pos]
 
 
-@functools.partial(jax.jit, static_argnames=("tol", "max_iter", "working_set", "max_rounds"))
+@functools.partial(jax.jit, static_argnames=("tol", "max_iter", "working_set", "swap",
+                                             "max_rounds"))
 def feasibility(
     rewards: jax.Array,
     palette: jax.Array,
@@ -226,6 +227,7 @@ def feasibility(
     tol: float | None = None,
     max_iter: int = 60,
     working_set: int | None = None,
+    swap: int | None = None,
     max_rounds: int = 100,
 ) -> Feasibility:
   """Decides whether ``palette`` is reachable by a mixture of the pilot samples.
@@ -242,7 +244,9 @@ def feasibility(
     max_iter: iteration cap of each interior-point solve (typically 15–30 are used).
     working_set: rows in the cutting-plane working set; defaults to
       max(32, 4 (m + 1)). With ``working_set >= n`` the LP is solved on all rows at once.
-    max_rounds: cap on cutting-plane rounds (each swaps one row in).
+    swap: rows swapped into the working set per round (the most violated ones, for
+      the least weighted ones); defaults to m + 1.
+    max_rounds: cap on cutting-plane rounds.
 
   Returns:
     A :class:`Feasibility`. ``feasible`` is False exactly when ``certificate`` is a
@@ -262,6 +266,9 @@ def feasibility(
   if working_set is None:
     working_set = max(32, 4 * (m + 1))
   k = min(n, working_set)
+  if swap is None:
+    swap = m + 1
+  swap = min(swap, k // 2)
 
   # The LP only sees R_j − c, so centring R (and c with it) changes nothing but
   # rounding, and one common scale keeps the margin's units. Both come from R alone,
@@ -275,8 +282,8 @@ def feasibility(
 
   # Only rows on the upper boundary of the pilot set's hull can carry the optimum, so
   # the LP is solved on a working set of k rows (cutting planes): solve the restricted
-  # LP, find the row that most violates its solution d over all n rows, swap it in for
-  # the restricted row with the least weight q, and stop when no row is violated,
+  # LP, find the rows that most violate its solution d over all n rows, swap them in
+  # for the restricted rows with the least weight q, and stop when no row is violated,
   # which makes d optimal for the full LP. The start is palette independent: the top
   # rows along each value and along the uniform direction.
   directions = jnp.concatenate([jnp.eye(m, dtype=dtype), jnp.full((1, m), 1.0 / m, dtype)])
@@ -294,12 +301,14 @@ def feasibility(
     # Both bounds are certified on the full pilot set: d against all n rows, and q_w
     # is a mixture of pilot rows.
     violation = S @ d - jnp.dot(c, d)
-    worst = jnp.argmax(violation)
-    upper = violation[worst]
+    top, worst = jax.lax.top_k(violation, swap)
+    upper = top[0]
     q = jnp.zeros((n,), dtype).at[rows].add(q_w)
     better_u = upper < best_up
     better_l = lower > best_lo
-    new_rows = rows.at[jnp.argmin(q_w)].set(worst.astype(rows.dtype))
+    # The rows carrying the least weight make room for the most violated ones.
+    _, idle = jax.lax.top_k(-q_w, swap)
+    new_rows = rows.at[idle].set(worst.astype(rows.dtype))
     return (new_rows, jnp.where(better_u, d, best_d), jnp.where(better_u, upper, best_up),
             jnp.where(better_l, q, best_q), jnp.where(better_l, lower, best_lo),
             it + 1, ipm_steps + steps)
