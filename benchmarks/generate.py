@@ -140,7 +140,9 @@ def main():
     p.add_argument("--bandwidth_gbps", type=float, default=None, help="7B mode: override the roofline bandwidth")
     p.add_argument("--no_reference", action="store_true", help="skip transformers")
     args = p.parse_args()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}")
+    # Both sides share the CPU with whatever else runs: the load average says how much to trust the numbers.
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores")
     (bench_smollm2 if args.model == "smollm2" else bench_random_llama)(args)
 
 
