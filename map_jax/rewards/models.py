@@ -140,16 +140,18 @@ class Perplexity(RewardFn):
     Args:
       model: a built-in name, HF directory or GGUF file of the base model (`map_jax.models.load_model`).
       chat: wrap prompts in the model's chat template (when the pilot samples were generated that way).
-      batch_size: rows per forward pass.
+      batch_size: rows per forward pass (every batch is padded to it: one compiled shape per length bucket).
+      min_bucket: smallest padded length of prompts and of responses; coarser buckets mean fewer compiles.
+      loaded: an already loaded `(config, params, tokenizer)` to use instead of loading `model`.
     """
 
     name = "perplexity"
     description = "-(mean token NLL) of the response given the prompt under the base LM (SmolLM2-135M default)"
 
     def __init__(self, model: str = "smollm2-135m-instruct", chat: bool = False, batch_size: int = 16,
-                 loaded=None):
+                 min_bucket: int = 32, loaded=None):
         from map_jax.models.loading import load_model
-        self.model_name, self.chat, self.batch_size = model, chat, batch_size
+        self.model_name, self.chat, self.batch_size, self.min_bucket = model, chat, batch_size, min_bucket
         self.config, self.params, self.tokenizer = loaded if loaded is not None else load_model(model)
         self.module = self.config.module()
         self.context = int(self.config.max_position_embeddings)
@@ -178,17 +180,26 @@ class Perplexity(RewardFn):
         return p_ids, r_ids
 
     def _score(self, prompts, responses):
-        from map_jax.generate import score
+        from map_jax.generate import token_logprobs
+        from map_jax.models import tokenizer as tok_lib
 
         p_ids, r_ids = self._ids(prompts, responses)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        B = self.batch_size
+        # Compiled shapes are (B, prompt bucket, response bucket): every batch is padded to B rows, and rows
+        # are grouped by their pair of length buckets, so a table compiles once per bucket pair it contains
+        # (a handful) instead of once per batch. Coarse buckets (>= 32 tokens) keep the pairs few.
+        tb = [tok_lib.bucket(len(p), self.min_bucket) for p in p_ids]
+        cb = [tok_lib.bucket(len(r), self.min_bucket) for r in r_ids]
         out = np.zeros(len(prompts))
-        from map_jax.models.tokenizer import bucket
-        # `score` pads prompts and responses to separate length buckets: batching rows that share both buckets
-        # keeps the number of compiled shapes at (prompt buckets) x (response buckets), not one per batch.
-        keys = [bucket(len(p)) * 100_000 + bucket(len(r)) for p, r in zip(p_ids, r_ids)]
-        for idx in _grouped_batches(keys, self.batch_size):
-            s = score(self.module, self.params, self.tokenizer, [p_ids[i] for i in idx], [r_ids[i] for i in idx])
-            out[idx] = s.total / np.maximum(s.mask.sum(-1), 1)
+        for idx in _grouped_batches([t * 1_000_003 + c for t, c in zip(tb, cb)], B):
+            T, C = tb[idx[0]], cb[idx[0]]
+            pt, pm = tok_lib.pad_left([p_ids[i] for i in idx], pad, length=T)
+            ct, cm = tok_lib.pad_right([r_ids[i] for i in idx], pad, length=C)
+            pt, pm, ct, cm = pad_rows([pt, pm, ct, cm], B)
+            total, _ = token_logprobs(self.module, self.params, pt, pm, ct, cm)
+            n = len(idx)
+            out[idx] = np.asarray(total)[:n] / np.maximum(cm[:n].sum(-1), 1)
         return out
 
     def close(self):
