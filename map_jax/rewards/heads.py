@@ -8,6 +8,14 @@ loss) and both embeddings and head are cached under `cache_dir()` ($MAP_JAX_CACH
 later uses load in a second. `python -m experiments.train_reward --data=chitchat:witty` does the same
 explicitly and prints the validation and test metrics.
 
+Measured (seed 0, 4,790 / 599 / 599 split, first 64 MiniLM tokens): held-out Spearman with the human ratings
+0.31 (witty -> `humor`), 0.38 (upbeat), 0.39 (interesting). Read these with care: in this data the ratings
+follow conversation length (word count alone reaches 0.50 on the same test rows; capped at ~64 tokens,
+0.41), and among the long conversations, where every text fills the 64-token window, the heads keep only
+0.04-0.11. So the heads mostly tell terse, low-effort replies from engaged ones, with a weak content signal
+on top (jokes do score above dry statements; see tests/rewards/test_heads.py). For a humor value with
+sharper content, plug in a humor classifier checkpoint (`classifier:PATH:LABEL`, as the MAP paper does).
+
 Two losses, both on a scalar head r_θ(e) of an embedding e:
 
 * regression on ratings, the mean squared error on standardised ratings
