@@ -41,7 +41,10 @@ def slice_figure(study: PaletteStudy, x, y, i: int, j: int, names: Sequence[str]
   """
   sol = study.solution
   feasible = np.asarray(sol.feasible)
-  extent = (x[0], x[-1], y[0], y[-1])
+  # Cell edges half a step beyond the grid points, so the boundary contour (drawn
+  # through the points) sits where the cells change colour.
+  dx, dy = (x[1] - x[0]) / 2, (y[1] - y[0]) / 2
+  extent = (x[0] - dx, x[-1] + dx, y[0] - dy, y[-1] + dy)
   fig, axes = plt.subplots(2, 2, figsize=(11, 9), constrained_layout=True)
   ni, nj = names[i], names[j]
 
