@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "gguf>=0.17",
     "transformers>=5.0",
     "tokenizers>=0.21",
+    "jinja2>=3.1",  # chat templates
     "sentencepiece>=0.2",
     "datasets>=3.0",
     "vaderSentiment>=3.3.2",

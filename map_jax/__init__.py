@@ -27,6 +27,10 @@ from map_jax.data.pilot import load_pilot
 _LAZY = {
     "load_model": "map_jax.models.loading",
     "load_sentence_encoder": "map_jax.models.loading",
+    "save_params": "map_jax.models.loading",
+    "restore_params": "map_jax.models.loading",
+    "CheckpointError": "map_jax.models.loading",
+    "token_logprobs": "map_jax.generate",
     "generate": "map_jax.generate",
     "sample": "map_jax.generate",
     "score": "map_jax.generate",
