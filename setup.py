@@ -11,6 +11,7 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.12",
     "absl-py>=2.1",
     "ml-collections>=1.0",
+    "scipy>=1.13",
     "tqdm>=4.66",
     "tabulate>=0.9",
     "matplotlib>=3.9",
@@ -29,7 +30,6 @@ INSTALL_REQUIRES = [
 
 TEST_REQUIRES = [
     "pytest>=8",
-    "scipy>=1.13",
     # PyTorch and accelerate only serve as independent references in tests.
     "torch==2.13.0",
     "accelerate>=1.0",

@@ -31,6 +31,8 @@ _LAZY = {
     "restore_params": "map_jax.models.loading",
     "CheckpointError": "map_jax.models.loading",
     "token_logprobs": "map_jax.generate",
+    "get_reward": "map_jax.rewards",
+    "available_rewards": "map_jax.rewards",
     "generate": "map_jax.generate",
     "sample": "map_jax.generate",
     "score": "map_jax.generate",
