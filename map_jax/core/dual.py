@@ -110,7 +110,14 @@ class _NewtonState(NamedTuple):
 
 
 def _evaluate(std: _Standardized, c: jax.Array, lam: jax.Array):
-  """−g, its gradient and Hessian at lam, in one pass over the pilot set."""
+  """−g, its gradient and Hessian at lam, in one pass over the pilot set.
+
+  The Hessian comes from the shared outer products (E_w[r rᵀ] − μμᵀ) rather than from
+  centred rows as in :func:`map_jax.core.sensitivity.tilted_moments`: under ``vmap``
+  over palettes that is one matmul against a matrix all palettes share. In
+  standardized units the cancellation costs little, and Newton needs only a good
+  direction; the exact derivative uses the centred form.
+  """
   n, m = std.r.shape
   logits = std.r @ lam
   top = jnp.max(logits)
