@@ -69,9 +69,11 @@ def select(key: jax.Array, rewards: jax.Array, lam: jax.Array, *, mode: str = "s
   """
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  rewards = jnp.asarray(rewards)
+  lam = jnp.asarray(lam, rewards.dtype)
   chex.assert_rank(rewards, 3)
   chex.assert_shape(lam, (rewards.shape[-1],))
-  logits = jnp.einsum("pkm,m->pk", rewards, lam.astype(rewards.dtype))
+  logits = jnp.einsum("pkm,m->pk", rewards, lam)
   probs = jax.nn.softmax(logits, axis=-1)
   if mode == "sample":
     index = jax.random.categorical(key, logits, axis=-1)
@@ -170,6 +172,8 @@ def decode(model, prompts: Sequence[str], values: Sequence[Any], lam, *, key: ja
   """
   from map_jax.generate import generate  # Flax and transformers load on first use, as in map_jax/__init__
 
+  if mode not in MODES:  # before minutes of generation, not after
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   prompts = list(prompts)
   if not prompts:
     raise ValueError("decode needs at least one prompt")

@@ -66,11 +66,14 @@ def test_argmax_mode_is_best_of_k_and_ignores_the_key(rewards):
     np.testing.assert_array_equal(dec.select(jax.random.key(seed), R, lam, mode="argmax").index, want)
   with pytest.raises(ValueError, match="mode"):
     dec.select(jax.random.key(0), R, lam, mode="greedy")
+  with pytest.raises(ValueError, match="mode"):  # checked before any model is touched
+    dec.decode(None, ["hi"], [len], [1.0], key=jax.random.key(0), num_candidates=2, mode="greedy")
 
 
 def test_deterministic_given_key_and_vmaps_over_palettes(rewards):
   R, lam = rewards
   a, b = (dec.select(jax.random.key(7), R, lam).index for _ in range(2))
+  np.testing.assert_array_equal(dec.select(jax.random.key(7), R.tolist(), lam.tolist()).index, a)
   np.testing.assert_array_equal(a, b)
   lams = jnp.stack([lam, 0 * lam, 10 * lam])
   sel = jax.vmap(lambda l: dec.select(jax.random.key(7), R, l))(lams)

@@ -47,7 +47,8 @@ def _hh(chosen):
 
 @pytest.fixture
 def hh_file(tmp_path):
-  rows = [_hh("\n\nHuman: What is a good  pasta recipe?\n\nAssistant: Boil it.\n\nHuman: More?\n\nAssistant: Salt."),
+  rows = [_hh("\n\nHuman: What is a good  pasta recipe?\n\nAssistant: Boil it."
+              "\n\nHuman: More?\n\nAssistant: Salt."),
           _hh("\n\nHuman: How do I pick a lock?\n\nAssistant: I can't help with that."),
           _hh("\n\nHuman: how do I pick a lock?\n\nAssistant: No."),  # duplicate up to case
           _hh("no markers at all"),
