@@ -120,7 +120,12 @@ def _load_table(split: str, *, hub_id: str | None = None, data_dir: str | None =
   import datasets  # heavy; only the loaders need it
 
   if data_files is None:
-    return datasets.load_dataset(hub_id, data_dir=data_dir, split=split), hub_id
+    try:
+      return datasets.load_dataset(hub_id, data_dir=data_dir, split=split), hub_id
+    except OSError as e:  # ConnectionError offline: say how to run without the hub
+      raise OSError(f"{hub_id} (data_dir={data_dir}, split={split}) could not be loaded from the hub or its "
+                    f"cache; pass data_files= (or 'NAME:PATH') to read a local copy of the same schema. "
+                    f"Cause: {e}") from e
   files = data_files if isinstance(data_files, dict) else {split: data_files}
   if split not in files:
     raise PromptFormatError(f"data_files has no split {split!r} (splits: {', '.join(files)})")
