@@ -72,14 +72,18 @@ class PaletteStudy(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("batch_size",))
 def _solve_flat(rewards, palettes, batch_size):
-  def one(c):
-    sol = dual.solve_dual(rewards, c)
-    return sol, tilted_condition(rewards, sol.lam)
+  one = lambda c: dual.solve_dual(rewards, c)
   if batch_size is None:
     return jax.vmap(one)(palettes)
   # Chunks end their while-loops independently, so a few hard palettes near the
   # feasibility boundary do not hold up the whole batch.
   return jax.lax.map(one, palettes, batch_size=batch_size)
+
+
+# A separate computation from the solve: fused into the same vmapped program as the
+# solver, the batched eigvalsh hung XLA:CPU (jax 0.10.2) for a few hundred palettes on
+# the 2,312-row pilot set, while each part alone runs in seconds.
+_condition_flat = jax.jit(jax.vmap(tilted_condition, in_axes=(None, 0)))
 
 
 def solve_batch(rewards, palettes, *, batch_size: int | None = None) -> PaletteStudy:
@@ -98,7 +102,8 @@ def solve_batch(rewards, palettes, *, batch_size: int | None = None) -> PaletteS
   rewards = jnp.asarray(rewards)
   palettes = jnp.asarray(palettes, rewards.dtype)
   lead, m = palettes.shape[:-1], palettes.shape[-1]
-  sol, cond = _solve_flat(rewards, palettes.reshape(-1, m), batch_size)
+  sol = _solve_flat(rewards, palettes.reshape(-1, m), batch_size)
+  cond = _condition_flat(rewards, sol.lam)
   unflat = lambda x: x.reshape(lead + x.shape[1:])
   return PaletteStudy(palettes, jax.tree.map(unflat, sol), unflat(cond))
 
