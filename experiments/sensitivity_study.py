@@ -46,12 +46,13 @@ _TARGETED = flags.DEFINE_list("targeted", ["0", "1", "2"],
                               "Indices of the values raised in the HHH path and the cloud.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 _NUM = flags.DEFINE_integer("num_palettes", 10_000, "Palettes solved (about).")
-_BATCH = flags.DEFINE_integer("batch_size", 0, "Solve in vmapped chunks of this size (0: all).")
+_BATCH = flags.DEFINE_integer("batch_size", 256,
+                                "Palettes per vmapped solver call (0: all in one call).")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of the cloud and the MORL λ.")
 
 
 def run(rewards_path: str, values, workdir: str, num_palettes: int, *, targeted=(0, 1, 2),
-        batch_size: int | None = None, seed: int = 0) -> dict:
+        batch_size: int | None = 256, seed: int = 0) -> dict:
   """Runs the study and writes its figures, CSV and summary into ``workdir``."""
   jax.config.update("jax_enable_x64", True)
   os.makedirs(workdir, exist_ok=True)
