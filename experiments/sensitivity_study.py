@@ -74,7 +74,9 @@ def run(rewards_path: str, values, workdir: str, num_palettes: int, *, targeted=
   from map_jax.core import frontier
   map_q = frontier.quantile_levels(rewards, res.cloud.solution.realized[res.cloud_kept])
   morl_q = frontier.quantile_levels(rewards, frontier.realized_levels(rewards, res.morl_lam))
-  figures["navigation"] = plots.navigation_figure(map_q, morl_q, names, pairs, res.efficiency)
+  base_q = frontier.quantile_levels(rewards, rewards.mean(axis=0))
+  figures["navigation"] = plots.navigation_figure(map_q, morl_q, names, pairs, res.efficiency,
+                                                  base_q)
   for name, fig in figures.items():
     fig.savefig(os.path.join(workdir, f"{name}.png"), dpi=110)
     plt.close(fig)
