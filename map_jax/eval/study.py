@@ -91,7 +91,7 @@ def solve_batch(rewards, palettes, *, batch_size: int | None = 256) -> PaletteSt
       solves all palettes in a single vmapped call. Chunks also end their solver loops
       independently, so a few hard palettes near the feasibility boundary do not hold
       up the whole batch. (A single vmapped call over 10,000 palettes on the 2,312-row
-      pilot set, and also chunks of 1,024 or 2,000, hung XLA:CPU in jax 0.10.2 with every
+      pilot set, and also chunks of 1,024, hung XLA:CPU in jax 0.10.2 with every
       thread waiting on a futex, even with the single-threaded Eigen flag that
       ``map_jax/__init__.py`` sets; chunks of 256 run fine.)
 
