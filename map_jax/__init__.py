@@ -6,16 +6,6 @@ work on reward matrices alone.
 """
 
 import importlib
-import os
-
-# XLA's multi-threaded Eigen pool on CPU can wedge for good on vmapped while-loop
-# graphs such as the batched dual solver (all threads asleep, the caller waiting on
-# its buffers). Single-threaded Eigen avoids it and was no slower on the model tests
-# here. XLA reads the flag when the backend starts, so this holds unless a computation
-# ran before map_jax was imported; set the flag yourself in XLA_FLAGS to override.
-if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_cpu_multi_thread_eigen=false").strip()
 
 from map_jax.core.dual import DualSolution, dual_objective, solve_dual
 from map_jax.core.feasibility import Feasibility, effective_sample_size, feasibility, upper_bounds
