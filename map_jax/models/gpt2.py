@@ -51,7 +51,7 @@ class GPT2Config:
             num_heads=hf["n_head"], intermediate_size=hf.get("n_inner") or 4 * hf["n_embd"],
             max_position_embeddings=hf["n_positions"], layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
             hidden_act=hf.get("activation_function", "gelu_new"), bos_token_id=hf.get("bos_token_id"),
-            eos_token_ids=tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ()),
+            eos_token_ids=L.token_ids(eos),
             pad_token_id=hf.get("pad_token_id"))
         kw.update(overrides)
         return cls(**kw)

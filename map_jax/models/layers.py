@@ -23,6 +23,13 @@ def dtype_of(name: Any) -> Any:
     return jnp.dtype(name)
 
 
+def token_ids(value) -> tuple[int, ...]:
+    """A config's token id field (an int, a list of ints or None) as a tuple."""
+    if value is None:
+        return ()
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
 def partitioned(init: Callable, names: tuple[str | None, ...]) -> Callable:
     """An initializer whose params are boxed with logical axis names (`nn.LogicallyPartitioned`)."""
     return nn.with_logical_partitioning(init, names)

@@ -66,7 +66,7 @@ class LlamaConfig:
             tie_word_embeddings=hf.get("tie_word_embeddings", False),
             attention_bias=hf.get("attention_bias", False), mlp_bias=hf.get("mlp_bias", False),
             hidden_act=hf.get("hidden_act", "silu"), bos_token_id=hf.get("bos_token_id"),
-            eos_token_ids=tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ()),
+            eos_token_ids=L.token_ids(eos),
             pad_token_id=hf.get("pad_token_id"),
         )
         kw.update(overrides)

@@ -65,7 +65,7 @@ class OPTConfig:
             final_layer_norm=hf.get("do_layer_norm_before", True) and not hf.get("_remove_final_layer_norm", False),
             enable_bias=hf.get("enable_bias", True), hidden_act=hf.get("activation_function", "relu"),
             bos_token_id=hf.get("bos_token_id"),
-            eos_token_ids=tuple(eos) if isinstance(eos, (list, tuple)) else ((eos,) if eos is not None else ()),
+            eos_token_ids=L.token_ids(eos),
             pad_token_id=hf.get("pad_token_id"))
         kw.update(overrides)
         return cls(**kw)

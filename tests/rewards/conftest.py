@@ -1,13 +1,11 @@
 """Shared fixtures for reward tests: full-precision matmuls, the real MiniLM, the trained humor head."""
 
 import os
-import pathlib
 
 import jax
 import pytest
 
-REFERENCE = pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "map_reference" / \
-    "opt1.3b-Anthropic-harmless.json"
+from tests.core.conftest import REFERENCE  # noqa: F401  (one definition of the data path)
 
 
 @pytest.fixture(autouse=True)
