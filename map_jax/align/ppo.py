@@ -1,0 +1,544 @@
+r"""MAP-F, alignment by fine-tuning: PPO toward the reward λᵀr with a per-token KL penalty to the base model.
+
+The MAP-aligned model is the exponential tilt p_λ(y | x) ∝ p0(y | x) exp(λᵀr(x, y)). It is also the
+maximiser of a KL-regularised expected reward,
+
+.. math::
+
+   \max_\pi \; E_{x, y \sim \pi}[λᵀr(x, y)] − β \, KL(\pi(\cdot \mid x) \,\|\, p_0(\cdot \mid x))
+   \quad\Longrightarrow\quad \pi^*(y \mid x) \propto p_0(y \mid x) \exp(λᵀr(x, y) / β),
+
+so with **β = 1 (the default)** the PPO optimum is exactly p_λ and the λ from `map_jax.solve_dual` means what
+it says: the fine-tuned model realizes the palette. Another β fine-tunes toward the λ/β tilt instead (larger β:
+closer to p0); change it knowingly.
+
+PPO sees the sequence as an episode with one action per token. The per-token reward is
+
+.. math::
+
+   r_t = −β (\log π_{old}(y_t \mid x, y_{<t}) − \log p_0(y_t \mid x, y_{<t})) + [t = T_y − 1] \, λᵀr(x, y),
+
+whose sum over t is λᵀr minus β times a single-sample estimate of the sequence KL. Advantages come from GAE
+(γ = 1, λ_GAE = 0.95) on a value V(x, y_{<t}), predicted by a linear head on the policy's final hidden states
+(`value_model="head"`, the shared trunk) or on a separate copy of the LM (`value_model="separate"`). The losses
+are the clipped surrogate and the clipped value loss of Schulman et al. (2017), as in Ziegler et al. (2019):
+
+.. math::
+
+   L^{π} = E_t[\max(−A_t ρ_t, −A_t \operatorname{clip}(ρ_t, 1 − ε, 1 + ε))], \quad ρ_t = \exp(\log π − \log π_{old}),
+
+   L^{V} = \tfrac12 E_t[\max((V − G_t)^2, (V_{old} + \operatorname{clip}(V − V_{old}, −ε_V, ε_V) − G_t)^2)],
+
+with G_t = A_t + V_old the returns. Each rollout is reused for `ppo_epochs` passes over `num_minibatches`
+shuffled minibatches, each minibatch's gradient accumulated over `grad_accum` micro-batches (a `lax.scan`)
+before one AdamW step with global-norm clipping.
+
+One iteration, and where each piece lives:
+
+    rollout        `rollout`: the jit'd KV-cache sampler on the current policy             (device)
+    reward         `score_responses`: reward values on decoded text, λᵀr                   (host)
+    make_batch     policy log-probs and values, reference log-probs, token rewards, GAE    (device, one jit)
+    update         epochs × minibatches × micro-batches of clipped PPO, AdamW              (device, one jit,
+                                                                                           sharded, donated)
+
+`iteration` runs the four; `map_jax.align.trainer` adds data, logging, checkpoints and fault handling around it.
+Everything on the device is a pure function of (state, batch, key); `compile_update` jits `update` with the
+shardings of `map_jax.parallel` and donates the state.
+
+References: Schulman et al., "Proximal Policy Optimization Algorithms" (2017); Ziegler et al., "Fine-Tuning
+Language Models from Human Preferences" (2019); Wang et al., "MAP: Multi-Human-Value Alignment Palette" (2025).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from map_jax import parallel
+from map_jax.generate import SampleOutput, sample, token_logprobs
+from map_jax.models.layers import positions_from_mask
+
+VALUE_MODELS = ("head", "separate")
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+  """Hyperparameters of MAP-F's PPO; frozen and hashable, so it can be a static argument of `jax.jit`.
+
+  Objective:
+    beta: KL coefficient. 1.0 makes the optimum p0·exp(λᵀr), the MAP solution (see the module docstring).
+  Rollout:
+    max_new_tokens: response budget N (rollouts are padded to it: one compiled shape).
+    temperature, top_k, top_p: the sampler's options. Keep temperature 1 without truncation: then responses
+      are drawn from π itself, which the KL estimate and the PPO ratio assume.
+  Advantages:
+    gamma, gae_lambda: GAE discount and trace decay (1.0 and 0.95).
+    whiten_rewards: divide token rewards by their batch std (no shift). It rescales λᵀr and the KL alike,
+      so it changes the effective β per batch and the optimum is no longer p_λ: off by default.
+    whiten_advantages: normalise advantages to zero mean, unit variance over the batch's tokens.
+  Losses:
+    clip_ratio: ε of the clipped surrogate; clip_value: ε_V of the clipped value loss.
+    value_coef: weight of the value loss; entropy_coef: weight of an entropy bonus (0: none).
+    value_model: "head" (a linear head on the policy's hidden states; the value loss trains the shared trunk
+      too) or "separate" (a copy of the initial LM with its own head: twice the memory, no interference).
+  Optimisation:
+    learning_rate, weight_decay, adam_b1, adam_b2, adam_eps: AdamW (optax.adamw).
+    max_grad_norm: global-norm gradient clipping (before Adam).
+    ppo_epochs: passes over each rollout; num_minibatches: optimizer steps per pass;
+    grad_accum: micro-batches per minibatch (rows per micro-batch = B / (num_minibatches · grad_accum)).
+  """
+
+  beta: float = 1.0
+  max_new_tokens: int = 32
+  temperature: float = 1.0
+  top_k: int | None = None
+  top_p: float | None = None
+  gamma: float = 1.0
+  gae_lambda: float = 0.95
+  whiten_rewards: bool = False
+  whiten_advantages: bool = True
+  clip_ratio: float = 0.2
+  clip_value: float = 0.2
+  value_coef: float = 0.1
+  entropy_coef: float = 0.0
+  value_model: str = "head"
+  learning_rate: float = 1e-6
+  weight_decay: float = 0.0
+  adam_b1: float = 0.9
+  adam_b2: float = 0.95
+  adam_eps: float = 1e-8
+  max_grad_norm: float = 1.0
+  ppo_epochs: int = 4
+  num_minibatches: int = 1
+  grad_accum: int = 1
+
+  def validate(self, batch_size: int | None = None) -> "PPOConfig":
+    """Raise a ValueError naming the field for an out-of-range setting; return self."""
+    if self.value_model not in VALUE_MODELS:
+      raise ValueError(f"value_model must be one of {VALUE_MODELS}, got {self.value_model!r}")
+    if self.beta < 0:
+      raise ValueError(f"beta must be >= 0, got {self.beta}")
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    for name in ("ppo_epochs", "num_minibatches", "grad_accum"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if batch_size is not None and batch_size % (self.num_minibatches * self.grad_accum):
+      raise ValueError(f"batch size {batch_size} is not a multiple of num_minibatches × grad_accum = "
+                       f"{self.num_minibatches} × {self.grad_accum}")
+    return self
+
+
+@chex.dataclass(frozen=True)
+class TrainState:
+  """Everything an update changes. params = {"policy": LM params, "value": {"head": ..., ["trunk": ...]}}."""
+
+  step: jax.Array       # int32 scalar: updates applied so far
+  params: Any           # plain (unboxed) arrays
+  opt_state: Any        # optax state of the AdamW chain over `params`
+  key: jax.Array        # the run's PRNG key; iteration i uses fold_in(key, i), so resuming needs only (key, i)
+
+
+class Batch(NamedTuple):
+  """One rollout, ready for `update`: rows are sequences, N = max_new_tokens columns are response tokens.
+
+  prompt_tokens, prompt_mask [B, T]: left-padded prompts; tokens, mask [B, N]: right-padded responses;
+  logprobs [B, N] log π_old(y_t); values [B, N] V_old; advantages, returns [B, N]. All 0 where mask is False.
+  """
+
+  prompt_tokens: jax.Array
+  prompt_mask: jax.Array
+  tokens: jax.Array
+  mask: jax.Array
+  logprobs: jax.Array
+  values: jax.Array
+  advantages: jax.Array
+  returns: jax.Array
+
+
+class ValueHead(nn.Module):
+  """V = w·h + b on final hidden states [..., E] -> [...]; zero-initialised, so values start at 0."""
+
+  @nn.compact
+  def __call__(self, hidden):
+    return nn.Dense(1, kernel_init=nn.initializers.zeros_init())(hidden.astype(jnp.float32))[..., 0]
+
+
+# ------------------------------------------------------------------------------------------- pure math
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean of x over the positions where mask is True (0 if there are none)."""
+  return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+
+
+def whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True) -> jax.Array:
+  """(x − mean) / std over the masked positions (keeping the mean if `shift_mean` is False); 0 off the mask."""
+  mean = masked_mean(x, mask)
+  var = masked_mean(jnp.square(x - mean), mask)
+  out = (x - mean) * jax.lax.rsqrt(var + 1e-8)
+  return jnp.where(mask, out if shift_mean else out + mean, 0.0)
+
+
+def token_rewards(scores: jax.Array, logprobs: jax.Array, ref_logprobs: jax.Array, mask: jax.Array,
+                  beta: float) -> tuple[jax.Array, jax.Array]:
+  """Per-token rewards −β(log π − log p0) plus the sequence score λᵀr on each response's last token.
+
+  Args:
+    scores: [B] λᵀr(x, y) per response.
+    logprobs, ref_logprobs: [B, N] log π_old(y_t) and log p0(y_t).
+    mask: [B, N] response tokens (a prefix of each row, at least one token).
+
+  Returns:
+    (rewards [B, N], kl [B, N] = log π − log p0 on the mask, the per-token KL estimate).
+  """
+  chex.assert_equal_shape([logprobs, ref_logprobs, mask])
+  chex.assert_shape(scores, logprobs.shape[:1])
+  kl = jnp.where(mask, logprobs - ref_logprobs, 0.0)
+  last = jnp.sum(mask, axis=-1) - 1
+  at_last = jnp.arange(mask.shape[1])[None, :] == last[:, None]
+  return -beta * kl + jnp.where(at_last, scores[:, None], 0.0), kl
+
+
+def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1.0,
+        lam: float = 0.95) -> tuple[jax.Array, jax.Array]:
+  r"""Generalised advantage estimates over right-padded episodes; the state after the last token is terminal.
+
+  .. math::  δ_t = r_t + γ V_{t+1} − V_t, \quad A_t = δ_t + γ λ A_{t+1}, \quad G_t = A_t + V_t,
+
+  with V_{T} = A_{T} = 0 past each row's last token (a truncated response is treated as finished: its
+  sequence reward is already paid).
+
+  Args:
+    rewards, values: [B, N]; mask: [B, N] bool, a prefix of each row.
+    gamma, lam: discount γ and GAE parameter λ.
+
+  Returns:
+    (advantages [B, N], returns [B, N]), 0 off the mask.
+  """
+  chex.assert_equal_shape([rewards, values, mask])
+  live_next = jnp.pad(mask[:, 1:], ((0, 0), (0, 1)))
+  values = jnp.where(mask, values, 0.0)
+  next_values = jnp.where(live_next, jnp.pad(values[:, 1:], ((0, 0), (0, 1))), 0.0)
+  deltas = jnp.where(mask, rewards, 0.0) + gamma * next_values - values
+
+  def back(acc, x):  # from the last column to the first
+    delta, live = x
+    acc = delta + gamma * lam * jnp.where(live, acc, 0.0)
+    return acc, acc
+
+  _, adv = jax.lax.scan(back, jnp.zeros(rewards.shape[:1], rewards.dtype), (deltas.T, live_next.T),
+                        reverse=True)
+  adv = jnp.where(mask, adv.T, 0.0)
+  return adv, jnp.where(mask, adv + values, 0.0)
+
+
+def policy_loss(logprobs, old_logprobs, advantages, mask, clip_ratio) -> tuple[jax.Array, dict]:
+  """Clipped surrogate max(−Aρ, −A·clip(ρ, 1 ± ε)), averaged over response tokens; with diagnostics."""
+  ratio = jnp.exp(logprobs - old_logprobs)
+  unclipped = -advantages * ratio
+  clipped = -advantages * jnp.clip(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio)
+  loss = masked_mean(jnp.maximum(unclipped, clipped), mask)
+  stats = {"clip_fraction": masked_mean((clipped > unclipped).astype(jnp.float32), mask),
+           "approx_kl": masked_mean(0.5 * jnp.square(logprobs - old_logprobs), mask)}
+  return loss, stats
+
+
+def value_loss(values, old_values, returns, mask, clip_value) -> jax.Array:
+  """Clipped value loss ½ max((V − G)², (V_old + clip(V − V_old, ±ε_V) − G)²) over response tokens."""
+  clipped = old_values + jnp.clip(values - old_values, -clip_value, clip_value)
+  return 0.5 * masked_mean(jnp.maximum(jnp.square(values - returns), jnp.square(clipped - returns)), mask)
+
+
+# ------------------------------------------------------------------------------------------- the model
+
+def _hidden(module, params, prompt_tokens, prompt_mask, tokens, mask):
+  """Final hidden states at the positions that predict the response tokens: [B, N, E]."""
+  T, N = prompt_tokens.shape[1], tokens.shape[1]
+  seq_mask = jnp.concatenate([prompt_mask, mask], axis=1).astype(bool)
+  out = module.apply({"params": params}, jnp.concatenate([prompt_tokens, tokens], axis=1),
+                     positions_from_mask(seq_mask), seq_mask)
+  return out.hidden[:, T - 1:T + N - 1]
+
+
+def forward(module: nn.Module, params, prompt_tokens, prompt_mask, tokens, mask, value_model: str = "head"):
+  """Policy log-probs, entropies and values of response tokens in one pass (two with a separate value LM).
+
+  Returns:
+    (logprobs [B, N] log π(y_t | x, y_<t), entropy [B, N] of π(· | x, y_<t), values [B, N] V(x, y_<t)),
+    0 off the mask. Differentiable in `params`.
+  """
+  h = _hidden(module, params["policy"], prompt_tokens, prompt_mask, tokens, mask)
+  logp_all = jax.nn.log_softmax(module.apply({"params": params["policy"]}, h, method="logits"), axis=-1)
+  logp = jnp.take_along_axis(logp_all, tokens[..., None], axis=-1)[..., 0]
+  entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+  if value_model == "separate":
+    h = _hidden(module, params["value"]["trunk"], prompt_tokens, prompt_mask, tokens, mask)
+  values = ValueHead().apply({"params": params["value"]["head"]}, h)
+  zero = lambda x: jnp.where(mask, x, 0.0)  # noqa: E731
+  return zero(logp), zero(entropy), zero(values)
+
+
+def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW."""
+  return optax.chain(
+      optax.clip_by_global_norm(cfg.max_grad_norm),
+      optax.adamw(cfg.learning_rate, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
+                  weight_decay=cfg.weight_decay))
+
+
+def init_state(module: nn.Module, params, key: jax.Array, cfg: PPOConfig) -> TrainState:
+  """A fresh TrainState: the policy from `params` (boxed or plain), a zero value head, AdamW moments at 0.
+
+  With value_model="separate" the value trunk starts as a copy of the policy. `key` seeds the whole run.
+  """
+  policy = nn.meta.unbox(params)
+  width = jax.eval_shape(lambda p: module.apply({"params": p}, jnp.zeros((1, 1), jnp.int32)).hidden,
+                         policy).shape[-1]
+  value = {"head": ValueHead().init(jax.random.key(0), jnp.zeros((1, width)))["params"]}
+  if cfg.value_model == "separate":
+    value["trunk"] = jax.tree.map(jnp.copy, policy)
+  all_params = {"policy": policy, "value": value}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=all_params,
+                    opt_state=make_optimizer(cfg).init(all_params), key=key)
+
+
+# ------------------------------------------------------------------------------------------- rollout and batch
+
+def rollout(module: nn.Module, state: TrainState, prompt_tokens, prompt_mask, key, cfg: PPOConfig, *,
+            eos_ids: tuple[int, ...] = (), pad_id: int = 0) -> SampleOutput:
+  """Sample one response per prompt from the current policy (`map_jax.generate.sample`)."""
+  return sample(module, state.params["policy"], prompt_tokens, prompt_mask, key, jnp.float32(cfg.temperature),
+                max_new_tokens=cfg.max_new_tokens, top_k=cfg.top_k, top_p=cfg.top_p, eos_ids=tuple(eos_ids),
+                pad_id=int(pad_id))
+
+
+def response_mask(lengths: jax.Array, n: int) -> jax.Array:
+  """[B, n] bool: True on each response's first `lengths[b]` tokens."""
+  return jnp.arange(n)[None, :] < jnp.asarray(lengths)[:, None]
+
+
+def score_responses(prompts: Sequence[str], responses: Sequence[str], values: Sequence[Any],
+                    lam) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """Host side: reward values on (prompt, response) text and the sequence score λᵀr.
+
+  Each value re-tokenizes the text its own way (reward models have their own tokenizers). A non-finite
+  reward raises a ValueError naming the value and the row (`map_jax.align.decode.score_candidates`).
+
+  Returns:
+    (rewards [B, m] float64, scores [B] = rewards @ λ, value names).
+  """
+  from map_jax.align.decode import score_candidates
+  R, names = score_candidates(prompts, [[y] for y in responses], values)
+  R = R[:, 0]
+  return R, R @ np.asarray(lam, np.float64), names
+
+
+def make_batch(params, ref_params, prompt_tokens, prompt_mask, tokens, mask, scores, *, module: nn.Module,
+               cfg: PPOConfig) -> tuple[Batch, dict]:
+  """Everything PPO needs from a scored rollout: π_old and p0 log-probs, V_old, token rewards, GAE.
+
+  Args:
+    params: TrainState.params (policy and value); ref_params: the frozen reference LM p0 (plain arrays).
+    prompt_tokens, prompt_mask [B, T]; tokens, mask [B, N]: the rollout.
+    scores: [B] λᵀr of each response.
+
+  Returns:
+    (Batch, stats) with stats the batch means of kl (per sequence: Σ_t log π − log p0), entropy (per token),
+    value, return, advantage (before whitening) and score.
+  """
+  mask = mask.astype(bool)
+  logp, entropy, values = forward(module, params, prompt_tokens, prompt_mask, tokens, mask, cfg.value_model)
+  _, ref_logp = token_logprobs(module, ref_params, prompt_tokens, prompt_mask, tokens, mask)
+  rewards, kl = token_rewards(scores.astype(jnp.float32), logp, ref_logp, mask, cfg.beta)
+  if cfg.whiten_rewards:
+    rewards = whiten(rewards, mask, shift_mean=False)
+  advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
+  stats = {"kl": jnp.mean(jnp.sum(kl, -1)), "entropy": masked_mean(entropy, mask),
+           "value": masked_mean(values, mask), "return": masked_mean(returns, mask),
+           "advantage": masked_mean(advantages, mask), "score": jnp.mean(scores)}
+  if cfg.whiten_advantages:
+    advantages = whiten(advantages, mask)
+  return Batch(prompt_tokens, prompt_mask, tokens, mask, logp, values, advantages, returns), stats
+
+
+# ------------------------------------------------------------------------------------------- the update
+
+def loss_fn(params, mb: Batch, *, module: nn.Module, cfg: PPOConfig) -> tuple[jax.Array, dict]:
+  """PPO loss of one micro-batch: clipped policy loss + value_coef · clipped value loss − entropy bonus."""
+  logp, entropy, values = forward(module, params, mb.prompt_tokens, mb.prompt_mask, mb.tokens, mb.mask,
+                                  cfg.value_model)
+  pg, stats = policy_loss(logp, mb.logprobs, mb.advantages, mb.mask, cfg.clip_ratio)
+  vf = value_loss(values, mb.values, mb.returns, mb.mask, cfg.clip_value)
+  ent = masked_mean(entropy, mb.mask)
+  loss = pg + cfg.value_coef * vf - cfg.entropy_coef * ent
+  return loss, dict(stats, loss=loss, policy_loss=pg, value_loss=vf)
+
+
+def update(state: TrainState, batch: Batch, key: jax.Array, *, module: nn.Module,
+           cfg: PPOConfig) -> tuple[TrainState, dict]:
+  """PPO on one rollout: `ppo_epochs` shuffled passes, `num_minibatches` AdamW steps each.
+
+  Each minibatch's gradient is the mean over `grad_accum` micro-batches, accumulated in a `lax.scan` so only
+  one micro-batch's activations live at a time. Pure: the same (state, batch, key) gives the same result.
+
+  Returns:
+    (new state with step + 1, metrics averaged over all minibatches: loss, policy_loss, value_loss,
+    clip_fraction, approx_kl, grad_norm).
+  """
+  B = batch.tokens.shape[0]
+  nm, ga = cfg.num_minibatches, cfg.grad_accum
+  micro = B // (nm * ga)
+  tx = make_optimizer(cfg)
+  grad_fn = jax.grad(functools.partial(loss_fn, module=module, cfg=cfg), has_aux=True)
+
+  def minibatch(carry, mb):  # mb leaves: [grad_accum, micro, ...]
+    params, opt_state = carry
+
+    def accumulate(acc, x):
+      g, metrics = grad_fn(params, x)
+      return jax.tree.map(jnp.add, acc, g), metrics
+
+    grads, metrics = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, params), mb)
+    grads = jax.tree.map(lambda g: g / ga, grads)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    metrics = dict(jax.tree.map(jnp.mean, metrics), grad_norm=optax.tree.norm(grads))
+    return (optax.apply_updates(params, updates), opt_state), metrics
+
+  def epoch(carry, k):
+    perm = jax.random.permutation(k, B)
+    mbs = jax.tree.map(lambda x: x[perm].reshape((nm, ga, micro) + x.shape[1:]), batch)
+    return jax.lax.scan(minibatch, carry, mbs)
+
+  (params, opt_state), metrics = jax.lax.scan(
+      epoch, (state.params, state.opt_state), jax.random.split(key, cfg.ppo_epochs))
+  return (state.replace(step=state.step + 1, params=params, opt_state=opt_state),
+          jax.tree.map(jnp.mean, metrics))
+
+
+# ------------------------------------------------------------------------------------------- sharding and jit
+
+@functools.lru_cache(maxsize=None)
+def abstract_state(module: nn.Module, cfg: PPOConfig) -> TrainState:
+  """Shapes and dtypes of the TrainState, without allocating it (cached: tracing the model is not free)."""
+  from map_jax.models.loading import abstract_params
+  return jax.eval_shape(lambda p: init_state(module, p, jax.random.key(0), cfg), abstract_params(module.config))
+
+
+@functools.lru_cache(maxsize=None)
+def state_shardings(module: nn.Module, cfg: PPOConfig, mesh) -> TrainState:
+  """NamedShardings of the TrainState: LM weights (policy, value trunk) and their Adam moments FSDP-sharded
+  by their logical axes; the value head, step and key replicated."""
+  from map_jax.models.loading import abstract_params
+  lm = parallel.param_shardings(abstract_params(module.config), mesh)
+  abstract = abstract_state(module, cfg)
+  value = {"head": jax.tree.map(lambda _: parallel.replicated(mesh), abstract.params["value"]["head"])}
+  if cfg.value_model == "separate":
+    value["trunk"] = lm
+  params = {"policy": lm, "value": value}
+  opt = parallel.opt_state_shardings(make_optimizer(cfg), abstract.opt_state, params, mesh)
+  rep = parallel.replicated(mesh)
+  return TrainState(step=rep, params=params, opt_state=opt, key=rep)
+
+
+@functools.lru_cache(maxsize=None)
+def compile_update(module: nn.Module, cfg: PPOConfig, mesh) -> Callable[[TrainState, Batch, jax.Array],
+                                                                        tuple[TrainState, dict]]:
+  """`update` as one `jax.jit` with the state's shardings in and out, the batch split over the mesh's batch
+  axes, and the input state donated (its buffers are reused for the new state). Cached per
+  (module, cfg, mesh), so trainers in one process share the compiled program."""
+  shardings = state_shardings(module, cfg, mesh)
+  rep = parallel.replicated(mesh)
+  return jax.jit(functools.partial(update, module=module, cfg=cfg),
+                 in_shardings=(shardings, parallel.batch_sharding(mesh), rep),
+                 out_shardings=(shardings, rep), donate_argnums=(0,))
+
+
+@functools.lru_cache(maxsize=None)
+def compile_make_batch(module: nn.Module, cfg: PPOConfig, mesh) -> Callable:
+  """`make_batch` jitted with the params' shardings in and the batch split over the mesh on the way out."""
+  shardings = state_shardings(module, cfg, mesh)
+  rows, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+  return jax.jit(functools.partial(make_batch, module=module, cfg=cfg),
+                 in_shardings=(shardings.params, shardings.params["policy"], rows, rows, rows, rows, rows),
+                 out_shardings=(rows, rep))
+
+
+@functools.lru_cache(maxsize=None)
+def compile_init(module: nn.Module, cfg: PPOConfig, mesh) -> Callable[[Any, jax.Array], TrainState]:
+  """`init_state` jitted to write the new state straight into its shardings (no full copy on one device)."""
+  return jax.jit(lambda p, k: init_state(module, p, k, cfg), out_shardings=state_shardings(module, cfg, mesh))
+
+
+def iteration_keys(state_key: jax.Array, step: int) -> tuple[jax.Array, jax.Array]:
+  """(rollout key, update key) of iteration `step`: a function of the run key and the step alone."""
+  k = jax.random.fold_in(state_key, step)
+  return jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
+
+
+class IterationResult(NamedTuple):
+  """One PPO iteration's outcome: the new state, host-side metrics, decoded responses and their rewards."""
+
+  state: TrainState
+  metrics: dict
+  responses: list[str]
+  rewards: np.ndarray
+
+
+def iteration(module: nn.Module, state: TrainState, ref_params, prompts: Sequence[str], prompt_tokens,
+              prompt_mask, values: Sequence[Any], lam, cfg: PPOConfig, *, mesh, step: int,
+              detokenize: Callable[[list[list[int]]], list[str]], eos_ids: tuple[int, ...] = (),
+              pad_id: int = 0) -> IterationResult:
+  """Rollout, reward, make_batch and update for one batch of prompts; times each phase.
+
+  Args:
+    module, state, ref_params: the LM module, the sharded TrainState (donated: do not reuse it) and p0's
+      sharded params.
+    prompts: the B raw prompt texts (what the reward values see); prompt_tokens, prompt_mask: [B, T] their
+      left-padded token ids (chat template applied or not), B a multiple of the mesh's batch devices.
+    values, lam: the m reward values (callables `value(prompts, responses)` or names) and λ [m].
+    mesh: from `map_jax.parallel.make_mesh`; step: the iteration index (picks the PRNG keys).
+    detokenize: token-id lists -> response texts.
+    eos_ids, pad_id: end-of-response tokens and the padding id.
+
+  Returns:
+    `IterationResult`; metrics hold reward/<value> means, score, kl, entropy, the losses, tokens, tokens_per_s
+    and time_generate / time_reward / time_score / time_update (seconds). The update's metrics are fetched,
+    so a non-finite loss is visible to the caller before anything is saved.
+
+  Raises:
+    ValueError: a reward value returned a non-finite reward (named with its row); the state is unchanged.
+  """
+  rows = parallel.batch_sharding(mesh)
+  prompt_tokens, prompt_mask = jax.device_put((jnp.asarray(prompt_tokens), jnp.asarray(prompt_mask)), rows)
+  roll_key, update_key = iteration_keys(state.key, step)
+  t0 = time.perf_counter()
+  out = rollout(module, state, prompt_tokens, prompt_mask, roll_key, cfg, eos_ids=eos_ids, pad_id=pad_id)
+  tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+  t1 = time.perf_counter()
+  responses = detokenize([t[:n].tolist() for t, n in zip(tokens, lengths)])
+  R, scores, names = score_responses(prompts, responses, values, lam)
+  t2 = time.perf_counter()
+  mask = np.asarray(response_mask(lengths, tokens.shape[1]))
+  batch, stats = compile_make_batch(module, cfg, mesh)(
+      state.params, ref_params, prompt_tokens, prompt_mask, *jax.device_put(
+          (tokens, mask, scores.astype(np.float32)), rows))
+  stats = jax.device_get(stats)
+  t3 = time.perf_counter()
+  state, metrics = compile_update(module, cfg, mesh)(state, batch, update_key)
+  metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+  t4 = time.perf_counter()
+  n_tokens = int(lengths.sum())
+  metrics.update({k: float(v) for k, v in stats.items()})
+  metrics.update({f"reward/{n}": float(R[:, j].mean()) for j, n in enumerate(names)})
+  metrics.update(tokens=n_tokens, response_length=float(lengths.mean()), tokens_per_s=n_tokens / (t4 - t0),
+                 time_generate=t1 - t0, time_reward=t2 - t1, time_score=t3 - t2, time_update=t4 - t3)
+  return IterationResult(state, metrics, responses, R)

@@ -1,0 +1,185 @@
+"""MAP-F PPO: GAE and the clipped losses against hand/NumPy references; PPO on a tiny model raises a reward."""
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from map_jax.align import ppo
+from map_jax.align import trainer
+from map_jax.generate import token_logprobs
+from map_jax.models.llama import LlamaConfig
+from map_jax.models.loading import LoadedModel, restore_params
+
+# One tiny model and one PPO config for every test that trains (tests/test_checkpoint.py and
+# tests/test_parallel.py import them too), so the jitted rollout, make_batch and update compile once.
+TINY = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=4,
+                   num_kv_heads=2, head_dim=8, max_position_embeddings=64, eos_token_ids=(2,))
+TINY_PPO = ppo.PPOConfig(max_new_tokens=8, learning_rate=3e-3, ppo_epochs=2, num_minibatches=2, grad_accum=2)
+TINY_RUN = trainer.RunConfig(num_steps=4, batch_size=16, max_prompt_tokens=4, chat=False, tensorboard=False)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model() -> LoadedModel:
+  """A random 1-layer Llama over 64 tokens; no tokenizer, so texts are space-separated token ids."""
+  module = TINY.module()
+  params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+  return LoadedModel(TINY, params, None)
+
+
+def tiny_prompts(n: int = 32) -> list[str]:
+  rng = np.random.default_rng(0)
+  return [" ".join(map(str, rng.integers(3, 64, rng.integers(2, 5)))) for _ in range(n)]
+
+
+def token_fraction(token: str):
+  """Synthetic value: the fraction of response tokens equal to `token`."""
+  def value(prompts, responses):
+    return np.array([r.split().count(token) / max(1, len(r.split())) for r in responses])
+  value.name = f"frac{token}"
+  return value
+
+
+# ----------------------------------------------------------------------------------------------- pure math
+
+def test_gae_matches_hand_computed_values():
+  # Row 0: γ = 1, λ = 0.5, three live tokens then padding (whose value 9 must be ignored):
+  #   δ2 = 2 − (−0.5) = 2.5           A2 = 2.5
+  #   δ1 = 0 + (−0.5) − 1 = −1.5      A1 = −1.5 + 0.5·2.5 = −0.25
+  #   δ0 = 1 + 1 − 0.5 = 1.5          A0 = 1.5 + 0.5·(−0.25) = 1.375
+  rewards = jnp.array([[1.0, 0.0, 2.0, 5.0]])
+  values = jnp.array([[0.5, 1.0, -0.5, 9.0]])
+  mask = jnp.array([[True, True, True, False]])
+  adv, ret = jax.jit(ppo.gae, static_argnums=(3, 4))(rewards, values, mask, 1.0, 0.5)
+  np.testing.assert_allclose(adv, [[1.375, -0.25, 2.5, 0.0]], atol=1e-6)
+  np.testing.assert_allclose(ret, [[1.875, 0.75, 2.0, 0.0]], atol=1e-6)
+  # λ = 1 with zero values gives discounted returns: 1 + 0.5·1 = 1.5, 1; γ = 0 gives the rewards themselves.
+  adv, ret = ppo.gae(jnp.ones((1, 2)), jnp.zeros((1, 2)), jnp.ones((1, 2), bool), 0.5, 1.0)
+  np.testing.assert_allclose(ret, [[1.5, 1.0]], atol=1e-6)
+  adv, _ = ppo.gae(jnp.array([[3.0, 4.0]]), jnp.zeros((1, 2)), jnp.ones((1, 2), bool), 0.0, 0.95)
+  np.testing.assert_allclose(adv, [[3.0, 4.0]], atol=1e-6)
+
+
+def test_token_rewards_put_the_score_on_the_last_token_and_the_kl_everywhere():
+  logp = jnp.array([[-1.0, -2.0, -3.0], [-1.0, -1.0, -1.0]])
+  ref = jnp.array([[-1.5, -1.0, -3.0], [-2.0, -2.0, -2.0]])
+  mask = jnp.array([[True, True, False], [True, True, True]])
+  r, kl = ppo.token_rewards(jnp.array([10.0, 20.0]), logp, ref, mask, beta=2.0)
+  np.testing.assert_allclose(kl, [[0.5, -1.0, 0.0], [1.0, 1.0, 1.0]])
+  np.testing.assert_allclose(r, [[-1.0, 2.0 + 10.0, 0.0], [-2.0, -2.0, -2.0 + 20.0]])
+
+
+def _np_masked_mean(x, m):
+  return (x * m).sum() / m.sum()
+
+
+def test_clipped_losses_match_a_numpy_reference():
+  rng = np.random.default_rng(0)
+  shape = (4, 6)
+  logp, old = rng.normal(-2, 0.3, shape), rng.normal(-2, 0.3, shape)
+  adv, ret = rng.normal(size=shape), rng.normal(size=shape)
+  v, v_old = rng.normal(size=shape), rng.normal(size=shape)
+  mask = rng.random(shape) < 0.7
+  ratio = np.exp(logp - old)
+  want_pg = _np_masked_mean(np.maximum(-adv * ratio, -adv * np.clip(ratio, 0.8, 1.2)), mask)
+  v_clip = v_old + np.clip(v - v_old, -0.3, 0.3)
+  want_vf = 0.5 * _np_masked_mean(np.maximum((v - ret) ** 2, (v_clip - ret) ** 2), mask)
+  f32 = lambda *xs: [jnp.asarray(x, jnp.float32) for x in xs]  # noqa: E731
+  pg, stats = jax.jit(ppo.policy_loss, static_argnums=4)(*f32(logp, old, adv), mask, 0.2)
+  vf = jax.jit(ppo.value_loss, static_argnums=4)(*f32(v, v_old, ret), mask, 0.3)
+  np.testing.assert_allclose(pg, want_pg, rtol=1e-5)
+  np.testing.assert_allclose(vf, want_vf, rtol=1e-5)
+  clipped = -adv * np.clip(ratio, 0.8, 1.2) > -adv * ratio
+  np.testing.assert_allclose(stats["clip_fraction"], _np_masked_mean(clipped, mask), rtol=1e-5)
+  # The gradient flows only where the ratio is inside the clip range or clipping would not help.
+  g = jax.grad(lambda lp: ppo.policy_loss(lp, *f32(old, adv), mask, 0.2)[0])(*f32(logp))
+  np.testing.assert_array_equal(np.asarray(g) != 0, mask & ~clipped)
+
+
+def test_whiten_normalises_over_the_mask_only():
+  x = jnp.array([[1.0, 2.0, 3.0, 100.0]])
+  m = jnp.array([[True, True, True, False]])
+  w = ppo.whiten(x, m)
+  np.testing.assert_allclose(w[0, :3], (np.array([1, 2, 3]) - 2) / np.std([1, 2, 3]), rtol=1e-4)
+  assert w[0, 3] == 0
+  np.testing.assert_allclose(ppo.whiten(x, m, shift_mean=False)[0, :3], w[0, :3] + 2, rtol=1e-4)
+
+
+def test_config_validation_names_the_field():
+  with pytest.raises(ValueError, match="value_model"):
+    ppo.PPOConfig(value_model="twin").validate()
+  with pytest.raises(ValueError, match="not a multiple of num_minibatches × grad_accum = 2 × 2"):
+    TINY_PPO.validate(batch_size=6)
+
+
+# ----------------------------------------------------------------------------------------------- the model
+
+def test_forward_with_a_separate_value_model_agrees_with_token_logprobs():
+  """(The shared-head forward is checked by training: its first KL to p0 is exactly 0.)"""
+  model = tiny_model()
+  module = TINY.module()
+  rng = np.random.default_rng(1)
+  pt, pm = jnp.asarray(rng.integers(3, 64, (2, 4)), jnp.int32), jnp.array([[0, 1, 1, 1], [1, 1, 1, 1]], bool)
+  yt, ym = jnp.asarray(rng.integers(3, 64, (2, 5)), jnp.int32), jnp.array([[1, 1, 1, 0, 0], [1] * 5], bool)
+  cfg = dataclasses.replace(TINY_PPO, value_model="separate")
+  state = ppo.init_state(module, model.params, jax.random.key(0), cfg)
+  params = state.params
+  assert set(params["value"]) == {"head", "trunk"}
+  # A head of ones reads the trunk's summed hidden state; perturbing the policy must not change the values.
+  params = {"policy": jax.tree.map(lambda x: x * 1.5, params["policy"]),
+            "value": dict(params["value"], head=jax.tree.map(jnp.ones_like, params["value"]["head"]))}
+  logp, ent, values = jax.jit(ppo.forward, static_argnums=(0, 6))(module, params, pt, pm, yt, ym, "separate")
+  _, want = token_logprobs(module, params["policy"], pt, pm, yt, ym)
+  np.testing.assert_allclose(logp, want, atol=1e-5)
+  assert np.all(np.asarray(ent)[np.asarray(ym)] > 0) and np.all(np.asarray(ent)[~np.asarray(ym)] == 0)
+  hidden = jax.jit(ppo._hidden, static_argnums=0)(module, nn.meta.unbox(model.params), pt, pm, yt, ym)
+  np.testing.assert_allclose(values, np.where(ym, hidden.sum(-1) + 1.0, 0.0), rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+def test_ppo_raises_a_synthetic_reward_and_the_kl_stays_finite():
+  """Reward = fraction of token 7 (1/64 under the random model), λ = 20: the optimum p0·exp(20·frac) puts
+  about 12× more mass on 7 per token; 30 PPO iterations must get a clear part of the way."""
+  run = dataclasses.replace(TINY_RUN, num_steps=30)
+  res = trainer.train(tiny_model(), tiny_prompts(), [token_fraction("7")], [20.0], TINY_PPO, run)
+  reward = np.array([m["reward/frac7"] for m in res.history])
+  kl = np.array([m["kl"] for m in res.history])
+  assert res.history[0]["kl"] == 0.0  # the first rollout comes from p0 itself
+  assert reward[:5].mean() < 0.04 and reward[-10:].mean() > 0.07, reward
+  assert np.all(np.isfinite(kl)) and 0 < kl[-10:].mean() < 10, kl
+  assert all(np.isfinite(m["loss"]) and m["tokens"] > 0 for m in res.history)
+
+
+def test_sequential_stages_follow_the_solver_schedule():
+  from map_jax.core.sequential import sequential_solve
+  rng = np.random.default_rng(0)
+  R = rng.normal(size=(200, 3))
+  c = np.array([0.3, 0.2, 0.0])
+  stages = trainer.sequential_stages(R, c, rounds=3)
+  with jax.enable_x64(True):
+    lam = np.asarray(sequential_solve(R, c, rounds=3).lam)
+  total = np.zeros(3)
+  for s in stages:
+    total[s.value] += s.lam_step
+    np.testing.assert_allclose(s.lam, total, atol=1e-12)
+  np.testing.assert_allclose(total, lam, atol=1e-12)
+  assert [s.round for s in stages] == sorted(s.round for s in stages) and stages[0].value == 0
+
+
+def test_train_sequential_runs_one_value_per_stage_and_resumes(tmp_path):
+  model = tiny_model()
+  values = [token_fraction("7"), token_fraction("9")]
+  stages = [trainer.Stage(0, 0, 5.0, np.array([5.0, 0.0])), trainer.Stage(0, 1, 5.0, np.array([5.0, 5.0]))]
+  run = dataclasses.replace(TINY_RUN, num_steps=2)
+  res = trainer.train_sequential(model, tiny_prompts(), values, stages, TINY_PPO, run, str(tmp_path))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["params", "stage_00_frac7", "stage_01_frac9"]
+  assert "reward/frac9" in res.history[0] and "reward/frac7" not in res.history[0]
+  final = restore_params(str(tmp_path / "params"), TINY)
+  jax.tree.map(np.testing.assert_array_equal, res.params, nn.meta.unbox(final))
+  again = trainer.train_sequential(model, tiny_prompts(), values, stages, TINY_PPO, run, str(tmp_path))
+  assert again.history == []  # both stages were done: nothing retrained
