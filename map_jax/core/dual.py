@@ -196,7 +196,7 @@ def solve_dual(
     max_iter: int = 50,
     ridge: float | None = None,
     lp_tol: float | None = None,
-    lp_max_iter: int = 60,
+    lp_max_iter: int = 100,
 ) -> DualSolution:
   """Solves the MAP dual exactly for one palette.
 

@@ -1,0 +1,94 @@
+"""The feasibility LP (revised simplex) against SciPy's HiGHS, on random and degenerate data."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from map_jax.core.feasibility import feasibility
+
+from .test_dual import lp_margin as highs_margin  # HiGHS via scipy.optimize.linprog
+
+
+def check_bracket(rewards, palette, out, atol):
+  """Everything a Feasibility claims, checked in float64 NumPy."""
+  margin = highs_margin(rewards, palette)
+  d = np.asarray(out.certificate, np.float64)
+  q = np.asarray(out.mixture, np.float64)
+  assert np.all(d >= 0) and abs(d.sum() - 1) < 1e-6
+  assert np.all(q >= 0) and abs(q.sum() - 1) < 1e-6
+  # The certificate bounds the margin from above, the mixture from below.
+  np.testing.assert_allclose(float(out.upper), np.max((rewards - palette) @ d), atol=atol)
+  np.testing.assert_allclose(float(out.lower), np.min(q @ rewards - palette), atol=atol)
+  assert float(out.lower) - atol <= margin <= float(out.upper) + atol
+  np.testing.assert_allclose(float(out.margin), margin, atol=atol)
+  assert bool(out.feasible) == (margin >= 0) or abs(margin) <= atol
+  if not bool(out.feasible):
+    assert np.max(rewards @ d) < d @ palette
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_problems_match_highs(seed):
+  rng = np.random.default_rng(seed)
+  n, m = [(40, 2), (300, 3), (500, 6), (64, 8), (1000, 4), (7, 5)][seed]
+  rewards = rng.normal(size=(n, m)) * rng.uniform(0.1, 10, m)
+  palettes = rewards.mean(0) + rng.uniform(-0.3, 1.2, (20, m)) * (rewards.max(0) - rewards.mean(0))
+  outs = jax.jit(jax.vmap(lambda c: feasibility(jnp.asarray(rewards), c)))(jnp.asarray(palettes))
+  assert np.all(np.asarray(outs.converged))
+  for k, c in enumerate(palettes):
+    check_bracket(rewards, c, jax.tree.map(lambda a: a[k], outs), atol=1e-9)
+
+
+def test_reference_data_float32_and_float64(reference_rewards):
+  rng = np.random.default_rng(7)
+  c0, b = reference_rewards.mean(0), reference_rewards.max(0)
+  palettes = c0 + rng.uniform(-0.2, 1.1, (12, 6)) * (b - c0)
+  for dtype, atol in [(jnp.float64, 1e-9), (jnp.float32, 1e-4)]:
+    r = jnp.asarray(reference_rewards, dtype)
+    outs = jax.jit(jax.vmap(lambda c: feasibility(r, c)))(jnp.asarray(palettes, dtype))
+    assert outs.margin.dtype == dtype and np.all(np.asarray(outs.converged))
+    for k, c in enumerate(palettes):
+      check_bracket(reference_rewards, c, jax.tree.map(lambda a: a[k], outs), atol=atol)
+
+
+def test_degenerate_data():
+  """Duplicate rows, a dominated copy, a constant column and targets on sample values."""
+  rng = np.random.default_rng(11)
+  base = rng.normal(size=(30, 3))
+  rewards = np.r_[base, base[:10], base[:5] - 1.0]
+  rewards[:, 2] = 0.25
+  palettes = [rewards[3], rewards[3] + 1e-3, 0.5 * (rewards[3] + rewards[7]),
+              np.array([rewards[:, 0].max(), rewards[:, 1].max(), 0.25]),
+              np.array([0.0, 0.0, 0.25]), np.array([0.0, 0.0, 0.26])]
+  for c in palettes:
+    out = feasibility(jnp.asarray(rewards), jnp.asarray(c))
+    assert bool(out.converged)
+    check_bracket(rewards, c, out, atol=1e-9)
+  # A target equal to a sample's reward is reachable (margin exactly 0 on that value).
+  assert bool(feasibility(jnp.asarray(rewards), jnp.asarray(palettes[0])).feasible)
+
+
+def test_two_points():
+  r = jnp.array([[0.0, 1.0], [1.0, 0.0]])
+  out = feasibility(r, jnp.array([0.6, 0.6]))
+  assert not bool(out.feasible)
+  np.testing.assert_allclose(float(out.margin), -0.1, atol=1e-12)
+  np.testing.assert_allclose(np.asarray(out.certificate), [0.5, 0.5], atol=1e-12)
+  out = feasibility(r, jnp.array([0.3, 0.5]))
+  np.testing.assert_allclose(float(out.margin), 0.1, atol=1e-12)
+  np.testing.assert_allclose(np.asarray(out.mixture), [0.6, 0.4], atol=1e-12)
+
+
+def test_pivot_cap_still_certifies(reference_rewards):
+  """Stopped early, the bracket is loose but both of its ends remain certified."""
+  c = reference_rewards.mean(0) + 0.6 * (reference_rewards.max(0) - reference_rewards.mean(0))
+  c[3:] = reference_rewards.mean(0)[3:]
+  full = feasibility(jnp.asarray(reference_rewards), jnp.asarray(c))
+  assert int(full.num_steps) > 2
+  early = feasibility(jnp.asarray(reference_rewards), jnp.asarray(c), max_iter=2)
+  assert int(early.num_steps) == 2 and not bool(early.converged)
+  margin = highs_margin(reference_rewards, c)
+  assert float(early.lower) <= margin + 1e-12 and margin <= float(early.upper) + 1e-12
+  d, q = np.asarray(early.certificate), np.asarray(early.mixture)
+  np.testing.assert_allclose(float(early.upper), np.max((reference_rewards - c) @ d), atol=1e-12)
+  np.testing.assert_allclose(float(early.lower), np.min(q @ reference_rewards - c), atol=1e-12)
