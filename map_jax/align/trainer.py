@@ -137,6 +137,15 @@ def _codec(tokenizer, chat: bool):
           lambda ids: tokenizer.batch_decode(ids, skip_special_tokens=True))
 
 
+def encode_prompts(tokenizer, prompts: Sequence[str], chat: bool, max_tokens: int) -> list[list[int]]:
+  """Token ids of each prompt (chat template applied if `chat`), cut to its last `max_tokens` tokens: the end
+  holds the template's assistant-turn marker, which the response must follow."""
+  ids = [p[-max_tokens:] for p in _codec(tokenizer, chat)[0](prompts)]
+  if any(len(p) == 0 for p in ids):
+    raise ValueError("every prompt needs at least one token")
+  return ids
+
+
 def _value_names(values) -> list[str]:
   return [v if isinstance(v, str) else getattr(v, "name", f"value_{i}") for i, v in enumerate(values)]
 
@@ -176,10 +185,8 @@ def train(model, prompts: Sequence[str], values: Sequence[Any], lam, cfg: ppo.PP
     raise ValueError(f"max_prompt_tokens={run.max_prompt_tokens} + max_new_tokens={cfg.max_new_tokens} exceeds "
                      f"the model's context of {context}")
   prompts = list(prompts)
-  encode, decode = _codec(tokenizer, run.chat)
-  ids = [p[-run.max_prompt_tokens:] for p in encode(prompts)]  # keep the end: the chat template's turn marker
-  if any(len(p) == 0 for p in ids):
-    raise ValueError("every prompt needs at least one token")
+  ids = encode_prompts(tokenizer, prompts, run.chat, run.max_prompt_tokens)
+  decode = _codec(tokenizer, run.chat)[1]
   from map_jax.generate import _eos_ids
   from map_jax.models import tokenizer as tok_lib
   eos = _eos_ids(module, tokenizer, None)

@@ -1,0 +1,89 @@
+"""The MAP-F launcher: both configs build and validate; a tiny model runs pilot, PPO and the output layout."""
+
+import importlib.util
+import json
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _config(name):
+  spec = importlib.util.spec_from_file_location(name.replace(".", "_"), ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_configs_build_and_validate():
+  from experiments import train_ppo
+  cfg, run = train_ppo.build(_config("ppo_default"))
+  assert cfg.beta == 1.0 and run.chat and run.progress
+  cfg, run = train_ppo.build(_config("ppo_opt1.3b"))
+  assert (cfg.learning_rate, run.batch_size, cfg.beta) == (1e-6, 20, 1.0)
+  bad = _config("ppo_default")
+  bad.rewards = ("positiveness", "no-such-value")
+  with pytest.raises(ValueError, match=r"unknown values \['no-such-value'\]"):
+    train_ppo.build(bad)
+  bad = _config("ppo_default")
+  bad.run.batch_size = 7
+  with pytest.raises(ValueError, match="not a multiple of num_minibatches"):
+    train_ppo.build(bad)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+  """A random 1-layer Llama over SmolLM2's vocabulary, with SmolLM2's tokenizer (chat template included)."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from map_jax.models import loading
+  from map_jax.models import tokenizer as tok_lib
+
+  d = tmp_path_factory.mktemp("tiny_smollm")
+  torch.manual_seed(0)
+  transformers.LlamaForCausalLM(transformers.LlamaConfig(
+      vocab_size=49152, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+      num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=1,
+      eos_token_id=2)).save_pretrained(d)
+  path = loading.builtin_path("smollm2-135m-instruct")
+  tok_lib.load_tokenizer(os.path.dirname(path), gguf_file=os.path.basename(path)).save_pretrained(d)
+  return str(d)
+
+
+def test_launcher_runs_pilot_ppo_and_writes_the_layout(tiny_dir, tmp_path):
+  from experiments import train_ppo
+  from map_jax.models.loading import load_model, restore_params
+
+  config = _config("ppo_default")
+  config.model = tiny_dir
+  config.prompts.num = 16
+  config.palette.quantiles = (None, 0.5)
+  config.pilot.num_prompts, config.pilot.samples = 4, 2
+  config.ppo.max_new_tokens, config.ppo.ppo_epochs, config.ppo.learning_rate = 8, 1, 1e-3
+  config.run.num_steps, config.run.batch_size, config.run.max_prompt_tokens = 2, 4, 48
+  config.run.checkpoint_every, config.run.progress = 1, False
+  out = train_ppo.run(config, str(tmp_path))
+
+  files = sorted(p.name for p in tmp_path.iterdir())
+  assert files == ["checkpoints", "config.json", "metrics.jsonl", "params", "pilot.json", "run.json", "tb"]
+  run = json.loads((tmp_path / "run.json").read_text())
+  assert run == json.loads(json.dumps(out)) and run["method"] == "MAP-F"
+  pilot = json.loads((tmp_path / "pilot.json").read_text())
+  assert pilot["n"] == 8 and run["lam"] == pilot["lam"] and len(run["palette"]) == 2
+  lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
+  assert [x["step"] for x in lines] == [1, 2]
+  for key in ("reward/positiveness", "reward/diversity", "score", "kl", "entropy", "policy_loss",
+              "value_loss", "tokens_per_s", "time_generate", "time_reward", "time_update"):
+    assert key in lines[0], key
+  assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
+  # The evaluation stage loads the fine-tuned policy from run.json alone.
+  base = load_model(run["model"], dtype=run["dtype"])
+  params = restore_params(run["params"], base.config)
+  from map_jax.generate import generate
+  import jax
+  text = generate(base.module, params, base.tokenizer, ["Hi!"], key=jax.random.key(0), max_new_tokens=4,
+                  chat=True).text
+  assert len(text) == 1
