@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from map_jax.core import feasibility as feasibility_lib
 from map_jax.core.feasibility import feasibility
 
 from .test_dual import lp_margin as highs_margin  # HiGHS via scipy.optimize.linprog
@@ -92,3 +93,15 @@ def test_pivot_cap_still_certifies(reference_rewards):
   d, q = np.asarray(early.certificate), np.asarray(early.mixture)
   np.testing.assert_allclose(float(early.upper), np.max((reference_rewards - c) @ d), atol=1e-12)
   np.testing.assert_allclose(float(early.lower), np.min(q @ reference_rewards - c), atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 48, 49, 2312])
+def test_blocked_argmax_finds_the_most_violated_row(n):
+  rng = np.random.default_rng(n)
+  S = jnp.asarray(rng.normal(size=(n, 4)))
+  blocks, ids = feasibility_lib._row_blocks(S)
+  for d in rng.dirichlet(np.ones(4), 5):
+    j, top = feasibility_lib._most_violated(blocks, ids, jnp.asarray(d))
+    assert 0 <= int(j) < n
+    np.testing.assert_allclose(float(top), np.max(np.asarray(S) @ d), rtol=1e-12)
+    np.testing.assert_allclose(float(S[j] @ d), float(top), rtol=1e-12)
