@@ -2,7 +2,7 @@ r"""MAP-F on CPU: fine-tune SmolLM2-135M-Instruct toward a positiveness/diversit
 
   python -m experiments.train_ppo --config=configs/ppo_default.py --workdir=/tmp/ppo_smollm2
 
-A short run to see the machinery work end to end (about 10 minutes on 2 CPU cores, pinned to one with
+A short run to see the machinery work end to end (about 15 minutes on one CPU core, pinned with
 `taskset -c 0`): a pilot of 16 prompts × 4 responses gives the palette (70% quantile of positiveness, the
 mean diversity) and its λ, then 12 PPO iterations of 8 prompts follow, logging to metrics.jsonl and TensorBoard
 (`tensorboard --logdir=/tmp/ppo_smollm2/tb`) and saving the policy to /tmp/ppo_smollm2/params. Override any

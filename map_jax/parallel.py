@@ -18,7 +18,8 @@ names to mesh axes. A dimension whose size the mesh axis does not divide is repl
 Multi-host (several processes, one per host or per GPU): call `initialize_distributed()` first thing in every
 process, before any other JAX call. `jax.devices()` then lists the devices of all hosts and `make_mesh` spans
 them; each process feeds its own slice of the global batch (`jax.make_array_from_process_local_data`) or, as
-the PPO trainer does, builds the same global batch on every host and lets `jax.device_put` keep the local part.
+the PPO trainer does, builds the same global batch on every host and lets `jax.device_put` keep the local part
+(results go back to the host through `multihost_utils.process_allgather`).
 
     >>> mesh = make_mesh()                                  # all devices on the fsdp axis
     >>> params = shard(plain_params, param_shardings(boxed_params, mesh))

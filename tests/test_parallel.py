@@ -31,21 +31,16 @@ def test_one_device_mesh_and_bad_sizes():
   assert shardings["layers"]["q_proj"]["kernel"].spec == P(None, "fsdp", None, None)
 
 
-def _rollout_batch():
-  """A real rollout of the tiny model made into a PPO batch (numpy), and the initial state's leaves."""
-  from map_jax.models import tokenizer as tok_lib
-  from tests.align.test_ppo import TINY_RUN, tiny_prompts
-  model, module = tiny_model(), TINY.module()
-  mesh = parallel.make_mesh()
-  state = ppo.compile_init(module, TINY_PPO, mesh)(model.params, jax.random.key(3))
-  ref = jax.tree.map(lambda x: x, state.params["policy"])
-  ids = [[int(t) for t in p.split()] for p in tiny_prompts()[:TINY_RUN.batch_size]]
-  pt, pm = tok_lib.pad_left(ids, 0, length=TINY_RUN.max_prompt_tokens)
-  out = ppo.rollout(module, state, pt, pm, jax.random.key(4), TINY_PPO, eos_ids=TINY.eos_token_ids)
-  mask = ppo.response_mask(out.lengths, TINY_PPO.max_new_tokens)
-  scores = np.linspace(-1, 1, len(ids)).astype(np.float32)
-  batch, _ = ppo.compile_make_batch(module, TINY_PPO, mesh)(state.params, ref, pt, pm, out.tokens, mask, scores)
-  return state, jax.tree.map(np.asarray, batch)
+def _batch(rows=16, prompt=4, new=8):
+  """A PPO batch (numpy) of the tiny model's shapes: ragged prompts and responses, log-probs near uniform
+  over its 64 tokens (so ratios sit around the clip range), random advantages and returns."""
+  rng = np.random.default_rng(0)
+  prompt_mask = np.arange(prompt)[None] >= rng.integers(0, prompt, rows)[:, None]
+  mask = np.arange(new)[None] < rng.integers(1, new + 1, rows)[:, None]
+  f = lambda x: np.where(mask, x, 0).astype(np.float32)  # noqa: E731
+  return ppo.Batch(rng.integers(3, 64, (rows, prompt)).astype(np.int32), prompt_mask,
+                   rng.integers(3, 64, (rows, new)).astype(np.int32), mask, f(rng.normal(-4.16, 0.1, mask.shape)),
+                   f(rng.normal(size=mask.shape)), f(rng.normal(size=mask.shape)), f(rng.normal(size=mask.shape)))
 
 
 # Runs with 8 host devices: loads the initial state and batch, updates on a (data=2, fsdp=4) mesh, checks that
@@ -56,7 +51,8 @@ _SHARDED = textwrap.dedent("""
     assert jax.device_count() == 8, jax.devices()
     from map_jax import parallel
     from map_jax.align import ppo
-    from tests.align.test_ppo import TINY, TINY_PPO, tiny_model
+    from map_jax.models.loading import abstract_params
+    from tests.align.test_ppo import TINY, TINY_PPO
     module = TINY.module()
     data = np.load(sys.argv[1])
     like = ppo.abstract_state(module, TINY_PPO)
@@ -76,7 +72,7 @@ _SHARDED = textwrap.dedent("""
     assert new.params["policy"]["layers"]["q_proj"]["kernel"].sharding == q.sharding
     # A dimension the axis does not divide (embed 32 over 3 devices) is replicated, not an error.
     three = parallel.make_mesh(1, 3, devices=jax.devices()[:3])
-    assert parallel.param_shardings(tiny_model().params, three)["layers"]["q_proj"]["kernel"].spec == \\
+    assert parallel.param_shardings(abstract_params(TINY), three)["layers"]["q_proj"]["kernel"].spec == \\
         jax.sharding.PartitionSpec(None, None, None, None)
     np.savez(sys.argv[2], *[np.asarray(x) for x in jax.tree.leaves(new.params)],
              loss=np.asarray(metrics["loss"]))
@@ -85,7 +81,9 @@ _SHARDED = textwrap.dedent("""
 
 
 def test_sharded_update_on_8_devices_equals_one_device(tmp_path):
-  state, batch = _rollout_batch()
+  mesh = parallel.make_mesh()
+  state = ppo.compile_init(TINY.module(), TINY_PPO, mesh)(tiny_model().params, jax.random.key(3))
+  batch = _batch()
   plain = state.replace(key=0)
   np.savez(tmp_path / "in.npz", key=np.asarray(jax.random.key_data(state.key)),
            **{f"s{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(plain))},
@@ -96,13 +94,18 @@ def test_sharded_update_on_8_devices_equals_one_device(tmp_path):
   assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
 
   before = np.asarray(jax.tree.leaves(plain.params)[0])
-  mesh = parallel.make_mesh()
-  new, metrics = ppo.compile_update(TINY.module(), TINY_PPO, mesh)(state, ppo.Batch(*batch), jax.random.key(5))
+  batch = jax.device_put(batch, parallel.batch_sharding(mesh))  # as the trainer passes it
+  new, metrics = ppo.compile_update(TINY.module(), TINY_PPO, mesh)(state, batch, jax.random.key(5))
   got = np.load(tmp_path / "out.npz")
   want = [np.asarray(x) for x in jax.tree.leaves(new.params)]
   assert len(want) == len([k for k in got.files if k.startswith("arr_")])
+  # Sharded reductions sum in another order; Adam divides by sqrt(v), so where a gradient entry is ~0 that
+  # rounding can move the step by a few % of lr (3e-3): atol 1e-4 allows it, a wrong update would be ~lr off.
   for i, w in enumerate(want):
-    np.testing.assert_allclose(got[f"arr_{i}"], w, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(got["loss"], metrics["loss"], rtol=1e-5)
+    np.testing.assert_allclose(got[f"arr_{i}"], w, rtol=1e-5, atol=1e-4)
+  close = np.mean(np.concatenate([np.isclose(got[f"arr_{i}"], w, rtol=1e-5, atol=1e-6).ravel()
+                                  for i, w in enumerate(want)]))
+  assert close > 0.99, close
+  np.testing.assert_allclose(got["loss"], metrics["loss"], rtol=1e-5, atol=1e-6)
   # The update moved the weights (so equality is not the trivial one of two untouched states).
   assert not np.allclose(want[0], before)

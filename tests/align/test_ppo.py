@@ -126,18 +126,21 @@ def test_forward_with_a_separate_value_model_agrees_with_token_logprobs():
   pt, pm = jnp.asarray(rng.integers(3, 64, (2, 4)), jnp.int32), jnp.array([[0, 1, 1, 1], [1, 1, 1, 1]], bool)
   yt, ym = jnp.asarray(rng.integers(3, 64, (2, 5)), jnp.int32), jnp.array([[1, 1, 1, 0, 0], [1] * 5], bool)
   cfg = dataclasses.replace(TINY_PPO, value_model="separate")
-  state = ppo.init_state(module, model.params, jax.random.key(0), cfg)
-  params = state.params
+  params = ppo.init_state(module, model.params, jax.random.key(0), cfg).params
   assert set(params["value"]) == {"head", "trunk"}
-  # A head of ones reads the trunk's summed hidden state; perturbing the policy must not change the values.
-  params = {"policy": jax.tree.map(lambda x: x * 1.5, params["policy"]),
-            "value": dict(params["value"], head=jax.tree.map(jnp.ones_like, params["value"]["head"]))}
-  logp, ent, values = jax.jit(ppo.forward, static_argnums=(0, 6))(module, params, pt, pm, yt, ym, "separate")
+  # A head of ones reads the trunk's summed hidden states: values that the policy's weights do not change.
+  params["value"]["head"] = jax.tree.map(jnp.ones_like, params["value"]["head"])
+  moved = dict(params, policy=jax.tree.map(lambda x: x * 1.5, params["policy"]))
+  fwd = jax.jit(ppo.forward, static_argnums=(0, 6))
+  logp, ent, values = fwd(module, params, pt, pm, yt, ym, "separate")
+  logp_moved, _, values_moved = fwd(module, moved, pt, pm, yt, ym, "separate")
   _, want = token_logprobs(module, params["policy"], pt, pm, yt, ym)
   np.testing.assert_allclose(logp, want, atol=1e-5)
-  assert np.all(np.asarray(ent)[np.asarray(ym)] > 0) and np.all(np.asarray(ent)[~np.asarray(ym)] == 0)
-  hidden = jax.jit(ppo._hidden, static_argnums=0)(module, nn.meta.unbox(model.params), pt, pm, yt, ym)
-  np.testing.assert_allclose(values, np.where(ym, hidden.sum(-1) + 1.0, 0.0), rtol=1e-5, atol=1e-5)
+  assert not np.allclose(logp_moved, logp)
+  np.testing.assert_array_equal(values_moved, values)
+  ym = np.asarray(ym)
+  assert np.all(np.asarray(values)[ym] != 0) and np.all(np.asarray(values)[~ym] == 0)
+  assert np.all(np.asarray(ent)[ym] > 0) and np.all(np.asarray(ent)[~ym] == 0)
 
 
 # ----------------------------------------------------------------------------------------------- training
