@@ -34,8 +34,10 @@ from map_jax import parallel
 from map_jax.align import ppo
 from map_jax.checkpoint import Checkpointer
 
-# Fields that may change when resuming a run: how long it runs and how often it saves, not what it learns.
-RESUMABLE = ("run.num_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.progress", "run.tensorboard")
+# Fields that may change when resuming a run: how long it runs, how often it saves and on how many devices
+# (orbax reshards the state onto the new mesh), not what it learns.
+RESUMABLE = ("run.num_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.progress", "run.tensorboard",
+             "run.mesh_data", "run.mesh_fsdp")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,10 +55,7 @@ def tiny_dir(tmp_path_factory):
   return str(d)
 
 
-def test_launcher_runs_pilot_ppo_and_writes_the_layout(tiny_dir, tmp_path):
-  from experiments import train_ppo
-  from map_jax.models.loading import load_model, restore_params
-
+def _tiny_config(tiny_dir):
   config = _config("ppo_default")
   config.model = tiny_dir
   config.prompts.num = 16
@@ -67,7 +64,14 @@ def test_launcher_runs_pilot_ppo_and_writes_the_layout(tiny_dir, tmp_path):
   config.ppo.max_new_tokens, config.ppo.ppo_epochs, config.ppo.learning_rate = 8, 1, 1e-3
   config.run.num_steps, config.run.batch_size, config.run.max_prompt_tokens = 2, 4, 48
   config.run.checkpoint_every, config.run.progress = 1, False
-  out = train_ppo.run(config, str(tmp_path))
+  return config
+
+
+def test_launcher_runs_pilot_ppo_and_writes_the_layout(tiny_dir, tmp_path):
+  from experiments import train_ppo
+  from map_jax.models.loading import load_model, restore_params
+
+  out = train_ppo.run(_tiny_config(tiny_dir), str(tmp_path))
 
   files = sorted(p.name for p in tmp_path.iterdir())
   assert files == ["checkpoints", "config.json", "metrics.jsonl", "params", "pilot.json", "run.json", "tb"]
@@ -87,3 +91,19 @@ def test_launcher_runs_pilot_ppo_and_writes_the_layout(tiny_dir, tmp_path):
   tuned = jax.tree.leaves(nn.meta.unbox(restore_params(run["params"], base.config)))
   start = jax.tree.leaves(nn.meta.unbox(base.params))
   assert len(tuned) == len(start) and not all(np.array_equal(a, b) for a, b in zip(tuned, start))
+
+
+def test_launcher_sequential_alignment_writes_one_tree_per_stage(tiny_dir, tmp_path):
+  from experiments import train_ppo
+
+  config = _tiny_config(tiny_dir)
+  config.palette.quantiles = (0.5, 0.5)
+  config.sequential.rounds = 1
+  config.run.num_steps = 1
+  out = train_ppo.run(config, str(tmp_path))
+  stages = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("stage_"))
+  assert stages and all(s[len("stage_00_"):] in ("positiveness", "diversity") for s in stages), stages
+  for s in stages:
+    lines = [json.loads(x) for x in open(tmp_path / s / "metrics.jsonl")]
+    assert len(lines) == 1 and len([k for k in lines[0] if k.startswith("reward/")]) == 1  # one value loaded
+  assert out["sequential_rounds"] == 1 and out["params"] == str(tmp_path / "params")
