@@ -104,8 +104,8 @@ def main():
   cfg, params, tokens, mask, prompts, values, lam, detok, pad_id = setup(args)
   module = cfg.module()
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  pcfg = ppo.PPOConfig(max_new_tokens=args.new_tokens, ppo_epochs=args.ppo_epochs, num_minibatches=args.minibatches,
-                       learning_rate=1e-6)
+  pcfg = ppo.PPOConfig(max_new_tokens=args.new_tokens, ppo_epochs=args.ppo_epochs,
+                       num_minibatches=args.minibatches, learning_rate=1e-6)
   pcfg.validate(args.batch)
   mesh = parallel.make_mesh()
   state = ppo.compile_init(module, pcfg, mesh)(params, jax.random.key(0))

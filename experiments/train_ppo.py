@@ -7,8 +7,9 @@ Stages:
   1. λ: `config.lam` when given; else a pilot: `pilot.samples` responses of the base model to each of the first
      `pilot.num_prompts` prompts, scored with the values; palette c = quantile_palette(R, palette.quantiles);
      λ = solve_dual(R, c).lam (pilot.json records R's means, c, λ and feasibility).
-  2. PPO (`map_jax.align.trainer.train`) toward λᵀr with KL to the base model, or with `sequential.rounds > 0`
-     one value at a time along the solver's sequential λ schedule (`train_sequential`).
+  2. PPO (`map_jax.align.trainer.fine_tune`) toward λᵀr with KL to the base model, or with
+     `sequential.rounds > 0` one value at a time along the solver's sequential λ schedule
+     (`fine_tune_sequential`).
   3. run.json: what the evaluation stage needs to load the fine-tuned model as a "MAP-F" row.
 
 Output layout (`workdir/`):
@@ -144,10 +145,10 @@ def run(config, workdir: str) -> dict:
     if config.sequential.rounds:
       order = list(config.sequential.order) or None
       stages = trainer.sequential_stages(R, palette, rounds=config.sequential.rounds, order=order)
-      result = trainer.train_sequential(model, prompts, names, stages, cfg, run_cfg, workdir,
+      result = trainer.fine_tune_sequential(model, prompts, names, stages, cfg, run_cfg, workdir,
                                         config_record=record)
     else:
-      result = trainer.train(model, prompts, values, lam, cfg, run_cfg, workdir,
+      result = trainer.fine_tune(model, prompts, values, lam, cfg, run_cfg, workdir,
                              config_record=dict(record, lam_source="config" if config.lam else "pilot"))
   finally:
     for v in values:

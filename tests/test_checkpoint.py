@@ -42,13 +42,13 @@ def test_flatten_and_diff_name_the_changed_fields():
 
 def test_killed_and_resumed_run_is_bitwise_identical(tmp_path):
   model, prompts = tiny_model(), tiny_prompts()
-  straight = trainer.train(model, prompts, VALUES, [20.0], TINY_PPO, RUN, str(tmp_path / "straight"))
+  straight = trainer.fine_tune(model, prompts, VALUES, [20.0], TINY_PPO, RUN, str(tmp_path / "straight"))
   # Killed after step 3: checkpoints exist for step 2 only, so step 3 is redone after the resume.
   with pytest.raises(Crash):
-    trainer.train(model, prompts, VALUES, [20.0], TINY_PPO, RUN, str(tmp_path / "killed"),
+    trainer.fine_tune(model, prompts, VALUES, [20.0], TINY_PPO, RUN, str(tmp_path / "killed"),
                   on_step=_crash_after(3))
   assert Checkpointer(str(tmp_path / "killed" / "checkpoints"), every=2, config={}).latest_step() == 2
-  resumed = trainer.train(model, prompts, VALUES, [20.0], TINY_PPO, RUN, str(tmp_path / "killed"))
+  resumed = trainer.fine_tune(model, prompts, VALUES, [20.0], TINY_PPO, RUN, str(tmp_path / "killed"))
   assert len(resumed.history) == 2  # steps 3 and 4
   assert int(resumed.state.step) == int(straight.state.step) == 4
   for a, b in zip(_leaves((straight.state.params, straight.state.opt_state)),
@@ -72,10 +72,10 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path):
   other = dataclasses.replace(TINY_PPO, learning_rate=1e-4, clip_ratio=0.1)
   with pytest.raises(ConfigMismatchError, match=r"ppo.clip_ratio: checkpoint 0.2, now 0.1\n  "
                                                 r"ppo.learning_rate: checkpoint 0.003, now 0.0001"):
-    trainer.train(model, prompts, VALUES, [20.0], other, RUN, str(tmp_path / "killed"))
+    trainer.fine_tune(model, prompts, VALUES, [20.0], other, RUN, str(tmp_path / "killed"))
   with pytest.raises(ConfigMismatchError, match=r"lam: checkpoint \[20.0\], now \[10.0\]"):
-    trainer.train(model, prompts, VALUES, [10.0], TINY_PPO, RUN, str(tmp_path / "killed"))
-  longer = trainer.train(model, prompts, VALUES, [20.0], TINY_PPO, dataclasses.replace(RUN, num_steps=5),
+    trainer.fine_tune(model, prompts, VALUES, [10.0], TINY_PPO, RUN, str(tmp_path / "killed"))
+  longer = trainer.fine_tune(model, prompts, VALUES, [20.0], TINY_PPO, dataclasses.replace(RUN, num_steps=5),
                          str(tmp_path / "killed"))
   assert [int(longer.state.step), len(longer.history)] == [5, 1]
 
@@ -93,7 +93,7 @@ def test_nan_reward_stops_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
 
   with pytest.raises(trainer.TrainingError, match=r"PPO step 3 stopped: value 'flaky' gave a non-finite reward "
                                                   r"nan to prompt 5.*newest checkpoint, step 2"):
-    trainer.train(tiny_model(), tiny_prompts(), [flaky], [20.0], TINY_PPO, RUN, str(tmp_path))
+    trainer.fine_tune(tiny_model(), tiny_prompts(), [flaky], [20.0], TINY_PPO, RUN, str(tmp_path))
   ckpt = Checkpointer(str(tmp_path / "checkpoints"), every=2, config={})
   assert ckpt.latest_step() == 2 and ckpt.read_meta()["data_position"] == 2 * RUN.batch_size
   assert [json.loads(x)["step"] for x in open(tmp_path / "metrics.jsonl")] == [1, 2]
@@ -105,6 +105,6 @@ def test_nan_loss_stops_before_anything_is_saved(tmp_path):
   params["norm"]["scale"] = params["norm"]["scale"].at[0].set(np.nan)  # NaN logits, rewards still finite
   with pytest.raises(trainer.TrainingError, match=r"PPO step 1 stopped: non-finite .*loss.*"
                                                   r"no checkpoint was written"):
-    trainer.train(model._replace(params=params), tiny_prompts(), VALUES, [20.0], TINY_PPO, RUN, str(tmp_path))
+    trainer.fine_tune(model._replace(params=params), tiny_prompts(), VALUES, [20.0], TINY_PPO, RUN, str(tmp_path))
   assert Checkpointer(str(tmp_path / "checkpoints"), every=2, config={}).latest_step() is None
   assert not (tmp_path / "params").exists()

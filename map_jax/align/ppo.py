@@ -16,7 +16,8 @@ PPO sees the sequence as an episode with one action per token. The per-token rew
 
 .. math::
 
-   r_t = −β (\log π_{old}(y_t \mid x, y_{<t}) − \log p_0(y_t \mid x, y_{<t})) + [t = T_y − 1] \, λᵀr(x, y),
+   r_t = −β (\log π_{old}(y_t \mid x, y_{<t}) − \log p_0(y_t \mid x, y_{<t}))
+         + [t = T_y − 1] \, λᵀr(x, y),
 
 whose sum over t is λᵀr minus β times a single-sample estimate of the sequence KL. Advantages come from GAE
 (γ = 1, λ_GAE = 0.95) on a value V(x, y_{<t}), predicted by a linear head on the policy's final hidden states
@@ -25,9 +26,11 @@ are the clipped surrogate and the clipped value loss of Schulman et al. (2017), 
 
 .. math::
 
-   L^{π} = E_t[\max(−A_t ρ_t, −A_t \operatorname{clip}(ρ_t, 1 − ε, 1 + ε))], \quad ρ_t = \exp(\log π − \log π_{old}),
+   L^{π} = E_t[\max(−A_t ρ_t, −A_t \operatorname{clip}(ρ_t, 1 − ε, 1 + ε))],
+   \quad ρ_t = \exp(\log π − \log π_{old}),
 
-   L^{V} = \tfrac12 E_t[\max((V − G_t)^2, (V_{old} + \operatorname{clip}(V − V_{old}, −ε_V, ε_V) − G_t)^2)],
+   L^{V} = \tfrac12 E_t[\max((V − G_t)^2,
+                             (V_{old} + \operatorname{clip}(V − V_{old}, −ε_V, ε_V) − G_t)^2)],
 
 with G_t = A_t + V_old the returns. Each rollout is reused for `ppo_epochs` passes over `num_minibatches`
 shuffled minibatches, each minibatch's gradient accumulated over `grad_accum` micro-batches (a `lax.scan`)
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -66,6 +70,8 @@ import optax
 from map_jax import parallel
 from map_jax.generate import SampleOutput, sample, token_logprobs
 from map_jax.models.layers import positions_from_mask
+
+log = logging.getLogger(__name__)
 
 VALUE_MODELS = ("head", "separate")
 
@@ -355,6 +361,7 @@ def make_batch(params, ref_params, prompt_tokens, prompt_mask, tokens, mask, sco
     (Batch, stats) with stats the batch means of kl (per sequence: Σ_t log π − log p0), entropy (per token),
     value, return, advantage (before whitening) and score.
   """
+  log.info("compiling PPO make_batch: batch=%d prompt_len=%d new=%d", *prompt_tokens.shape, tokens.shape[1])
   mask = mask.astype(bool)
   logp, entropy, values = forward(module, params, prompt_tokens, prompt_mask, tokens, mask, cfg.value_model)
   _, ref_logp = token_logprobs(module, ref_params, prompt_tokens, prompt_mask, tokens, mask)
@@ -397,6 +404,8 @@ def update(state: TrainState, batch: Batch, key: jax.Array, *, module: nn.Module
   B = batch.tokens.shape[0]
   nm, ga = cfg.num_minibatches, cfg.grad_accum
   micro = B // (nm * ga)
+  log.info("compiling PPO update: batch=%d = %d minibatches × %d micro-batches × %d rows, %d epochs",
+           B, nm, ga, micro, cfg.ppo_epochs)  # runs at trace time only: a second line means a recompile
   tx = make_optimizer(cfg)
   grad_fn = jax.grad(functools.partial(loss_fn, module=module, cfg=cfg), has_aux=True)
 

@@ -1,6 +1,6 @@
 """The MAP-F training loop around `ppo.iteration`: data order, logging, checkpoints, faults, sequential alignment.
 
-`train` fine-tunes a model toward λᵀr for `num_steps` PPO iterations of `batch_size` prompts each:
+`fine_tune` trains a model toward λᵀr for `num_steps` PPO iterations of `batch_size` prompts each:
 
     workdir/
       metrics.jsonl    one line per step: reward/<value>, score, kl, entropy, losses, tokens_per_s, times
@@ -13,7 +13,7 @@ Run it again with the same workdir and it resumes from the newest checkpoint (bi
 loss stops the run with a `TrainingError` before anything is saved, so the newest checkpoint is the last good
 state.
 
-`train_sequential` is the paper's memory-light alternative: align one value at a time, with only that value's
+`fine_tune_sequential` is the paper's memory-light alternative: align one value at a time, with only that value's
 reward model loaded, following the coordinate-ascent λ schedule of `map_jax.core.sequential`.
 """
 
@@ -70,7 +70,7 @@ class RunConfig:
 
 
 class TrainingError(RuntimeError):
-  """A step produced a non-finite reward or loss; the run stopped and its newest checkpoint is the last good one."""
+  """A step gave a non-finite reward or loss; the run stopped and its newest checkpoint is the last good one."""
 
 
 class TrainResult(NamedTuple):
@@ -152,7 +152,7 @@ def _value_names(values) -> list[str]:
   return [v if isinstance(v, str) else getattr(v, "name", f"value_{i}") for i, v in enumerate(values)]
 
 
-def train(model, prompts: Sequence[str], values: Sequence[Any], lam, cfg: ppo.PPOConfig, run: RunConfig,
+def fine_tune(model, prompts: Sequence[str], values: Sequence[Any], lam, cfg: ppo.PPOConfig, run: RunConfig,
           workdir: str | None = None, *, config_record: dict | None = None,
           on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
   """Fine-tune `model` toward λᵀr with PPO (KL to the model as given), resuming from `workdir` if it has a run.
@@ -291,9 +291,9 @@ def sequential_stages(rewards, palette, *, rounds: int, order: Sequence[int] | N
   r"""The sequential λ schedule of `map_jax.core.sequential.sequential_solve`, as fine-tuning stages.
 
   Step k of the solver moves one coordinate: λ_k = λ_{k−1} + Δ e_i. Since
-  p0·exp(λ_kᵀr) ∝ [p0·exp(λ_{k−1}ᵀr)]·exp(Δ r_i), a PPO stage with reward Δ·r_i, β = 1 and the previous
-  stage's model as KL reference has the next tilted model as its optimum: only r_i is needed, so only its
-  reward model is loaded. Steps with |Δ| < `min_step` (the value already met) are dropped.
+  p0·exp(λ_kᵀr) ∝ [p0·exp(λ_{k−1}ᵀr)]·exp(Δ r_i), a PPO stage with reward Δ·r_i, β = 1 and the
+  previous stage's model as KL reference has the next tilted model as its optimum: only r_i is needed, so
+  only its reward model is loaded. Steps with |Δ| < `min_step` (the value already met) are dropped.
 
   Args:
     rewards: pilot reward matrix R (n, m) of the base model's responses; palette: c (m,).
@@ -318,18 +318,18 @@ def sequential_stages(rewards, palette, *, rounds: int, order: Sequence[int] | N
   return stages
 
 
-def train_sequential(model, prompts: Sequence[str], values: Sequence[Any], stages: Sequence[Stage],
+def fine_tune_sequential(model, prompts: Sequence[str], values: Sequence[Any], stages: Sequence[Stage],
                      cfg: ppo.PPOConfig, run: RunConfig, workdir: str, *,
                      config_record: dict | None = None) -> TrainResult:
-  """Align one value at a time: each stage runs `train` with a single value, its λ step and, as both start
+  """Align one value at a time: each stage runs `fine_tune` with a single value, its λ step and, as both start
   and KL reference, the previous stage's model; only that value's reward model is loaded meanwhile.
 
-  Each stage writes into `workdir/stage_SS_NAME/` (resumable like `train`); a finished stage (its params saved)
+  Each stage writes into `workdir/stage_SS_NAME/` (resumable like `fine_tune`); a finished stage (its params saved)
   is skipped when the sequence is run again. The last stage's policy is saved to `workdir/params`.
 
   Args:
     model: the base `LoadedModel`; values: the m values (names are loaded per stage and closed after it).
-    stages: from `sequential_stages`; cfg, run: as for `train` (run.num_steps is per stage).
+    stages: from `sequential_stages`; cfg, run: as for `fine_tune` (run.num_steps is per stage).
 
   Returns:
     The last stage's `TrainResult` (params_dir: workdir/params).
@@ -350,7 +350,7 @@ def train_sequential(model, prompts: Sequence[str], values: Sequence[Any], stage
     record = dict(config_record or {}, stage=s, stage_round=stage.round, stage_value=names[stage.value],
                   stage_lam=[float(x) for x in stage.lam])
     try:
-      result = train(model, prompts, [value], [stage.lam_step], cfg, run, stage_dir, config_record=record)
+      result = fine_tune(model, prompts, [value], [stage.lam_step], cfg, run, stage_dir, config_record=record)
     finally:
       if isinstance(values[stage.value], str):
         value.close()  # free this value's reward model before the next stage loads its own
