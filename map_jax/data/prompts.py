@@ -39,6 +39,7 @@ import os
 import re
 from typing import Any, Sequence
 
+from absl import logging
 import numpy as np
 
 HH_HUB_ID = "Anthropic/hh-rlhf"
@@ -181,7 +182,7 @@ def _resolve(source: str, data_files) -> tuple[str, Any]:
 
 def load_prompts(source: str, *, split: str = "train", num: int | None = None, seed: int = 0,
                  field: str | None = None, data_files: str | Sequence[str] | dict | None = None,
-                 data_dir: str | None = "harmless-base") -> list[str]:
+                 data_dir: str | None = "harmless-base", max_chars: int | None = None) -> list[str]:
   """Prompts from a named dataset or a local file: cleaned, non-empty, deduplicated, optionally subsampled.
 
   Args:
@@ -195,6 +196,9 @@ def load_prompts(source: str, *, split: str = "train", num: int | None = None, s
       for imdb.
     data_files: local files for a hub source (a path, a list of paths, or {split: path}).
     data_dir: the hh-rlhf subset on the hub ("harmless-base" as in the MAP paper, "helpful-base", ...).
+    max_chars: keep only prompts of at most this many characters (after cleaning), before subsampling.
+      Chitchat's openers are mostly a few words, but a few run to thousands of characters, and one such
+      prompt pads a whole generation batch to its length; how many were left out is logged.
 
   Returns:
     A list of distinct, non-empty prompt strings.
@@ -219,8 +223,16 @@ def load_prompts(source: str, *, split: str = "train", num: int | None = None, s
     table, where = _load_table(split, data_files=data_files)
     raw = _column(table, field or "prompt", where)
   prompts = dedupe(raw)
+  if max_chars is not None:
+    if max_chars < 1:
+      raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+    kept = [p for p in prompts if len(p) <= max_chars]
+    logging.info("%s: %d of %d distinct prompts have at most %d characters", where, len(kept), len(prompts),
+                 max_chars)
+    prompts = kept
   if not prompts:
-    raise PromptFormatError(f"{where}: no non-empty prompt in split {split!r}")
+    raise PromptFormatError(f"{where}: no non-empty prompt in split {split!r}"
+                            + (f" of at most {max_chars} characters" if max_chars is not None else ""))
   if num is None:
     return prompts
   if num > len(prompts):

@@ -114,3 +114,18 @@ def test_local_prompt_files_jsonl_and_csv(tmp_path):
   empty.write_text(json.dumps({"prompt": " "}) + "\n")
   with pytest.raises(pr.PromptFormatError, match="no non-empty prompt"):
     pr.load_prompts(str(empty))
+
+
+def test_max_chars_keeps_short_prompts_before_subsampling(tmp_path, chitchat):
+  jl = tmp_path / "p.jsonl"
+  jl.write_text("\n".join(json.dumps({"prompt": q}) for q in ["short", "x" * 11, "ten chars!", "y" * 500]))
+  assert pr.load_prompts(str(jl), max_chars=10) == ["short", "ten chars!"]
+  with pytest.raises(pr.PromptFormatError, match="at most 3 characters"):
+    pr.load_prompts(str(jl), max_chars=3)
+  with pytest.raises(ValueError, match="max_chars"):
+    pr.load_prompts(str(jl), max_chars=0)
+  short = pr.load_prompts("chitchat", max_chars=200)
+  assert 0.8 * len(chitchat) < len(short) < len(chitchat)
+  assert set(short) == {p for p in chitchat if len(p) <= 200}
+  subset = pr.load_prompts("chitchat", max_chars=200, num=50, seed=1)
+  assert len(subset) == 50 and all(len(p) <= 200 for p in subset)
