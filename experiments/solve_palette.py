@@ -25,10 +25,10 @@ import jax
 import numpy as np
 from tabulate import tabulate
 
-from map_jax.core import frontier
 from map_jax.core.dual import solve_dual
 from map_jax.core.palette import adjust_palette, classifier_palette, quantile_palette
 from map_jax.data.pilot import load_pilot
+from map_jax.eval.report import solution_record as summarize
 
 _REWARDS = flags.DEFINE_string("rewards", None, "Pilot table: .json, .jsonl, .csv or .npy.")
 _VALUES = flags.DEFINE_list("values", None, "Value columns to use, in order (default: all).")
@@ -69,28 +69,6 @@ def build_palette(rewards: np.ndarray, names: list[str], keep: list[str], *, qua
     return np.asarray(classifier_palette(rewards, full))
   means = rewards.mean(axis=0)
   return np.array([means[i] if x is None else x for i, x in enumerate(full)])
-
-
-def summarize(rewards: np.ndarray, names: list[str], palette: np.ndarray, sol) -> dict:
-  """A JSON-ready record of one solved palette."""
-  quantiles = np.asarray(frontier.quantile_levels(rewards, sol.realized))
-  return {
-      "values": names,
-      "palette": np.asarray(palette).tolist(),
-      "lambda": np.asarray(sol.lam).tolist(),
-      "realized": np.asarray(sol.realized).tolist(),
-      "realized_quantile": quantiles.tolist(),
-      "pilot_mean": rewards.mean(axis=0).tolist(),
-      "upper_bound": rewards.max(axis=0).tolist(),
-      "feasible": bool(sol.feasible),
-      "margin": float(sol.margin),
-      "certificate": np.asarray(sol.certificate).tolist(),
-      "ess": float(sol.ess),
-      "kl": float(sol.kl),
-      "kkt_residual": float(sol.kkt_residual),
-      "converged": bool(sol.converged),
-      "num_steps": int(sol.num_steps),
-  }
 
 
 def format_table(record: dict) -> str:

@@ -63,16 +63,16 @@ def read_parts(path: str, n: int) -> list[float | None]:
   return scores
 
 
-def _build(spec, kwargs):
+def _build(spec, kwargs, own=None):
   """The value for `spec`, with those launcher-wide options that its constructor takes (model-free values
-  such as diversity take no batch size)."""
+  such as diversity take no batch size), and `own`, options meant for this value alone."""
   from map_jax.rewards import get_reward
   from map_jax.rewards.registry import accepts
-  return get_reward(spec, **{k: v for k, v in kwargs.items() if accepts(spec, k)})
+  return get_reward(spec, **{k: v for k, v in kwargs.items() if accepts(spec, k)}, **(own or {}))
 
 
 def score_table(input_path: str, output: str, specs: list[str], *, prompt_field="prompt",
-                response_field="response", strip_prompt=False, chunk=256, limit=None, value_kwargs=None,
+                response_field="response", strip_prompt=False, chunk=256, limit=None, value_kwargs=None, options=None,
                 progress=True) -> str:
   """Score `input_path` with each value spec in turn, resumable; writes JSONL to `output` and returns it."""
   from map_jax.rewards.tables import read_table
@@ -107,7 +107,7 @@ def score_table(input_path: str, output: str, specs: list[str], *, prompt_field=
     todo = [s for s in range(0, n, chunk) if any(x is None for x in scores[s:s + chunk])]
     if todo:
       logging.info("%s: scoring %d of %d rows", name, sum(min(chunk, n - s) for s in todo), n)
-      value = _build(spec, value_kwargs or {})
+      value = _build(spec, value_kwargs or {}, (options or {}).get(name, {}))
       it = todo
       if progress:
         from tqdm.auto import tqdm

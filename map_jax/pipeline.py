@@ -1,0 +1,480 @@
+r"""A MAP-by-decoding run as cached stages on a work directory: prompts to report, resumable after a kill.
+
+    prompts ─► generate_pilot ─► score_pilot ─► solve ─┐
+          └──► generate_candidates ─► score_candidates ─┴─► decode ─► report
+
+`run(config, workdir)` runs every stage up to `until`; each stage writes its files into the workdir and a
+record `stages/NAME.json` holding a key (a hash of the config fields it reads and of its inputs' keys) and
+its wall time. A stage whose record matches is skipped, so a rerun costs nothing, a changed palette reruns
+only solve, decode and report, and a changed model reruns everything that sampled from it. The long stages
+(generation, scoring) save their progress batch by batch and resume where a killed run stopped.
+
+The test set is sampled once for every palette: each test prompt gets k + 1 samples from p0; sample 0 is the
+original model's answer, samples 1..k are the MAP-D candidates, resampled per palette with probabilities
+softmax(λᵀr) (`map_jax.align.decode.select`). The original answer is thus an independent p0 sample, not one
+of the candidates MAP-D chose from.
+
+Files in the workdir:
+  config.json                      the config of the last run
+  prompts.json                     {"pilot": [...], "test": [...]}, disjoint
+  pilot.jsonl                      prompt, response for n = num_pilot · samples_per_prompt pilot samples
+  pilot.rewards.jsonl              the same rows with one column per value
+  candidates.jsonl(.rewards.jsonl) test prompt × (k + 1) samples, sample 0 the original answer
+  palettes.json                    per palette: c, λ, realized (the promise), feasibility, margin, ESS, ...
+  decoded.json                     per palette: the chosen candidate of each test prompt
+  report.md, report.json, *.png    see `map_jax.eval.report`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from typing import Any, Callable, Sequence
+
+from absl import logging
+import numpy as np
+
+STAGES = ("prompts", "generate_pilot", "score_pilot", "solve", "generate_candidates", "score_candidates",
+          "decode", "report")
+DEPENDS = {"prompts": (), "generate_pilot": ("prompts",), "score_pilot": ("generate_pilot",),
+           "solve": ("score_pilot",), "generate_candidates": ("prompts",),
+           "score_candidates": ("generate_candidates",), "decode": ("solve", "score_candidates"),
+           "report": ("decode",)}
+
+
+def upstream(stage: str) -> list[str]:
+  """`stage` and every stage it reads from, in run order."""
+  seen, todo = set(), [stage]
+  while todo:
+    s = todo.pop()
+    if s not in seen:
+      seen.add(s)
+      todo.extend(DEPENDS[s])
+  return [s for s in STAGES if s in seen]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Config helpers
+
+
+def _plain(x):
+  """A config (ConfigDict, dict, list, scalar) as plain JSON-able Python."""
+  if hasattr(x, "to_dict"):
+    x = x.to_dict()
+  if isinstance(x, dict):
+    return {k: _plain(v) for k, v in sorted(x.items())}
+  if isinstance(x, (list, tuple)):
+    return [_plain(v) for v in x]
+  return x
+
+
+def value_names(config) -> tuple[list[str], list[str]]:
+  """(targeted, kept) value specs from the config's comma-separated strings, checked for clashes."""
+  split = lambda s: [v.strip() for v in (s or "").split(",") if v.strip()]  # noqa: E731
+  targeted, kept = split(config.targeted), split(config.kept)
+  if not targeted:
+    raise ValueError("config.targeted names no value: MAP needs at least one value to raise")
+  both = sorted(set(targeted) & set(kept))
+  if both:
+    raise ValueError(f"values {both} are both targeted and kept")
+  names = targeted + kept
+  dupes = sorted({v for v in names if names.count(v) > 1})
+  if dupes:
+    raise ValueError(f"values {dupes} are listed more than once")
+  return targeted, kept
+
+
+_SHORTHAND = re.compile(r"^(?P<who>.+)-(?P<q>\d+(\.\d+)?)%?$")
+
+
+def parse_palettes(spec: str, targeted: Sequence[str], kept: Sequence[str]) -> list[tuple[str, dict]]:
+  """Palettes from a ';'-separated spec: [(label, {value: quantile})], values not named kept at their mean.
+
+  Each item is one of
+    "HHH-70%"              every targeted value at its 70% quantile (the paper's HHH-q% palettes; "all-70%"
+                           is the same);
+    "humor-80%"            one targeted value at its 80% quantile, the other targeted values at their mean
+                           (the paper's single-value palettes);
+    "LABEL=humor:0.8,harmlessness:0.6"   explicit quantiles per value.
+  Quantiles become levels with `quantile_palette` (c_i = max(mean_i, Q_i(q_i)), the paper's rule); kept
+  values are always at their pilot mean.
+  """
+  out = []
+  for item in (s.strip() for s in (spec or "").split(";")):
+    if not item:
+      continue
+    if "=" in item:
+      label, body = (s.strip() for s in item.split("=", 1))
+      qs = {}
+      for part in body.split(","):
+        name, _, q = part.partition(":")
+        name = name.strip()
+        try:
+          qs[name] = float(q)
+        except ValueError:
+          raise ValueError(f"palette {label!r}: {part!r} is not VALUE:QUANTILE") from None
+    else:
+      m = _SHORTHAND.match(item)
+      if not m:
+        raise ValueError(f"palette {item!r}: expected GROUP-Q% (e.g. HHH-70%, humor-80%) or "
+                         "LABEL=VALUE:Q,...")
+      label, who, q = item, m.group("who"), float(m.group("q"))
+      q = q / 100.0 if q > 1 else q
+      qs = {v: q for v in targeted} if who.lower() in ("hhh", "all") else {who: q}
+    for name, q in qs.items():
+      if name in kept:
+        raise ValueError(f"palette {label!r} raises {name!r}, which is kept at its mean")
+      if name not in targeted:
+        raise ValueError(f"palette {label!r} names {name!r}, not a targeted value ({', '.join(targeted)})")
+      if not 0.0 <= q <= 1.0:
+        raise ValueError(f"palette {label!r}: quantile {q} for {name!r} is outside [0, 1]")
+    out.append((label, qs))
+  labels = [lab for lab, _ in out]
+  if not out:
+    raise ValueError("config.palettes names no palette")
+  if len(set(labels)) != len(labels):
+    raise ValueError(f"palette labels repeat: {labels}")
+  return out
+
+
+def validate(config) -> None:
+  """Check a config before anything runs: values, palettes, sizes, decode mode (fast, no model loaded)."""
+  targeted, kept = value_names(config)
+  parse_palettes(config.palettes, targeted, kept)
+  p = config.prompts
+  for name in ("num_pilot", "num_test"):
+    if int(p[name]) < 1:
+      raise ValueError(f"config.prompts.{name} must be >= 1, got {p[name]}")
+  if int(config.pilot.samples_per_prompt) < 1:
+    raise ValueError("config.pilot.samples_per_prompt must be >= 1")
+  if int(config.decode.num_candidates) < 1:
+    raise ValueError("config.decode.num_candidates must be >= 1")
+  from map_jax.align.decode import MODES
+  if config.decode.mode not in MODES:
+    raise ValueError(f"config.decode.mode must be one of {MODES}, got {config.decode.mode!r}")
+  if config.adjust not in (None, "interpolate", "greedy"):
+    raise ValueError(f"config.adjust must be interpolate, greedy or None, got {config.adjust!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The work directory
+
+
+class Workdir:
+  """Paths, stage records and atomic writes in one run directory."""
+
+  def __init__(self, path: str):
+    self.root = os.path.abspath(path)
+    os.makedirs(os.path.join(self.root, "stages"), exist_ok=True)
+
+  def path(self, *name: str) -> str:
+    return os.path.join(self.root, *name)
+
+  def record(self, stage: str) -> dict | None:
+    try:
+      with open(self.path("stages", f"{stage}.json")) as f:
+        return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+      return None
+
+  def done(self, stage: str, key: str) -> bool:
+    rec = self.record(stage)
+    return rec is not None and rec.get("key") == key
+
+  def mark(self, stage: str, key: str, seconds: float, **info) -> None:
+    self.write_json(self.path("stages", f"{stage}.json"), {"key": key, "seconds": seconds, **info})
+
+  @staticmethod
+  def write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=1)
+    os.replace(tmp, path)  # a reader never sees half a file
+
+  def read_json(self, name: str) -> Any:
+    with open(self.path(name)) as f:
+      return json.load(f)
+
+
+def _key(*parts: Any) -> str:
+  return hashlib.sha1(json.dumps([_plain(p) for p in parts], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stage_keys(config) -> dict[str, str]:
+  """Each stage's key: the config fields it reads and the keys of the stages it reads from."""
+  c = config
+  k = {}
+  k["prompts"] = _key(c.prompts)
+  model = (c.model, c.dtype, c.chat, c.generation, c.seed)
+  k["generate_pilot"] = _key(k["prompts"], model, c.pilot.samples_per_prompt)
+  values = (c.targeted, c.kept, c.value_options)
+  k["score_pilot"] = _key(k["generate_pilot"], values)
+  k["solve"] = _key(k["score_pilot"], c.palettes, c.adjust)
+  k["generate_candidates"] = _key(k["prompts"], model, c.decode.num_candidates)
+  k["score_candidates"] = _key(k["generate_candidates"], values)
+  k["decode"] = _key(k["solve"], k["score_candidates"], c.decode.mode, c.seed)
+  k["report"] = _key(k["decode"], k["score_pilot"], c.report)
+  return k
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stages
+
+
+def make_prompts(config, wd: Workdir) -> dict:
+  from map_jax.data.prompts import load_prompts, split_prompts
+  p = config.prompts
+  prompts = load_prompts(p.source, split=p.split, field=p.field, data_files=p.data_files,
+                         max_chars=p.max_chars, seed=p.seed)
+  pilot, test = split_prompts(prompts, int(p.num_pilot), int(p.num_test), seed=p.seed)
+  out = {"pilot": pilot, "test": test}
+  wd.write_json(wd.path("prompts.json"), out)
+  return {"pilot": len(pilot), "test": len(test)}
+
+
+def _read_parts(path: str) -> dict[int, list]:
+  """Finished batches of a generation stage ({batch: rows}); a torn last line (a kill mid-write) is dropped."""
+  done = {}
+  if os.path.isfile(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError:
+          break
+        done[rec["batch"]] = rec["rows"]
+  return done
+
+
+def sample_table(config, prompts: Sequence[str], samples_per_prompt: int, output: str, *, stream: int,
+                 desc: str, load: Callable[[], Any]) -> int:
+  """`samples_per_prompt` samples from p0 per prompt into `output` (JSONL), in batches, resumable.
+
+  Prompts are generated in batches of `config.generation.batch_size`, grouped by length so a batch pads
+  little (generation cost grows with the longest prompt in the batch). Batch b samples with the key
+  fold_in(fold_in(key(seed), stream), b), so a resumed run draws exactly what an uninterrupted one would.
+  Each finished batch is appended to `output.parts`; rows come out in prompt order with a `sample` index.
+  """
+  import jax
+  from tqdm.auto import tqdm
+
+  from map_jax.generate import generate
+
+  g = config.generation
+  B = int(g.batch_size)
+  order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+  batches = [order[s:s + B] for s in range(0, len(order), B)]
+  parts = output + ".parts"
+  done = _read_parts(parts)
+  todo = [b for b in range(len(batches)) if b not in done]
+  if todo:
+    model = load()
+    base = jax.random.fold_in(jax.random.key(int(config.seed)), stream)
+    k = samples_per_prompt
+    initial = sum(len(rows) for rows in done.values())
+    with open(parts, "a") as f, tqdm(total=len(prompts) * k, initial=initial, desc=desc, unit="sample") as bar:
+      for b in todo:
+        idx = batches[b]
+        out = generate(model.module, model.params, model.tokenizer, [prompts[i] for i in idx],
+                       key=jax.random.fold_in(base, b), max_new_tokens=int(g.max_new_tokens),
+                       temperature=float(g.temperature), top_k=g.top_k, top_p=g.top_p,
+                       num_return_sequences=k, chat=bool(config.chat))
+        rows = [{"prompt_index": idx[r // k], "sample": r % k, "response": out.text[r],
+                 "num_tokens": int(out.lengths[r])} for r in range(len(idx) * k)]
+        f.write(json.dumps({"batch": b, "rows": rows}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+        done[b] = rows
+        bar.update(len(rows))
+  rows = sorted((r for b in done.values() for r in b), key=lambda r: (r["prompt_index"], r["sample"]))
+  if len(rows) != len(prompts) * samples_per_prompt:
+    raise RuntimeError(f"{parts}: {len(rows)} rows for {len(prompts)} prompts x {samples_per_prompt}; "
+                       "delete it to regenerate")
+  tmp = output + ".tmp"
+  with open(tmp, "w") as f:
+    for r in rows:
+      f.write(json.dumps({"prompt": prompts[r["prompt_index"]], **r}) + "\n")
+  os.replace(tmp, output)
+  os.remove(parts)
+  return len(rows)
+
+
+def score(config, wd: Workdir, table: str) -> str:
+  from map_jax.rewards.scoring import score_table, value_name
+  targeted, kept = value_names(config)
+  out = wd.path(table.replace(".jsonl", ".rewards.jsonl"))
+  options = _plain(config.value_options)
+  unknown = sorted(set(options) - {value_name(v) for v in targeted + kept})
+  if unknown:
+    raise ValueError(f"config.value_options names {unknown}, which are not among the values")
+  return score_table(wd.path(table), out, targeted + kept, chunk=int(config.score_chunk), options=options)
+
+
+def _rewards(wd: Workdir, table: str, names: Sequence[str]) -> np.ndarray:
+  from map_jax.data.pilot import load_pilot
+  R, _ = load_pilot(wd.path(table), list(names))
+  return np.asarray(R, np.float64)
+
+
+def solve(config, wd: Workdir) -> dict:
+  """Solve every palette on the pilot rewards (float64), adjusting infeasible ones; writes palettes.json."""
+  import jax
+
+  from map_jax.core.dual import solve_dual
+  from map_jax.core.palette import adjust_palette, quantile_palette
+  from map_jax.eval.report import solution_record
+
+  targeted, kept = value_names(config)
+  names = targeted + kept
+  R = _rewards(wd, "pilot.rewards.jsonl", names)
+  records = []
+  with jax.enable_x64(True):
+    for label, qs in parse_palettes(config.palettes, targeted, kept):
+      c = np.asarray(quantile_palette(R, [qs.get(v) for v in names]))
+      rec = solution_record(R, names, c, solve_dual(R, c))
+      rec.update(label=label, quantiles={v: qs.get(v) for v in names}, use="palette")
+      if not rec["feasible"] and config.adjust:
+        adj = adjust_palette(R, c, method=config.adjust)
+        arec = solution_record(R, names, np.asarray(adj.palette), solve_dual(R, adj.palette))
+        arec.update(method=config.adjust, rho=float(adj.rho))
+        rec.update(adjusted=arec, use="adjusted")
+      records.append(rec)
+  wd.write_json(wd.path("palettes.json"), {"values": names, "targeted": targeted, "kept": kept,
+                                           "n": int(R.shape[0]), "palettes": records})
+  return {"palettes": len(records), "infeasible": sum(not r["feasible"] for r in records)}
+
+
+def candidate_rewards(wd: Workdir, names: Sequence[str], num_prompts: int, k1: int) -> np.ndarray:
+  """Rewards [P, k + 1, m] of the test samples (sample 0 the original answer)."""
+  R = _rewards(wd, "candidates.rewards.jsonl", names)
+  if R.shape[0] != num_prompts * k1:
+    raise ValueError(f"candidates.rewards.jsonl has {R.shape[0]} rows, expected {num_prompts} x {k1}")
+  return R.reshape(num_prompts, k1, len(names))
+
+
+def decode(config, wd: Workdir) -> dict:
+  """Resample one of the k candidates per test prompt for each palette: softmax(λᵀr) (or argmax)."""
+  import jax
+  import jax.numpy as jnp
+
+  from map_jax.align.decode import select
+
+  pal = wd.read_json("palettes.json")
+  names = pal["values"]
+  P = len(wd.read_json("prompts.json")["test"])
+  R = candidate_rewards(wd, names, P, int(config.decode.num_candidates) + 1)
+  base = jax.random.fold_in(jax.random.key(int(config.seed)), 2)
+  out = []
+  for i, rec in enumerate(pal["palettes"]):
+    lam = (rec["adjusted"] if rec["use"] == "adjusted" else rec)["lambda"]
+    sel = select(jax.random.fold_in(base, i), jnp.asarray(R[:, 1:], jnp.float32), jnp.asarray(lam, jnp.float32),
+                 mode=config.decode.mode)
+    probs = np.asarray(sel.probs, np.float64)
+    out.append({"label": rec["label"], "lambda": lam, "index": (np.asarray(sel.index) + 1).tolist(),
+                "candidate_ess": (1.0 / (probs ** 2).sum(-1)).tolist()})
+  wd.write_json(wd.path("decoded.json"), {"mode": config.decode.mode, "palettes": out})
+  return {"palettes": len(out)}
+
+
+def report(config, wd: Workdir, timings: dict) -> dict:
+  from map_jax.eval.report import write_report
+  return write_report(config, wd, timings)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Driver
+
+
+@contextlib.contextmanager
+def _loaded_model(config):
+  """Load the base model at most once per run, on first use."""
+  cache = {}
+
+  def load():
+    if "m" not in cache:
+      from map_jax.models.loading import load_model
+      logging.info("loading %s", config.model)
+      cache["m"] = load_model(config.model, dtype=config.dtype)
+    return cache["m"]
+
+  yield load
+  cache.clear()
+
+
+def run(config, workdir: str, *, until: str = "report", force: Sequence[str] = (),
+        on_stage: Callable[[str, bool], None] | None = None) -> dict:
+  """Run the stages up to and including `until`, skipping those already done with the same key.
+
+  Args:
+    config: an `ml_collections.ConfigDict` as built by `configs/default.py`.
+    workdir: the run directory (created if needed).
+    until: the last stage to run (`STAGES`).
+    force: stages to rerun even when their record matches.
+    on_stage: called as on_stage(stage, skipped) before each stage (launchers print it).
+
+  Returns:
+    {stage: {"seconds": wall time when it ran (or when it last ran, if skipped), "skipped": bool, ...}}.
+  """
+  if until not in STAGES:
+    raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
+  unknown = [s for s in force if s not in STAGES]
+  if unknown:
+    raise ValueError(f"unknown stage {unknown[0]!r} in force; stages: {', '.join(STAGES)}")
+  validate(config)
+  wd = Workdir(workdir)
+  wd.write_json(wd.path("config.json"), _plain(config))
+  keys = stage_keys(config)
+  needed = upstream(until)
+  timings: dict[str, dict] = {}
+  with _loaded_model(config) as load:
+    for stage in needed:
+      if wd.done(stage, keys[stage]) and stage not in force and stage != "report":
+        rec = wd.record(stage)
+        timings[stage] = {**rec, "skipped": True}
+        if on_stage:
+          on_stage(stage, True)
+        logging.info("stage %s: done (%.1f s when it ran), skipped", stage, rec.get("seconds", 0.0))
+        continue
+      logging.info("stage %s", stage)
+      if on_stage:
+        on_stage(stage, False)
+      start = time.perf_counter()
+      info = _run_stage(stage, config, wd, load, timings)
+      seconds = time.perf_counter() - start
+      info = dict(info or {})
+      wd.mark(stage, keys[stage], seconds, **info)
+      timings[stage] = {"key": keys[stage], "seconds": seconds, "skipped": False, **info}
+  return timings
+
+
+def _run_stage(stage, config, wd, load, timings):
+  if stage == "prompts":
+    return make_prompts(config, wd)
+  if stage == "generate_pilot":
+    prompts = wd.read_json("prompts.json")["pilot"]
+    n = sample_table(config, prompts, int(config.pilot.samples_per_prompt), wd.path("pilot.jsonl"), stream=0,
+                     desc="pilot samples from p0", load=load)
+    return {"rows": n}
+  if stage == "score_pilot":
+    score(config, wd, "pilot.jsonl")
+    return {}
+  if stage == "solve":
+    return solve(config, wd)
+  if stage == "generate_candidates":
+    prompts = wd.read_json("prompts.json")["test"]
+    n = sample_table(config, prompts, int(config.decode.num_candidates) + 1, wd.path("candidates.jsonl"),
+                     stream=1, desc="test samples (original + candidates)", load=load)
+    return {"rows": n}
+  if stage == "score_candidates":
+    score(config, wd, "candidates.jsonl")
+    return {}
+  if stage == "decode":
+    return decode(config, wd)
+  return report(config, wd, timings)
+
+
+__all__ = ["STAGES", "Workdir", "parse_palettes", "run", "sample_table", "stage_keys", "validate", "value_names"]
