@@ -161,7 +161,8 @@ def fine_tune(model, prompts: Sequence[str], values: Sequence[Any], lam, cfg: pp
     model: a `LoadedModel` (config, params, tokenizer); its params are both the starting policy and the frozen
       reference p0. Tokenizer None: prompts and responses are space-separated token ids.
     prompts: raw prompt texts, cycled in seeded shuffles.
-    values: the m reward values (names for `get_reward` or callables `value(prompts, responses)`).
+    values: the m reward values: callables `value(prompts, responses)`, or names for `get_reward`, which are
+      loaded once here and closed when the run ends.
     lam: λ [m], e.g. `solve_dual(R_pilot, palette).lam`.
     cfg: PPO hyperparameters; run: the loop's settings.
     workdir: where metrics, checkpoints and the final params go (None: nothing is written, no resume).
@@ -208,6 +209,8 @@ def fine_tune(model, prompts: Sequence[str], values: Sequence[Any], lam, cfg: pp
   else:
     state = ppo.compile_init(module, cfg, mesh)(nn.meta.unbox(model.params), jax.random.key(run.seed))
   writer = MetricWriter(workdir, step, run.tensorboard) if workdir else None
+  from map_jax.rewards import get_reward
+  fns = [get_reward(v) if isinstance(v, str) else v for v in values]
   history: list[dict] = []
   steps = range(step, run.num_steps)
   if run.progress:
@@ -218,7 +221,7 @@ def fine_tune(model, prompts: Sequence[str], values: Sequence[Any], lam, cfg: pp
       idx = prompt_order(len(prompts), run.seed, position, run.batch_size)
       tokens, mask = tok_lib.pad_left([ids[i] for i in idx], pad_id, length=run.max_prompt_tokens)
       try:
-        res = ppo.iteration(module, state, ref, [prompts[i] for i in idx], tokens, mask, values, lam, cfg,
+        res = ppo.iteration(module, state, ref, [prompts[i] for i in idx], tokens, mask, fns, lam, cfg,
                             mesh=mesh, step=step, detokenize=decode, eos_ids=eos, pad_id=pad_id)
       except ValueError as e:
         if "non-finite" not in str(e):
@@ -245,6 +248,9 @@ def fine_tune(model, prompts: Sequence[str], values: Sequence[Any], lam, cfg: pp
       ckpt.close()
     if writer:
       writer.close()
+    for v, fn in zip(values, fns):
+      if isinstance(v, str):
+        fn.close()  # a reward model this run loaded
   params = state.params["policy"]
   params_dir = None
   if workdir:
@@ -343,17 +349,11 @@ def fine_tune_sequential(model, prompts: Sequence[str], values: Sequence[Any], s
     if os.path.isdir(done) and result is None and os.path.exists(os.path.join(stage_dir, "done")):
       model = model._replace(params=restore_params(done, model.config))
       continue
-    value = values[stage.value]
-    if isinstance(value, str):
-      from map_jax.rewards import get_reward
-      value = get_reward(value)
     record = dict(config_record or {}, stage=s, stage_round=stage.round, stage_value=names[stage.value],
                   stage_lam=[float(x) for x in stage.lam])
-    try:
-      result = fine_tune(model, prompts, [value], [stage.lam_step], cfg, run, stage_dir, config_record=record)
-    finally:
-      if isinstance(values[stage.value], str):
-        value.close()  # free this value's reward model before the next stage loads its own
+    # A value given by name is loaded by `fine_tune` and freed when the stage ends, before the next loads.
+    result = fine_tune(model, prompts, [values[stage.value]], [stage.lam_step], cfg, run, stage_dir,
+                       config_record=record)
     open(os.path.join(stage_dir, "done"), "w").close()
     model = model._replace(params=result.params)
   params = nn.meta.unbox(model.params)
