@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.sequential = ml_collections.ConfigDict(dict(rounds=0, order=()))
   config.ppo = ml_collections.ConfigDict(dataclasses.asdict(PPOConfig(
       max_new_tokens=24, learning_rate=1e-5, ppo_epochs=2, num_minibatches=2, value_coef=0.1)))
+  # Typed placeholders (None until set), so `--config.ppo.top_k=50` can override them.
+  config.ppo.top_k = ml_collections.config_dict.placeholder(int)
+  config.ppo.top_p = ml_collections.config_dict.placeholder(float)
   config.run = ml_collections.ConfigDict(dataclasses.asdict(RunConfig(
       num_steps=12, batch_size=8, max_prompt_tokens=64, chat=True, checkpoint_every=4, progress=True)))
   return config
