@@ -20,6 +20,7 @@ reward model loaded, following the coordinate-ascent λ schedule of `map_jax.cor
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -153,8 +154,8 @@ def _value_names(values) -> list[str]:
 
 
 def fine_tune(model, prompts: Sequence[str], values: Sequence[Any], lam, cfg: ppo.PPOConfig, run: RunConfig,
-          workdir: str | None = None, *, config_record: dict | None = None,
-          on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+              workdir: str | None = None, *, config_record: dict | None = None,
+              on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
   """Fine-tune `model` toward λᵀr with PPO (KL to the model as given), resuming from `workdir` if it has a run.
 
   Args:
@@ -263,7 +264,6 @@ def fine_tune(model, prompts: Sequence[str], values: Sequence[Any], lam, cfg: pp
 
 
 def _hash(texts: Sequence[str]) -> str:
-  import hashlib
   h = hashlib.sha1()
   for t in texts:
     h.update(t.encode() + b"\x00")
@@ -325,8 +325,8 @@ def sequential_stages(rewards, palette, *, rounds: int, order: Sequence[int] | N
 
 
 def fine_tune_sequential(model, prompts: Sequence[str], values: Sequence[Any], stages: Sequence[Stage],
-                     cfg: ppo.PPOConfig, run: RunConfig, workdir: str, *,
-                     config_record: dict | None = None) -> TrainResult:
+                         cfg: ppo.PPOConfig, run: RunConfig, workdir: str, *,
+                         config_record: dict | None = None) -> TrainResult:
   """Align one value at a time: each stage runs `fine_tune` with a single value, its λ step and, as both start
   and KL reference, the previous stage's model; only that value's reward model is loaded meanwhile.
 
