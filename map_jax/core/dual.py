@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from map_jax.core import feasibility as feas
 from map_jax.core import sensitivity
@@ -79,7 +80,10 @@ def dual_objective(rewards: jax.Array, palette: jax.Array, lam: jax.Array) -> ja
 class _Standardized(NamedTuple):
   """The pilot set in standardized units, shared by every palette."""
   r: jax.Array       # (n, m): (R − μ) / σ
-  rr: jax.Array      # (n, m·m): outer products of the rows of r
+  rt: jax.Array      # (m, n): rᵀ, so that logits λᵀrᵀ of a batch of palettes come out
+                     # (batch, n) with no transpose
+  moments: jax.Array  # (n, m + m(m+1)/2): the rows of r, then their outer products'
+                      # upper triangles
   mean: jax.Array    # μ (m,)
   scale: jax.Array   # σ (m,), 1 for constant columns
 
@@ -93,8 +97,9 @@ def _standardize(rewards: jax.Array) -> _Standardized:
   std = jnp.std(rewards, axis=0)
   scale = jnp.where(constant | (std == 0), 1.0, std)
   r = jnp.where(constant, 0.0, (rewards - mean) / scale)
-  rr = (r[:, :, None] * r[:, None, :]).reshape(n, m * m)
-  return _Standardized(r, rr, mean, scale)
+  upper_i, upper_k = np.triu_indices(m)
+  moments = jnp.concatenate([r, r[:, upper_i] * r[:, upper_k]], axis=1)
+  return _Standardized(r, r.T, moments, mean, scale)
 
 
 class _NewtonState(NamedTuple):
@@ -114,19 +119,21 @@ def _evaluate(std: _Standardized, c: jax.Array, lam: jax.Array):
 
   The Hessian comes from the shared outer products (E_w[r rᵀ] − μμᵀ) rather than from
   centred rows as in :func:`map_jax.core.sensitivity.tilted_moments`: under ``vmap``
-  over palettes that is one matmul against a matrix all palettes share. In
-  standardized units the cancellation costs little, and Newton needs only a good
+  over palettes the mean and the second moments are one matmul of the (batch, n)
+  weights against a matrix all palettes share (its m(m+1)/2 distinct products only).
+  In standardized units the cancellation costs little, and Newton needs only a good
   direction; the exact derivative uses the centred form.
   """
   n, m = std.r.shape
-  logits = std.r @ lam
+  logits = lam @ std.rt
   top = jnp.max(logits)
   e = jnp.exp(logits - top)
   total = jnp.sum(e)
-  w = e / total
   lse = top + jnp.log(total) - jnp.log(n)
-  mean = w @ std.r
-  second = (w @ std.rr).reshape(m, m)
+  moments = (e @ std.moments) / total
+  mean = moments[:m]
+  upper = jnp.zeros((m, m), moments.dtype).at[np.triu_indices(m)].set(moments[m:])
+  second = upper + jnp.triu(upper, 1).T
   hess = second - jnp.outer(mean, mean)
   return lse - jnp.dot(lam, c), mean - c, hess
 
@@ -165,11 +172,12 @@ def _newton(std: _Standardized, c: jax.Array, *, tol, max_iter, max_evals, ridge
   state = _NewtonState(lam0, f0, g0, step0, active0, jnp.ones((), dtype),
                        jnp.zeros((), jnp.int32), jnp.ones((), jnp.int32), res0)
 
-  def cond(s):
+  def cond(consts, s):
     return ((s.residual > tol) & (s.num_steps < max_iter) & (s.num_evals < max_evals)
             & (s.alpha > 1e-12))
 
-  def body(s):
+  def body(consts, s):
+    std, c = consts
     trial = jnp.maximum(s.lam - s.alpha * s.step, 0.0)
     f_t, g_t, h_t = _evaluate(std, c, trial)
     # Armijo along the projection arc: predicted decrease from the free coordinates'
@@ -185,7 +193,9 @@ def _newton(std: _Standardized, c: jax.Array, *, tol, max_iter, max_evals, ridge
     old = s._replace(alpha=0.5 * s.alpha, num_evals=s.num_evals + 1)
     return jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
 
-  return jax.lax.while_loop(cond, body, state)
+  # Under vmap a palette near the feasibility boundary needs 30–50 steps where most
+  # need 5; the compacting loop keeps the others from paying for it.
+  return feas.compacting_while_loop(cond, body, (std, c), state)
 
 
 def solve_dual(
@@ -265,9 +275,12 @@ def _solve_dual(rewards, palette, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
   lam = sensitivity.attach_implicit_grad(rewards, palette, lam)
 
   # Everything below is ordinary differentiable JAX of (rewards, palette, λ).
+  # (λᵀRᵀ rather than Rλ: under vmap over palettes the logits then come out
+  # (batch, n), with no transpose of the largest array in the solve.)
   n = rewards.shape[0]
-  logits = rewards @ lam
-  log_w = jax.nn.log_softmax(logits)
+  logits = lam @ rewards.T
+  lse = jax.nn.logsumexp(logits)
+  log_w = logits - lse
   w = jnp.exp(log_w)
   realized = w @ rewards
   kl = jnp.sum(w * (log_w + jnp.log(n)))
@@ -281,7 +294,7 @@ def _solve_dual(rewards, palette, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
       certificate=lp.certificate,
       ess=feas.effective_sample_size(w),
       kl=kl,
-      dual_value=dual_objective(rewards, palette, lam),
+      dual_value=jnp.dot(lam, palette) - (lse - jnp.log(n)),  # dual_objective, sharing lse
       kkt_residual=state.residual,
       converged=converged,
       num_steps=state.num_steps,

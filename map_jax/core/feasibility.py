@@ -72,6 +72,81 @@ def effective_sample_size(weights: jax.Array) -> jax.Array:
   return 1.0 / jnp.sum(jnp.square(weights), axis=-1)
 
 
+def compacting_while_loop(cond_fun, body_fun, consts, init, *, shrink: int = 4,
+                          min_lanes: int = 16):
+  """``lax.while_loop`` whose ``vmap`` pays for the iterations its lanes need.
+
+  Equivalent to ``lax.while_loop(lambda s: cond_fun(consts, s), lambda s:
+  body_fun(consts, s), init)``. Under ``vmap`` a plain while loop runs its body on the
+  whole batch until the slowest lane is done, so one palette near the feasibility
+  boundary that needs 40 Newton steps makes a batch of thousands pay 40 steps each.
+  Here the batched loop runs only while more than a quarter of the lanes are active,
+  then gathers the active ones into a batch a quarter the size and goes on there, and
+  so on down to ``min_lanes``; the results are scattered back. Every lane still applies
+  ``body_fun`` exactly as long as its own ``cond_fun`` holds, so the answers are those
+  of the plain loop (up to rounding that depends on the batch size).
+
+  Args:
+    cond_fun, body_fun: ``cond_fun(consts, state) -> bool`` and
+      ``body_fun(consts, state) -> state`` for one lane.
+    consts: a pytree the loop reads but does not change (batched or not).
+    init: the initial state.
+    shrink: factor by which each stage's batch is smaller than the last.
+    min_lanes: the last stage, no larger than this, runs until every lane is done.
+
+  Returns:
+    The final state.
+  """
+
+  @jax.custom_batching.custom_vmap
+  def loop(consts, state):
+    return jax.lax.while_loop(lambda s: cond_fun(consts, s), lambda s: body_fun(consts, s),
+                              state)
+
+  @loop.def_vmap
+  def rule(axis_size, in_batched, consts, state):
+    consts_batched, state_batched = in_batched
+    state = jax.tree.map(
+        lambda x, b: x if b else jnp.broadcast_to(x, (axis_size,) + jnp.shape(x)),
+        state, state_batched)
+    axes = jax.tree.map(lambda b: 0 if b else None, consts_batched)
+    v_cond = jax.vmap(cond_fun, in_axes=(axes, 0))
+    v_body = jax.vmap(body_fun, in_axes=(axes, 0))
+
+    def select(active, new, old):
+      return jax.tree.map(
+          lambda a, b: jnp.where(active.reshape(active.shape + (1,) * (a.ndim - 1)), a, b),
+          new, old)
+
+    def run(consts, state, until):
+      """Steps the active lanes while more than ``until`` of them are active."""
+      def body(s):
+        return select(v_cond(consts, s), v_body(consts, s), s)
+      return jax.lax.while_loop(lambda s: jnp.sum(v_cond(consts, s)) > until, body, state)
+
+    sizes = [axis_size]
+    while sizes[-1] > min_lanes:
+      sizes.append(-(-sizes[-1] // shrink))
+    sizes.append(0)
+
+    def stage(k, consts, state):
+      state = run(consts, state, sizes[k + 1])
+      if sizes[k + 1] == 0:
+        return state
+      active = v_cond(consts, state)
+      # At most sizes[k + 1] < sizes[k] lanes are active, so an idle lane exists to pad
+      # the next stage's batch; padding lanes stay idle and are written back unchanged.
+      (lanes,) = jnp.nonzero(active, size=sizes[k + 1], fill_value=jnp.argmin(active))
+      sub_consts = jax.tree.map(lambda x, b: x[lanes] if b else x, consts, consts_batched)
+      sub = stage(k + 1, sub_consts, jax.tree.map(lambda x: x[lanes], state))
+      return jax.tree.map(lambda x, y: x.at[lanes].set(y), state, sub)
+
+    out = stage(0, consts, state)
+    return out, jax.tree.map(lambda _: True, out)
+
+  return loop(consts, init)
+
+
 class _Simplex(NamedTuple):
   basis: jax.Array   # (m + 1,) column of each basic variable: row j < n, slack n + i;
                      # position 0 holds t, which is free and never leaves
@@ -122,11 +197,14 @@ def _simplex(S: jax.Array, c: jax.Array, *, tol: float, max_iter: int) -> _Simpl
   b = jnp.concatenate([c, jnp.ones((1,), dtype)])
   t_column = jnp.concatenate([-jnp.ones((m,), dtype), jnp.zeros((1,), dtype)])
 
-  # Start from the best single sample j0: q = e_{j0}, t = min_i (S_{j0} − c)_i, every
-  # slack basic but the one of the value attaining that minimum.
-  gaps = S - c
-  j0 = jnp.argmax(jnp.min(gaps, axis=1))
-  i0 = jnp.argmin(gaps[j0])
+  # Start from a good single sample j0: q = e_{j0}, t = min_i (S_{j0} − c)_i, every
+  # slack basic but the one of the value attaining that minimum. j0 is the best for c
+  # among the 64 samples with the best worst value, a palette-independent shortlist:
+  # searching all n rows per palette saves one pivot in ten and, under vmap, costs
+  # more than the pivots.
+  _, shortlist = jax.lax.top_k(jnp.min(S, axis=1), min(n, 64))
+  j0 = shortlist[jnp.argmax(jnp.min(S[shortlist] - c, axis=1))]
+  i0 = jnp.argmin(S[j0] - c)
   slots = jnp.arange(m)
   basis = jnp.concatenate([jnp.full((1,), -1, jnp.int32),
                            jnp.where(slots == i0, j0, n + slots).astype(jnp.int32)])
@@ -134,7 +212,8 @@ def _simplex(S: jax.Array, c: jax.Array, *, tol: float, max_iter: int) -> _Simpl
   inv = jnp.linalg.inv(matrix)
   state = _Simplex(basis, inv, inv @ b, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
 
-  def body(st):
+  def body(consts, st):
+    blocks, ids, S, c = consts
     # Dual values y = B⁻ᵀ e_0, i.e. the first row of B⁻¹: (−d, ν) with 1ᵀd = 1.
     d, nu = -st.inv[0, :m], st.inv[0, m]
     # Reduced costs: row j prices out when dᵀS_j > ν (it cuts off the current vertex),
@@ -162,28 +241,29 @@ def _simplex(S: jax.Array, c: jax.Array, *, tol: float, max_iter: int) -> _Simpl
     return jax.tree.map(lambda a, b: jnp.where(stop, a, b),
                         st._replace(done=jnp.ones((), bool)), new)
 
-  def cond(st):
+  def cond(consts, st):
     return ~st.done & (st.k < max_iter)
 
-  return jax.lax.while_loop(cond, body, state)
+  return compacting_while_loop(cond, body, (blocks, ids, S, c), state)
 
 
-def _certified(gaps, basis, x, y):
+def _certified(rewards, palette, blocks, ids, basis, x, y):
   """Rounds a basis's primal (x) and dual (y) values to the simplices.
 
   Returns the certificate d, the upper bound max_j dᵀ(R_j − c) it certifies, the
   weights of the basic rows and the lower bound min_i (Rᵀq − c)_i they certify. Both
-  bounds are computed from the gaps R_j − c, which are exactly 0 where a target equals
-  a reward, so a palette on the boundary stays there.
+  bounds are computed from gaps R_j − c, which are exactly 0 where a target equals a
+  reward, so a palette on the boundary stays there.
   """
-  n, m = gaps.shape
+  n, m = rewards.shape
   d = jnp.maximum(-y[:m], 0.0)
   d = d / jnp.sum(d)
-  upper = jnp.max(gaps @ d)
+  j, _ = _most_violated(blocks, ids, d)
+  upper = jnp.dot(rewards[j] - palette, d)
   is_row = basis[1:] < n
   q = jnp.where(is_row, jnp.maximum(x[1:], 0.0), 0.0)
   q = q / jnp.sum(q)
-  lower = jnp.min(q @ gaps[jnp.where(is_row, basis[1:], 0)])
+  lower = jnp.min(q @ (rewards[jnp.where(is_row, basis[1:], 0)] - palette))
   return d, upper, q, lower
 
 
@@ -243,9 +323,9 @@ def feasibility(
   b = jnp.concatenate([c, jnp.ones((1,), dtype)])
   x_polished = jnp.linalg.solve(matrix, b)
   y_polished = jnp.linalg.solve(matrix.T, jnp.zeros((m + 1,), dtype).at[0].set(1.0))
-  gaps = rewards - palette
-  candidates = [_certified(gaps, st.basis, x_polished, y_polished),
-                _certified(gaps, st.basis, st.x, st.inv[0])]
+  blocks, ids = _row_blocks(S)
+  candidates = [_certified(rewards, palette, blocks, ids, st.basis, x_polished, y_polished),
+                _certified(rewards, palette, blocks, ids, st.basis, st.x, st.inv[0])]
   (d, upper, q_b, lower), (d2, upper2, q_b2, lower2) = candidates
   use2_u = ~(upper <= upper2)  # also when the polished bound is NaN
   use2_l = ~(lower >= lower2)

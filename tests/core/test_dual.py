@@ -236,3 +236,41 @@ def test_non_finite_rewards_name_rows_and_value():
 def test_palette_shape_mismatch():
   with pytest.raises(ValueError, match=r"shape \(3,\)"):
     solve_dual(np.zeros((4, 3)), np.zeros(2))
+
+
+def test_vmap_with_hard_palettes_equals_loop(reference_rewards):
+  """A batch large enough for the solver's loops to compact their lanes, with palettes
+  near the feasibility boundary that need many more Newton steps than the rest."""
+  r = jnp.asarray(reference_rewards)
+  rng = np.random.default_rng(5)
+  c0, b = reference_rewards.mean(0), reference_rewards.max(0)
+  easy = c0 + rng.uniform(0, 0.3, (100, 6)) * (b - c0)
+  direction = rng.uniform(0, 0.6, (20, 6)) * (b - c0)
+  # Just inside the boundary: 99.9% of the way from c0 to the edge along each direction.
+  edge = np.array([c0 + 0.999 * lp_edge(reference_rewards, c0, v) * v for v in direction])
+  palettes = jnp.asarray(np.concatenate([easy, edge]))
+  batched = jax.jit(jax.vmap(lambda c: solve_dual(r, c)))(palettes)
+  steps = np.asarray(batched.num_steps)
+  assert np.all(np.asarray(batched.feasible))
+  assert steps[100:].max() > 2 * np.median(steps[:100])
+  for k in [*np.argsort(steps)[-4:], 0, 1, 50]:
+    single = solve(r, palettes[k])
+    # Rounding that differs with the batch size may end a hard solve a step earlier or
+    # later, or (with λ in the hundreds) a few times above the 1e-12 KKT tolerance:
+    # the answers agree to that precision.
+    assert float(single.kkt_residual) < 1e-11 and float(batched.kkt_residual[k]) < 1e-11
+    for name, a, b in zip(single._fields, single, batched):
+      if name not in ("num_steps", "converged", "kkt_residual"):
+        np.testing.assert_allclose(np.asarray(b[k], np.float64), np.asarray(a, np.float64),
+                                   rtol=1e-9, atol=1e-11, err_msg=name)
+
+
+def lp_edge(rewards: np.ndarray, start: np.ndarray, direction: np.ndarray) -> float:
+  """Largest s with start + s·direction feasible, by bisection on the HiGHS margin."""
+  lo, hi = 0.0, 1.0
+  while lp_margin(rewards, start + hi * direction) >= 0:
+    hi *= 2
+  for _ in range(40):
+    mid = 0.5 * (lo + hi)
+    lo, hi = (mid, hi) if lp_margin(rewards, start + mid * direction) >= 0 else (lo, mid)
+  return lo
