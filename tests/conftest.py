@@ -12,3 +12,25 @@ import os
 
 if hasattr(os, "sched_setaffinity"):
   os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+
+import pytest  # noqa: E402  (after the pin)
+
+
+@pytest.fixture(scope="session")
+def tiny_smollm_dir(tmp_path_factory):
+  """A random 1-layer Llama over SmolLM2's vocabulary, saved as a Hugging Face directory with SmolLM2's real
+  tokenizer (chat template included): the pipeline's code paths at a fraction of the cost."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from map_jax.models import loading
+  from map_jax.models import tokenizer as tok_lib
+
+  d = tmp_path_factory.mktemp("tiny_smollm")
+  torch.manual_seed(0)
+  transformers.LlamaForCausalLM(transformers.LlamaConfig(
+      vocab_size=49152, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+      num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=1,
+      eos_token_id=2)).save_pretrained(d)
+  path = loading.builtin_path("smollm2-135m-instruct")
+  tok_lib.load_tokenizer(os.path.dirname(path), gguf_file=os.path.basename(path)).save_pretrained(d)
+  return str(d)

@@ -1,0 +1,178 @@
+"""map_jax.pipeline: a MAP-by-decoding run on a workdir, end to end on a tiny model and on real SmolLM2;
+cached stages, reruns of exactly the stages a config change touches, resume after a kill, the report."""
+
+import importlib.util
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from map_jax import pipeline
+from map_jax.align.decode import select
+from map_jax.data.pilot import load_pilot
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def default_config():
+  spec = importlib.util.spec_from_file_location("default_config", ROOT / "configs" / "default.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+PROMPTS = ["How was your weekend?", "What do you do for fun?", "Any plans for the summer?", "Do you like dogs?",
+           "What is your favorite food?", "Tell me about your job.", "Seen any good movies lately?",
+           "Where did you grow up?", "What music do you like?", "Do you play any sports?",
+           "What's the best book you read?", "Coffee or tea?", "x" * 300]
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+  path = tmp_path / "prompts.jsonl"
+  path.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS))
+  return str(path)
+
+
+def tiny_config(model, prompt_file):
+  c = default_config()
+  c.model = model
+  c.prompts.source, c.prompts.num_pilot, c.prompts.num_test = prompt_file, 8, 3
+  c.pilot.samples_per_prompt = 2
+  c.generation.max_new_tokens, c.generation.batch_size = 6, 3
+  c.targeted, c.kept = "positiveness,diversity", "length"
+  c.value_options = {}
+  c.palettes = "all-60%;both=positiveness:0.99,diversity:0.99"
+  c.decode.num_candidates = 3
+  return c
+
+
+def test_palette_specs():
+  t, k = ["humor", "gpt2-helpful"], ["coherence"]
+  assert pipeline.parse_palettes("HHH-70%; gpt2-helpful-80% ;x=humor:0.9", t, k) == [
+      ("HHH-70%", {"humor": 0.7, "gpt2-helpful": 0.7}), ("gpt2-helpful-80%", {"gpt2-helpful": 0.8}),
+      ("x", {"humor": 0.9})]
+  for bad, msg in [("coherence-80%", "kept at its mean"), ("wit-80%", "not a targeted value"),
+                   ("x=humor:1.5", "outside"), ("x=humor", "VALUE:QUANTILE"), ("HHH", "GROUP-Q%"),
+                   ("", "no palette"), ("a=humor:0.5;a=humor:0.6", "repeat")]:
+    with pytest.raises(ValueError, match=msg):
+      pipeline.parse_palettes(bad, t, k)
+
+
+def test_config_validation_and_stage_keys():
+  c = default_config()
+  pipeline.validate(c)
+  keys = pipeline.stage_keys(c)
+  c.palettes = "HHH-80%"
+  changed = {s for s, v in pipeline.stage_keys(c).items() if v != keys[s]}
+  assert changed == {"solve", "decode", "report"}
+  c.generation.max_new_tokens = 10
+  assert {s for s, v in pipeline.stage_keys(c).items() if v == keys[s]} == {"prompts"}
+  for field, value, msg in [("targeted", "humor,coherence", "both targeted and kept"), ("targeted", "", "no value"),
+                            ("adjust", "scale", "adjust"), ("palettes", "coherence-50%", "kept")]:
+    bad = default_config()
+    setattr(bad, field, value)
+    with pytest.raises(ValueError, match=msg):
+      pipeline.validate(bad)
+
+
+def test_tiny_run_end_to_end_cache_and_rerun(tiny_smollm_dir, prompt_file, tmp_path):
+  c = tiny_config(tiny_smollm_dir, prompt_file)
+  c.prompts.max_chars = 200
+  wd = tmp_path / "run"
+  t = pipeline.run(c, str(wd))
+  assert not any(v["skipped"] for v in t.values())
+
+  prompts = json.loads((wd / "prompts.json").read_text())
+  assert len(prompts["pilot"]) == 8 and len(prompts["test"]) == 3
+  assert not set(prompts["pilot"]) & set(prompts["test"]) and "x" * 300 not in prompts["pilot"] + prompts["test"]
+  pilot_rows = [json.loads(l) for l in (wd / "pilot.jsonl").read_text().splitlines()]
+  assert [(r["prompt"], r["sample"]) for r in pilot_rows] == [(p, s) for p in prompts["pilot"] for s in range(2)]
+  names = ["positiveness", "diversity", "length"]
+  R, _ = load_pilot(str(wd / "pilot.rewards.jsonl"), names)
+  assert R.shape == (16, 3)
+
+  pal = json.loads((wd / "palettes.json").read_text())
+  assert [p["label"] for p in pal["palettes"]] == ["all-60%", "both"]
+  np.testing.assert_allclose(pal["palettes"][0]["palette"][2], R[:, 2].mean())  # kept at the mean
+  assert pal["palettes"][1]["feasible"] is False and pal["palettes"][1]["use"] == "adjusted"
+
+  # decoded choices are `select` on the stored candidate rewards with the stored key schedule
+  C, _ = load_pilot(str(wd / "candidates.rewards.jsonl"), names)
+  C = C.reshape(3, 4, 3)
+  dec = json.loads((wd / "decoded.json").read_text())
+  base = jax.random.fold_in(jax.random.key(c.seed), 2)
+  for i, d in enumerate(dec["palettes"]):
+    sel = select(jax.random.fold_in(base, i), C[:, 1:].astype(np.float32), np.float32(d["lambda"]))
+    assert d["index"] == (np.asarray(sel.index) + 1).tolist()
+
+  rep = json.loads((wd / "report.json").read_text())
+  for p, d in zip(rep["palettes"], dec["palettes"]):
+    aligned = C[np.arange(3), d["index"]]
+    for j, v in enumerate(names):
+      np.testing.assert_allclose(p["comparison"][v]["aligned"]["mean"], aligned[:, j].mean())
+      np.testing.assert_allclose(p["comparison"][v]["original"]["mean"], C[:, 0, j].mean())
+    used = p["adjusted"] if p["use"] == "adjusted" else p
+    assert [p["comparison"][v]["predicted"] for v in names] == pytest.approx(used["realized"])
+  md = (wd / "report.md").read_text()
+  assert "| original" in md and "Infeasible" in md and "certifies" in md
+  for f in ["radar.png", "hist_all_60.png", "hist_both.png"]:
+    assert (wd / f).stat().st_size > 1000
+
+  # a rerun skips every stage; a new palette reruns only solve, decode and report
+  assert all(v["skipped"] for s, v in pipeline.run(c, str(wd)).items() if s != "report")
+  c.palettes = "diversity-70%"
+  t = pipeline.run(c, str(wd))
+  assert {s for s, v in t.items() if not v["skipped"]} == {"solve", "decode", "report"}
+  assert [p["label"] for p in json.loads((wd / "report.json").read_text())["palettes"]] == ["diversity-70%"]
+
+
+def test_generation_resumes_after_a_kill_to_the_same_samples(tiny_smollm_dir, prompt_file, tmp_path, monkeypatch):
+  c = tiny_config(tiny_smollm_dir, prompt_file)
+  pipeline.run(c, str(tmp_path / "whole"), until="generate_pilot")
+
+  import map_jax.generate as gen
+  real, calls = gen.generate, []
+
+  def dying(*a, **kw):
+    calls.append(1)
+    if len(calls) > 1:
+      raise KeyboardInterrupt("killed")
+    return real(*a, **kw)
+
+  monkeypatch.setattr(gen, "generate", dying)
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.run(c, str(tmp_path / "killed"), until="generate_pilot")
+  parts = tmp_path / "killed" / "pilot.jsonl.parts"
+  assert len(parts.read_text().splitlines()) == 1 and not (tmp_path / "killed" / "pilot.jsonl").exists()
+  with parts.open("a") as f:
+    f.write('{"batch": 1, "rows": [')  # torn by the kill mid-write
+  monkeypatch.setattr(gen, "generate", real)
+  t = pipeline.run(c, str(tmp_path / "killed"), until="generate_pilot")
+  assert not t["generate_pilot"]["skipped"]
+  assert (tmp_path / "killed" / "pilot.jsonl").read_text() == (tmp_path / "whole" / "pilot.jsonl").read_text()
+  assert not parts.exists()
+
+
+def test_real_smollm2_run(tmp_path):
+  """The embedded default's parts for real: SmolLM2-135M-Instruct, chitchat prompts, three offline values."""
+  c = default_config()
+  # one compiled sampler shape for pilot and test: 4 prompts x 5 samples per call, short openers
+  c.prompts.num_pilot, c.prompts.num_test, c.prompts.max_chars = 8, 4, 40
+  c.pilot.samples_per_prompt = 5
+  c.generation.max_new_tokens, c.generation.batch_size = 12, 4
+  c.targeted, c.kept = "positiveness,harmlessness", "diversity"
+  c.value_options = {}
+  c.palettes = "HHH-70%"
+  c.decode.num_candidates = 4
+  pipeline.run(c, str(tmp_path))
+  rep = json.loads((tmp_path / "report.json").read_text())
+  texts = [json.loads(l)["response"] for l in (tmp_path / "candidates.jsonl").read_text().splitlines()]
+  assert len(texts) == 4 * 5 and sum(len(t.split()) >= 3 for t in texts) >= 15  # real text, not noise
+  words = set(" ".join(texts).lower().split())
+  assert len(words & {"the", "a", "i", "you", "to", "and", "is"}) >= 4
+  p = rep["palettes"][0]
+  assert p["feasible"] and p["lambda"][0] > 0 and set(p["comparison"]) == {"positiveness", "harmlessness", "diversity"}
+  assert rep["original"]["levels"]["positiveness"]["low"] <= rep["original"]["levels"]["positiveness"]["mean"]
