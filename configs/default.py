@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.generation.top_k = 50
   c.generation.top_p = ml_collections.FieldReference(None, field_type=float)
   c.generation.batch_size = 16         # prompts per generate call (x samples per prompt rows)
+  c.generation.min_bucket = 16         # prompts pad to power-of-two-ish lengths >= this: one compile each
 
   c.pilot = ml_collections.ConfigDict()
   c.pilot.samples_per_prompt = 1       # n = num_pilot x samples_per_prompt
@@ -51,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.score_chunk = 256
 
   # ';'-separated: GROUP-Q% (HHH = every targeted value), VALUE-Q%, or LABEL=VALUE:Q,VALUE:Q
-  c.palettes = "HHH-60%;HHH-70%;humor-80%;positiveness-80%"
+  c.palettes = "HHH-50%;HHH-60%;HHH-70%;humor-80%;positiveness-80%"
   c.adjust = "interpolate"             # infeasible palettes: interpolate | greedy | None (report only)
 
   c.decode = ml_collections.ConfigDict()

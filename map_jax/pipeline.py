@@ -282,7 +282,7 @@ def sample_table(config, prompts: Sequence[str], samples_per_prompt: int, output
         out = generate(model.module, model.params, model.tokenizer, [prompts[i] for i in idx],
                        key=jax.random.fold_in(base, b), max_new_tokens=int(g.max_new_tokens),
                        temperature=float(g.temperature), top_k=g.top_k, top_p=g.top_p,
-                       num_return_sequences=k, chat=bool(config.chat))
+                       num_return_sequences=k, chat=bool(config.chat), min_bucket=int(g.min_bucket))
         rows = [{"prompt_index": idx[r // k], "sample": r % k, "response": out.text[r],
                  "num_tokens": int(out.lengths[r])} for r in range(len(idx) * k)]
         f.write(json.dumps({"batch": b, "rows": rows}) + "\n")
@@ -356,6 +356,14 @@ def candidate_rewards(wd: Workdir, names: Sequence[str], num_prompts: int, k1: i
   return R.reshape(num_prompts, k1, len(names))
 
 
+def palette_key(seed: int, label: str):
+  """The resampling key of one palette: a function of the seed and its label only, so adding or reordering
+  palettes leaves every other palette's draw unchanged."""
+  import jax
+  label_id = int(hashlib.sha1(label.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+  return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2), label_id)
+
+
 def decode(config, wd: Workdir) -> dict:
   """Resample one of the k candidates per test prompt for each palette: softmax(λᵀr) (or argmax)."""
   import jax
@@ -367,11 +375,10 @@ def decode(config, wd: Workdir) -> dict:
   names = pal["values"]
   P = len(wd.read_json("prompts.json")["test"])
   R = candidate_rewards(wd, names, P, int(config.decode.num_candidates) + 1)
-  base = jax.random.fold_in(jax.random.key(int(config.seed)), 2)
   out = []
-  for i, rec in enumerate(pal["palettes"]):
+  for rec in pal["palettes"]:
     lam = (rec["adjusted"] if rec["use"] == "adjusted" else rec)["lambda"]
-    sel = select(jax.random.fold_in(base, i), jnp.asarray(R[:, 1:], jnp.float32), jnp.asarray(lam, jnp.float32),
+    sel = select(palette_key(int(config.seed), rec["label"]), jnp.asarray(R[:, 1:], jnp.float32), jnp.asarray(lam, jnp.float32),
                  mode=config.decode.mode)
     probs = np.asarray(sel.probs, np.float64)
     out.append({"label": rec["label"], "lambda": lam, "index": (np.asarray(sel.index) + 1).tolist(),

@@ -5,7 +5,6 @@ import importlib.util
 import json
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 
@@ -40,8 +39,8 @@ def tiny_config(model, prompt_file):
   c = default_config()
   c.model = model
   c.prompts.source, c.prompts.num_pilot, c.prompts.num_test = prompt_file, 8, 3
-  c.pilot.samples_per_prompt = 2
-  c.generation.max_new_tokens, c.generation.batch_size = 6, 3
+  c.pilot.samples_per_prompt = 4  # = k + 1 below, and one length bucket: a single compiled sampler
+  c.generation.max_new_tokens, c.generation.batch_size, c.generation.min_bucket = 6, 3, 64
   c.targeted, c.kept = "positiveness,diversity", "length"
   c.value_options = {}
   c.palettes = "all-60%;both=positiveness:0.99,diversity:0.99"
@@ -89,10 +88,10 @@ def test_tiny_run_end_to_end_cache_and_rerun(tiny_smollm_dir, prompt_file, tmp_p
   assert len(prompts["pilot"]) == 8 and len(prompts["test"]) == 3
   assert not set(prompts["pilot"]) & set(prompts["test"]) and "x" * 300 not in prompts["pilot"] + prompts["test"]
   pilot_rows = [json.loads(l) for l in (wd / "pilot.jsonl").read_text().splitlines()]
-  assert [(r["prompt"], r["sample"]) for r in pilot_rows] == [(p, s) for p in prompts["pilot"] for s in range(2)]
+  assert [(r["prompt"], r["sample"]) for r in pilot_rows] == [(p, s) for p in prompts["pilot"] for s in range(4)]
   names = ["positiveness", "diversity", "length"]
   R, _ = load_pilot(str(wd / "pilot.rewards.jsonl"), names)
-  assert R.shape == (16, 3)
+  assert R.shape == (32, 3)
 
   pal = json.loads((wd / "palettes.json").read_text())
   assert [p["label"] for p in pal["palettes"]] == ["all-60%", "both"]
@@ -103,9 +102,8 @@ def test_tiny_run_end_to_end_cache_and_rerun(tiny_smollm_dir, prompt_file, tmp_p
   C, _ = load_pilot(str(wd / "candidates.rewards.jsonl"), names)
   C = C.reshape(3, 4, 3)
   dec = json.loads((wd / "decoded.json").read_text())
-  base = jax.random.fold_in(jax.random.key(c.seed), 2)
-  for i, d in enumerate(dec["palettes"]):
-    sel = select(jax.random.fold_in(base, i), C[:, 1:].astype(np.float32), np.float32(d["lambda"]))
+  for d in dec["palettes"]:
+    sel = select(pipeline.palette_key(c.seed, d["label"]), C[:, 1:].astype(np.float32), np.float32(d["lambda"]))
     assert d["index"] == (np.asarray(sel.index) + 1).tolist()
 
   rep = json.loads((wd / "report.json").read_text())
@@ -123,10 +121,12 @@ def test_tiny_run_end_to_end_cache_and_rerun(tiny_smollm_dir, prompt_file, tmp_p
 
   # a rerun skips every stage; a new palette reruns only solve, decode and report
   assert all(v["skipped"] for s, v in pipeline.run(c, str(wd)).items() if s != "report")
-  c.palettes = "diversity-70%"
+  first = json.loads((wd / "decoded.json").read_text())["palettes"][0]
+  c.palettes = "diversity-70%;all-60%"
   t = pipeline.run(c, str(wd))
   assert {s for s, v in t.items() if not v["skipped"]} == {"solve", "decode", "report"}
-  assert [p["label"] for p in json.loads((wd / "report.json").read_text())["palettes"]] == ["diversity-70%"]
+  assert [p["label"] for p in json.loads((wd / "report.json").read_text())["palettes"]] == ["diversity-70%", "all-60%"]
+  assert json.loads((wd / "decoded.json").read_text())["palettes"][1] == first  # its draw did not move
 
 
 def test_generation_resumes_after_a_kill_to_the_same_samples(tiny_smollm_dir, prompt_file, tmp_path, monkeypatch):
@@ -162,7 +162,7 @@ def test_real_smollm2_run(tmp_path):
   # one compiled sampler shape for pilot and test: 4 prompts x 5 samples per call, short openers
   c.prompts.num_pilot, c.prompts.num_test, c.prompts.max_chars = 8, 4, 40
   c.pilot.samples_per_prompt = 5
-  c.generation.max_new_tokens, c.generation.batch_size = 12, 4
+  c.generation.max_new_tokens, c.generation.batch_size, c.generation.min_bucket = 12, 4, 64
   c.targeted, c.kept = "positiveness,harmlessness", "diversity"
   c.value_options = {}
   c.palettes = "HHH-70%"

@@ -119,17 +119,18 @@ def compare(original, aligned, *, pilot, predicted, names: Sequence[str], confid
   return out
 
 
-def checks(comparison: dict, targeted: Sequence[str], kept: Sequence[str]) -> dict:
+def checks(comparison: dict, raised: Sequence[str], held: Sequence[str]) -> dict:
   """The claims a MAP-D run should bear out, each a bool per value.
 
-  * targeted values rise: the aligned mean is above the original mean;
-  * kept values hold: the aligned mean lies within the original's interval (or above it);
+  * raised values rise: the aligned mean is above the original mean (the values the palette asks above
+    their mean);
+  * held values hold: the aligned mean lies within the original's interval or above it (the values the
+    palette keeps at their mean, e.g. coherence, or humor in a positiveness-only palette);
   * the promise holds: the solver's pilot prediction lies within the aligned level's interval.
   """
   return {
-      "targeted_rise": {v: comparison[v]["aligned"]["mean"] > comparison[v]["original"]["mean"]
-                        for v in targeted},
-      "kept_hold": {v: comparison[v]["aligned"]["mean"] >= comparison[v]["original"]["low"] for v in kept},
+      "raised_rise": {v: comparison[v]["aligned"]["mean"] > comparison[v]["original"]["mean"] for v in raised},
+      "held_hold": {v: comparison[v]["aligned"]["mean"] >= comparison[v]["original"]["low"] for v in held},
       "prediction_within_interval": {v: comparison[v]["predicted_in_interval"] for v in comparison},
   }
 

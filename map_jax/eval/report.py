@@ -152,7 +152,8 @@ def write_report(config, wd, timings: dict) -> dict:
     aligned = R[rows_p, index]
     cmp = levels.compare(original, aligned, pilot=pilot, predicted=used["realized"], names=names,
                          confidence=conf)
-    chk = levels.checks(cmp, targeted, kept)
+    raised = [v for v in names if rec["quantiles"].get(v) is not None]
+    chk = levels.checks(cmp, raised, [v for v in names if v not in raised])
     slug = _slug(rec["label"])
     histogram_figure(original, aligned, names, rec["label"], wd.path(f"hist_{slug}.png"))
     radar[rec["label"]] = [cmp[v]["aligned_quantile"] for v in names]
@@ -172,7 +173,7 @@ def write_report(config, wd, timings: dict) -> dict:
   wd.write_json(wd.path("report.json"), out)
   with open(wd.path("report.md"), "w") as f:
     f.write(markdown(out))
-  passed = all(all(c.values()) for p in palettes for c in (p["checks"]["targeted_rise"], p["checks"]["kept_hold"]))
+  passed = all(all(c.values()) for p in palettes for c in (p["checks"]["raised_rise"], p["checks"]["held_hold"]))
   return {"palettes": len(palettes), "checks_passed": passed}
 
 
@@ -233,8 +234,8 @@ def markdown(report: dict) -> str:
               f"{report['num_candidates']})", "",
               tabulate(rows, headers=["value", "predicted", "realized", "in interval", "shift", "win rate"],
                        tablefmt="github"), "",
-              f"Targeted values rise: {verdict(chk['targeted_rise'])}. Kept values hold (within the original's "
-              f"interval or above): {verdict(chk['kept_hold'])}.", "", f"![histograms]({p['histogram']})", ""]
+              f"Raised values rise: {verdict(chk['raised_rise'])}. Values kept at their mean hold (within the "
+              f"original's interval or above): {verdict(chk['held_hold'])}.", "", f"![histograms]({p['histogram']})", ""]
     if not p["feasible"]:
       cert = " + ".join(f"{d:.3f}·{v}" for d, v in zip(p["certificate"], names) if d > 1e-6)
       lines += [f"**Infeasible** on the pilot set (margin {p['margin']:+.4f}): no pilot sample reaches "

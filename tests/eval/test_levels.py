@@ -52,8 +52,9 @@ def test_compare_and_checks_on_a_shifted_population():
   assert c["shift"]["low"] < 0 < c["shift"]["high"]
   assert h["predicted_in_interval"] and not c["predicted_in_interval"]
   np.testing.assert_allclose(h["shift"]["mean"], (aligned - original)[:, 0].mean())
-  ok = levels.checks(cmp, targeted=["humor"], kept=["coherence"])
-  assert ok["targeted_rise"] == {"humor": True} and ok["kept_hold"] == {"coherence": True}
+  ok = levels.checks(cmp, raised=["humor"], held=["coherence"])
+  assert ok["raised_rise"] == {"humor": True} and ok["held_hold"] == {"coherence": True}
+  assert levels.checks(cmp, raised=["coherence"], held=[])["raised_rise"] == {"coherence": False}
   assert ok["prediction_within_interval"] == {"humor": True, "coherence": False}
   with pytest.raises(ValueError, match=r"\[P, 2\]"):
     levels.compare(original[:, :1], aligned[:, :1], pilot=pilot, predicted=[0.0], names=["a", "b"])

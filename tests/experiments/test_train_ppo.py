@@ -36,28 +36,9 @@ def test_configs_build_and_validate():
     train_ppo.build(bad)
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-  """A random 1-layer Llama over SmolLM2's vocabulary, with SmolLM2's tokenizer (chat template included)."""
-  torch = pytest.importorskip("torch")
-  transformers = pytest.importorskip("transformers")
-  from map_jax.models import loading
-  from map_jax.models import tokenizer as tok_lib
-
-  d = tmp_path_factory.mktemp("tiny_smollm")
-  torch.manual_seed(0)
-  transformers.LlamaForCausalLM(transformers.LlamaConfig(
-      vocab_size=49152, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
-      num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=1,
-      eos_token_id=2)).save_pretrained(d)
-  path = loading.builtin_path("smollm2-135m-instruct")
-  tok_lib.load_tokenizer(os.path.dirname(path), gguf_file=os.path.basename(path)).save_pretrained(d)
-  return str(d)
-
-
-def _tiny_config(tiny_dir):
+def _tiny_config(tiny_smollm_dir):
   config = _config("ppo_default")
-  config.model = tiny_dir
+  config.model = tiny_smollm_dir
   config.prompts.num = 16
   config.palette.quantiles = (None, 0.5)
   config.pilot.num_prompts, config.pilot.samples = 4, 2
@@ -67,11 +48,11 @@ def _tiny_config(tiny_dir):
   return config
 
 
-def test_launcher_runs_pilot_ppo_and_writes_the_layout(tiny_dir, tmp_path):
+def test_launcher_runs_pilot_ppo_and_writes_the_layout(tiny_smollm_dir, tmp_path):
   from experiments import train_ppo
   from map_jax.models.loading import load_model, restore_params
 
-  out = train_ppo.run(_tiny_config(tiny_dir), str(tmp_path))
+  out = train_ppo.run(_tiny_config(tiny_smollm_dir), str(tmp_path))
 
   files = sorted(p.name for p in tmp_path.iterdir())
   assert files == ["checkpoints", "config.json", "metrics.jsonl", "params", "pilot.json", "run.json", "tb"]
@@ -93,10 +74,10 @@ def test_launcher_runs_pilot_ppo_and_writes_the_layout(tiny_dir, tmp_path):
   assert len(tuned) == len(start) and not all(np.array_equal(a, b) for a, b in zip(tuned, start))
 
 
-def test_launcher_sequential_alignment_writes_one_tree_per_stage(tiny_dir, tmp_path):
+def test_launcher_sequential_alignment_writes_one_tree_per_stage(tiny_smollm_dir, tmp_path):
   from experiments import train_ppo
 
-  config = _tiny_config(tiny_dir)
+  config = _tiny_config(tiny_smollm_dir)
   config.palette.quantiles = (0.5, 0.5)
   config.sequential.rounds = 1
   config.run.num_steps = 1
