@@ -72,12 +72,20 @@ def _plain(x):
   return x
 
 
-def value_names(config) -> tuple[list[str], list[str]]:
-  """(targeted, kept) value specs from the config's comma-separated strings, checked for clashes."""
+def value_specs(config) -> tuple[list[str], list[str]]:
+  """(targeted, kept) value specs from the config's comma-separated strings: built-in names or checkpoint
+  specs such as `gpt2-helpful=reward_model:DIR` (see `map_jax.rewards.get_reward`)."""
   split = lambda s: [v.strip() for v in (s or "").split(",") if v.strip()]  # noqa: E731
   targeted, kept = split(config.targeted), split(config.kept)
   if not targeted:
     raise ValueError("config.targeted names no value: MAP needs at least one value to raise")
+  return targeted, kept
+
+
+def value_names(config) -> tuple[list[str], list[str]]:
+  """(targeted, kept) column names of the values (NAME in NAME=SPEC), checked for clashes."""
+  from map_jax.rewards.scoring import value_name
+  targeted, kept = ([value_name(v) for v in group] for group in value_specs(config))
   both = sorted(set(targeted) & set(kept))
   if both:
     raise ValueError(f"values {both} are both targeted and kept")
@@ -305,7 +313,7 @@ def sample_table(config, prompts: Sequence[str], samples_per_prompt: int, output
 
 def score(config, wd: Workdir, table: str) -> str:
   from map_jax.rewards.scoring import score_table, value_name
-  targeted, kept = value_names(config)
+  targeted, kept = value_specs(config)
   out = wd.path(table.replace(".jsonl", ".rewards.jsonl"))
   options = _plain(config.value_options)
   unknown = sorted(set(options) - {value_name(v) for v in targeted + kept})
@@ -484,4 +492,5 @@ def _run_stage(stage, config, wd, load, timings):
   return report(config, wd, timings)
 
 
-__all__ = ["STAGES", "Workdir", "parse_palettes", "run", "sample_table", "stage_keys", "validate", "value_names"]
+__all__ = ["STAGES", "Workdir", "parse_palettes", "run", "sample_table", "stage_keys", "validate", "value_names",
+           "value_specs"]

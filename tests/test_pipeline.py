@@ -176,3 +176,24 @@ def test_real_smollm2_run(tmp_path):
   p = rep["palettes"][0]
   assert p["feasible"] and p["lambda"][0] > 0 and set(p["comparison"]) == {"positiveness", "harmlessness", "diversity"}
   assert rep["original"]["levels"]["positiveness"]["low"] <= rep["original"]["levels"]["positiveness"]["mean"]
+
+
+def _config_file(name):
+  spec = importlib.util.spec_from_file_location(name.replace(".", "_"), ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_paper_configs_build_and_validate():
+  opt, llama = _config_file("paper_opt1.3b"), _config_file("paper_llama2_7b")
+  for c in (opt, llama):
+    pipeline.validate(c)
+    assert pipeline.value_names(c) == (["humor", "gpt2-helpful", "gpt2-harmless"],
+                                       ["diversity", "coherence", "perplexity"])
+    assert (c.prompts.source, c.prompts.num_pilot, c.decode.num_candidates) == ("hh-rlhf", 2000, 16)
+    assert (c.generation.top_k, c.generation.max_new_tokens, c.generation.temperature) == (50, 50, 1.0)
+    assert [lab for lab, _ in pipeline.parse_palettes(c.palettes, *pipeline.value_names(c))] == [
+        "HHH-50%", "HHH-60%", "HHH-70%", "HHH-80%"]
+  assert (opt.model, opt.chat, llama.model, llama.chat) == ("facebook/opt-1.3b", False,
+                                                            "meta-llama/Llama-2-7b-chat-hf", True)
