@@ -6,16 +6,11 @@ Needs hub access to the gated meta-llama/Llama-2-7b-chat-hf (or a local director
 GPU with about 20 GB free for bfloat16 weights, KV caches of 64 x 17 rows, and the reward models.
 """
 
-import importlib.util
-import os
+import configs
 
 
 def get_config():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "paper_opt1.3b.py")
-  spec = importlib.util.spec_from_file_location("paper_opt1_3b", path)
-  opt = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(opt)
-  c = opt.get_config()
+  c = configs.load("paper_opt1.3b")
   c.model = "meta-llama/Llama-2-7b-chat-hf"
   c.chat = True
   c.generation.batch_size = 32

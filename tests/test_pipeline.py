@@ -1,25 +1,19 @@
 """map_jax.pipeline: a MAP-by-decoding run on a workdir, end to end on a tiny model and on real SmolLM2;
 cached stages, reruns of exactly the stages a config change touches, resume after a kill, the report."""
 
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 import pytest
 
+import configs
 from map_jax import pipeline
 from map_jax.align.decode import select
 from map_jax.data.pilot import load_pilot
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 
 def default_config():
-  spec = importlib.util.spec_from_file_location("default_config", ROOT / "configs" / "default.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return configs.load("default")
 
 
 PROMPTS = ["How was your weekend?", "What do you do for fun?", "Any plans for the summer?", "Do you like dogs?",
@@ -178,15 +172,8 @@ def test_real_smollm2_run(tmp_path):
   assert rep["original"]["levels"]["positiveness"]["low"] <= rep["original"]["levels"]["positiveness"]["mean"]
 
 
-def _config_file(name):
-  spec = importlib.util.spec_from_file_location(name.replace(".", "_"), ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def test_paper_configs_build_and_validate():
-  opt, llama = _config_file("paper_opt1.3b"), _config_file("paper_llama2_7b")
+  opt, llama = configs.load("paper_opt1.3b"), configs.load("paper_llama2_7b")
   for c in (opt, llama):
     pipeline.validate(c)
     assert pipeline.value_names(c) == (["humor", "gpt2-helpful", "gpt2-harmless"],

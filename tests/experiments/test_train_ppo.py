@@ -1,22 +1,17 @@
 """The MAP-F launcher: both configs build and validate; a tiny model runs pilot, PPO and the output layout."""
 
-import importlib.util
 import json
-import pathlib
 
 import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+import configs
 
 
 def _config(name):
-  spec = importlib.util.spec_from_file_location(name.replace(".", "_"), ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return configs.load(name)
 
 
 def test_configs_build_and_validate():
