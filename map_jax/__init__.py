@@ -40,6 +40,12 @@ _LAZY = {
     "generate": "map_jax.generate",
     "sample": "map_jax.generate",
     "score": "map_jax.generate",
+    "PPOConfig": "map_jax.align.ppo",
+    "RunConfig": "map_jax.align.trainer",
+    "fine_tune": "map_jax.align.trainer",
+    "fine_tune_sequential": "map_jax.align.trainer",
+    "sequential_stages": "map_jax.align.trainer",
+    "make_mesh": "map_jax.parallel",
 }
 
 
