@@ -59,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.decode.num_candidates = 12         # k
   c.decode.mode = "sample"             # sample (MAP-D) | argmax (best-of-k on λᵀr)
 
+  # A MAP-F run to compare with: the workdir of experiments.train_ppo (its run.json); None for none.
+  c.map_f = ml_collections.FieldReference(None, field_type=str)
+
   c.report = ml_collections.ConfigDict()
   c.report.confidence = 0.95
   c.report.num_samples = 4             # sample generations shown per palette

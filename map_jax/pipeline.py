@@ -39,11 +39,12 @@ from absl import logging
 import numpy as np
 
 STAGES = ("prompts", "generate_pilot", "score_pilot", "solve", "generate_candidates", "score_candidates",
-          "decode", "report")
+          "decode", "generate_map_f", "score_map_f", "report")
 DEPENDS = {"prompts": (), "generate_pilot": ("prompts",), "score_pilot": ("generate_pilot",),
            "solve": ("score_pilot",), "generate_candidates": ("prompts",),
            "score_candidates": ("generate_candidates",), "decode": ("solve", "score_candidates"),
-           "report": ("decode",)}
+           "generate_map_f": ("prompts",), "score_map_f": ("generate_map_f",),
+           "report": ("decode", "score_map_f")}
 
 
 def upstream(stage: str) -> list[str]:
@@ -225,12 +226,45 @@ def stage_keys(config) -> dict[str, str]:
   k["generate_candidates"] = _key(k["prompts"], model, c.decode.num_candidates)
   k["score_candidates"] = _key(k["generate_candidates"], values)
   k["decode"] = _key(k["solve"], k["score_candidates"], c.decode.mode, c.seed)
-  k["report"] = _key(k["decode"], k["score_pilot"], c.report)
+  k["generate_map_f"] = _key(k["prompts"], c.generation, c.seed, map_f_run(c))
+  k["score_map_f"] = _key(k["generate_map_f"], values)
+  k["report"] = _key(k["decode"], k["score_pilot"], k["score_map_f"], c.report)
   return k
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Stages
+
+
+def map_f_run(config) -> dict | None:
+  """The run.json of the MAP-F (PPO) run named by `config.map_f`, or None when there is none.
+
+  `experiments/train_ppo.py` writes it into its workdir: the base model, the fine-tuned params directory,
+  chat, λ and the values it was trained on. Its test answers become the report's "MAP-F" row, scored with
+  this run's values, beside the original model and MAP-D.
+  """
+  path = config.get("map_f")
+  if not path:
+    return None
+  run = os.path.join(path, "run.json")
+  if not os.path.isfile(run):
+    raise FileNotFoundError(f"config.map_f = {path}: no run.json there (the workdir of experiments.train_ppo)")
+  with open(run) as f:
+    rec = json.load(f)
+  missing = [k for k in ("model", "params") if k not in rec]
+  if missing:
+    raise ValueError(f"{run}: no field {missing[0]!r}")
+  return rec
+
+
+def _map_f_loader(config):
+  """Load the fine-tuned policy: the base model's config and tokenizer with the PPO run's params."""
+  def load():
+    from map_jax.models.loading import load_model, restore_params
+    run = map_f_run(config)
+    base = load_model(run["model"], dtype=run.get("dtype", config.dtype))
+    return base._replace(params=restore_params(run["params"], base.config))
+  return load
 
 
 def make_prompts(config, wd: Workdir) -> dict:
@@ -259,7 +293,7 @@ def _read_parts(path: str) -> dict[int, list]:
 
 
 def sample_table(config, prompts: Sequence[str], samples_per_prompt: int, output: str, *, stream: int,
-                 desc: str, load: Callable[[], Any]) -> int:
+                 desc: str, load: Callable[[], Any], chat: bool | None = None) -> int:
   """`samples_per_prompt` samples from p0 per prompt into `output` (JSONL), in batches, resumable.
 
   Prompts are generated in batches of `config.generation.batch_size`, grouped by length so a batch pads
@@ -290,7 +324,8 @@ def sample_table(config, prompts: Sequence[str], samples_per_prompt: int, output
         out = generate(model.module, model.params, model.tokenizer, [prompts[i] for i in idx],
                        key=jax.random.fold_in(base, b), max_new_tokens=int(g.max_new_tokens),
                        temperature=float(g.temperature), top_k=g.top_k, top_p=g.top_p,
-                       num_return_sequences=k, chat=bool(config.chat), min_bucket=int(g.min_bucket))
+                       num_return_sequences=k, chat=bool(config.chat if chat is None else chat),
+                       min_bucket=int(g.min_bucket))
         rows = [{"prompt_index": idx[r // k], "sample": r % k, "response": out.text[r],
                  "num_tokens": int(out.lengths[r])} for r in range(len(idx) * k)]
         f.write(json.dumps({"batch": b, "rows": rows}) + "\n")
@@ -489,6 +524,19 @@ def _run_stage(stage, config, wd, load, timings):
     return {}
   if stage == "decode":
     return decode(config, wd)
+  if stage == "generate_map_f":
+    run = map_f_run(config)
+    if run is None:
+      return {"map_f": None}
+    prompts = wd.read_json("prompts.json")["test"]
+    n = sample_table(config, prompts, 1, wd.path("map_f.jsonl"), stream=3, desc="test answers of MAP-F",
+                     load=_map_f_loader(config), chat=run.get("chat", config.chat))
+    return {"rows": n, "map_f": config.map_f}
+  if stage == "score_map_f":
+    if map_f_run(config) is None:
+      return {"map_f": None}
+    score(config, wd, "map_f.jsonl")
+    return {}
   return report(config, wd, timings)
 
 

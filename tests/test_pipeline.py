@@ -3,6 +3,7 @@ cached stages, reruns of exactly the stages a config change touches, resume afte
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -121,6 +122,27 @@ def test_tiny_run_end_to_end_cache_and_rerun(tiny_smollm_dir, prompt_file, tmp_p
   assert {s for s, v in t.items() if not v["skipped"]} == {"solve", "decode", "report"}
   assert [p["label"] for p in json.loads((wd / "report.json").read_text())["palettes"]] == ["diversity-70%", "all-60%"]
   assert json.loads((wd / "decoded.json").read_text())["palettes"][1] == first  # its draw did not move
+
+  # a MAP-F run (the layout experiments.train_ppo writes) joins the report as one more row
+  from map_jax.models.loading import load_model, save_params
+  tiny = load_model(tiny_smollm_dir)
+  mapf = tmp_path / "mapf"
+  save_params(str(mapf / "params"), jax.tree.map(lambda x: 1.5 * x, tiny.params))
+  (mapf / "run.json").write_text(json.dumps({"method": "MAP-F", "model": tiny_smollm_dir, "params": str(mapf / "params"),
+                                             "chat": True, "values": ["diversity", "length"], "lam": [2.0, 0.0]}))
+  c.map_f = str(mapf)
+  t = pipeline.run(c, str(wd))
+  assert {s for s, v in t.items() if not v["skipped"]} == {"generate_map_f", "score_map_f", "report"}
+  F, _ = load_pilot(str(wd / "map_f.rewards.jsonl"), names)
+  row = json.loads((wd / "report.json").read_text())["map_f"]
+  np.testing.assert_allclose([row["comparison"][v]["aligned"]["mean"] for v in names], F.mean(0))
+  w = np.exp(2.0 * R[:, 1] - (2.0 * R[:, 1]).max())
+  np.testing.assert_allclose(row["comparison"]["diversity"]["predicted"], (w / w.sum()) @ R[:, 1], rtol=1e-9)
+  assert list(row["checks"]["raised_rise"]) == ["diversity"]
+  assert "| MAP-F" in (wd / "report.md").read_text() and (wd / "hist_MAP_F.png").exists()
+  responses = [json.loads(l)["response"] for l in (wd / "map_f.jsonl").read_text().splitlines()]
+  originals = [json.loads(l)["response"] for l in (wd / "candidates.jsonl").read_text().splitlines()][::4]
+  assert responses != originals  # sampled from the changed params
 
 
 def test_generation_resumes_after_a_kill_to_the_same_samples(tiny_smollm_dir, prompt_file, tmp_path, monkeypatch):

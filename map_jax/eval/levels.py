@@ -85,7 +85,8 @@ def compare(original, aligned, *, pilot, predicted, names: Sequence[str], confid
     original: [P, m] rewards of the base model's responses to the test prompts.
     aligned: [P, m] rewards of the aligned responses to the same prompts, row for row.
     pilot: [n, m] the pilot rewards (the base model's distribution, for quantiles).
-    predicted: [m] what the solver promised: E_{p_λ}[r] reweighted on the pilot set.
+    predicted: [m] what the solver promised: E_{p_λ}[r] reweighted on the pilot set; None when there is no
+      promise to check (the prediction fields are then None).
     names: the m value names.
     confidence: level of every interval.
 
@@ -99,10 +100,12 @@ def compare(original, aligned, *, pilot, predicted, names: Sequence[str], confid
   m = len(names)
   if original.shape != aligned.shape or original.ndim != 2 or original.shape[1] != m:
     raise ValueError(f"original {original.shape} and aligned {aligned.shape} must both be [P, {m}]")
-  predicted = np.asarray(predicted, np.float64)
+  has_prediction = predicted is not None
+  predicted = np.asarray(predicted if has_prediction else np.full(m, np.nan), np.float64)
   o, a, d = mean_ci(original, confidence), mean_ci(aligned, confidence), mean_ci(aligned - original, confidence)
   wins = win_rate(aligned, original)
-  q_o, q_a, q_p = (quantile_of(x, pilot) for x in (o[0], a[0], predicted))
+  q_o, q_a = (quantile_of(x, pilot) for x in (o[0], a[0]))
+  q_p = quantile_of(predicted, pilot) if has_prediction else predicted
   out = {}
   for i, name in enumerate(names):
     out[name] = {
@@ -112,9 +115,9 @@ def compare(original, aligned, *, pilot, predicted, names: Sequence[str], confid
         "win_rate": float(wins[i]),
         "original_quantile": float(q_o[i]),
         "aligned_quantile": float(q_a[i]),
-        "predicted": float(predicted[i]),
-        "predicted_quantile": float(q_p[i]),
-        "predicted_in_interval": bool(a[1][i] <= predicted[i] <= a[2][i]),
+        "predicted": float(predicted[i]) if has_prediction else None,
+        "predicted_quantile": float(q_p[i]) if has_prediction else None,
+        "predicted_in_interval": bool(a[1][i] <= predicted[i] <= a[2][i]) if has_prediction else None,
     }
   return out
 

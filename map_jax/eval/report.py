@@ -162,19 +162,54 @@ def write_report(config, wd, timings: dict) -> dict:
                      "samples": [{"prompt": prompts[p], "original": texts[p * (k + 1)],
                                   "aligned": texts[p * (k + 1) + int(index[p])]}
                                  for p in range(min(P, int(config.report.num_samples)))]})
+  map_f = _map_f_row(config, wd, original, pilot, names, conf, prompts)
+  if map_f is not None:
+    radar["MAP-F"] = [map_f["comparison"][v]["aligned_quantile"] for v in names]
+    histogram_figure(original, map_f.pop("rewards"), names, "MAP-F", wd.path("hist_MAP_F.png"))
   radar_figure(radar, names, wd.path("radar.png"))
 
-  stage_seconds = {s: t.get("seconds") for s, t in timings.items() if s != "report"}
+  stage_seconds = {s: t.get("seconds") for s, t in timings.items()
+                   if s != "report" and t.get("map_f", "") is not None}  # no MAP-F run: nothing to time
   cost = _decode_cost(timings, P, k, len(wd.read_json("prompts.json")["pilot"]) * int(config.pilot.samples_per_prompt))
   out = {"model": config.model, "prompts": config.prompts.source, "values": names, "targeted": targeted,
          "kept": kept, "n_pilot": pal["n"], "num_test_prompts": P, "num_candidates": k,
-         "mode": dec["mode"], "confidence": conf, "original": base, "palettes": palettes,
+         "mode": dec["mode"], "confidence": conf, "original": base, "palettes": palettes, "map_f": map_f,
          "stage_seconds": stage_seconds, "decode_cost": cost}
   wd.write_json(wd.path("report.json"), out)
   with open(wd.path("report.md"), "w") as f:
     f.write(markdown(out))
   passed = all(all(c.values()) for p in palettes for c in (p["checks"]["raised_rise"], p["checks"]["held_hold"]))
   return {"palettes": len(palettes), "checks_passed": passed}
+
+
+def _map_f_row(config, wd, original, pilot, names, conf, prompts) -> dict | None:
+  """The fine-tuned (MAP-F) model's answers to the test prompts against the original's, if a run is given.
+
+  Its promise is the MAP solution it was trained toward (β = 1): E_{p_λ}[r] reweighted on this run's pilot set
+  with the PPO run's λ, when every value it was trained on is among this run's values.
+  """
+  from map_jax.pipeline import _rewards, map_f_run
+  run = map_f_run(config)
+  if run is None:
+    return None
+  F = _rewards(wd, "map_f.rewards.jsonl", names)
+  lam_run = dict(zip(run.get("values", []), run.get("lam", [])))
+  predicted = None
+  if lam_run and set(lam_run) <= set(names):
+    from scipy.special import softmax
+    lam = np.array([lam_run.get(v, 0.0) for v in names])
+    w = softmax(pilot @ lam)
+    predicted = w @ pilot
+  cmp = levels.compare(original, F, pilot=pilot, predicted=predicted, names=names, confidence=conf)
+  trained = [v for v, x in lam_run.items() if x > 0]
+  texts = [r["response"] for r in _read_jsonl(wd.path("map_f.jsonl"))]
+  k1 = int(config.decode.num_candidates) + 1
+  originals = [r["response"] for r in _read_jsonl(wd.path("candidates.jsonl"))][::k1]
+  return {"label": "MAP-F", "workdir": config.map_f, "model": run["model"], "lambda": lam_run,
+          "comparison": cmp, "checks": levels.checks(cmp, [v for v in trained if v in names], []),
+          "histogram": "hist_MAP_F.png", "rewards": F,
+          "samples": [{"prompt": prompts[p], "original": originals[p], "aligned": texts[p]}
+                      for p in range(min(len(prompts), int(config.report.num_samples)))]}
 
 
 def _decode_cost(timings: dict, P: int, k: int, n_pilot: int) -> dict | None:
@@ -203,6 +238,11 @@ def table_one(report: dict) -> str:
     lam = "(" + ", ".join(f"{x:.2f}" for x in used["lambda"]) + ")"
     feas = "yes" if p["feasible"] else f"no → {p['adjusted']['method']}" if "adjusted" in p else "no"
     rows.append([p["label"]] + cells + [lam, feas, f"{p['margin']:+.3f}", f"{used['ess']:.0f}"])
+  f = report.get("map_f")
+  if f:
+    cells = [f"{_fmt(f['comparison'][v]['aligned'])} ({f['comparison'][v]['aligned_quantile']:.2f})" for v in names]
+    lam = "(" + ", ".join(f"{f['lambda'].get(v, 0.0):.2f}" for v in names) + ")"
+    rows.append(["MAP-F"] + cells + [lam, "", "", ""])
   return tabulate(rows, headers=head, tablefmt="github")
 
 
@@ -245,11 +285,24 @@ def markdown(report: dict) -> str:
         lines += ["", f"Adjusted by {a['method']} (ρ = {a['rho']:.3f}) to "
                   + ", ".join(f"{v} {c:.3f}" for v, c in zip(names, a["palette"])) + "; decoded with that."]
       lines += [""]
+  f = report.get("map_f")
+  if f:
+    rows = [[v, "" if c["predicted"] is None else f"{c['predicted']:.3f}", _fmt(c["aligned"]),
+             f"{c['shift']['mean']:+.3f} [{c['shift']['low']:+.3f}, {c['shift']['high']:+.3f}]", f"{c['win_rate']:.2f}"]
+            for v, c in f["comparison"].items()]
+    lines += [f"### MAP-F: the PPO fine-tuned model ({f['workdir']})", "",
+              "One answer per test prompt from the fine-tuned policy; predicted = the MAP solution it was trained "
+              "toward (β = 1), reweighted on this pilot set.", "",
+              tabulate(rows, headers=["value", "predicted", "realized", "shift", "win rate"], tablefmt="github"), "",
+              f"![histograms]({f['histogram']})", ""]
   lines += ["## Sample generations", ""]
   for p in report["palettes"]:
     rows = [[_clip(s["prompt"], 80), _clip(s["original"]), _clip(s["aligned"])] for s in p["samples"]]
     lines += [f"### {p['label']}", "", tabulate(rows, headers=["prompt", "original", "aligned"],
                                                 tablefmt="github"), ""]
+  if f:
+    rows = [[_clip(x["prompt"], 80), _clip(x["original"]), _clip(x["aligned"])] for x in f["samples"]]
+    lines += ["### MAP-F", "", tabulate(rows, headers=["prompt", "original", "MAP-F"], tablefmt="github"), ""]
   lines += ["## Wall time per stage", "",
             tabulate([[s, f"{t:.1f}" if t is not None else ""] for s, t in report["stage_seconds"].items()],
                      headers=["stage", "seconds"], tablefmt="github"), ""]
