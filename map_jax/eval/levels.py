@@ -74,6 +74,27 @@ def quantile_of(levels, reference) -> np.ndarray:
   return out.reshape(levels.shape)
 
 
+def resampling_levels(pilot, lam, k: int, *, num_draws: int = 4096, seed: int = 0) -> np.ndarray:
+  """Expected levels of MAP-D with k candidates, estimated on the pilot set: E[Σ_i softmax(λᵀr)_i r_i].
+
+  The solver's promise E_{p_λ}[r] is what resampling reaches as k → ∞; with k candidates the
+  self-normalized weights are biased toward p0 (k = 1 returns the pilot mean). Drawing k pilot rows at a
+  time (with replacement, `num_draws` times, seeded) and averaging the softmax-weighted rewards gives the
+  level to expect from k candidates. Candidates for one prompt resemble each other more than pilot rows of
+  different prompts do, so decoding may fall a little short of even this.
+  """
+  pilot = np.asarray(pilot, np.float64)
+  lam = np.asarray(lam, np.float64)
+  if k < 1:
+    raise ValueError(f"k must be >= 1, got {k}")
+  rows = np.random.default_rng(seed).integers(0, pilot.shape[0], size=(num_draws, k))
+  R = pilot[rows]                                   # [draws, k, m]
+  logits = R @ lam
+  w = np.exp(logits - logits.max(axis=1, keepdims=True))
+  w /= w.sum(axis=1, keepdims=True)
+  return np.einsum("dk,dkm->m", w, R) / num_draws
+
+
 def _interval(mean, low, high) -> dict:
   return {"mean": float(mean), "low": float(low), "high": float(high)}
 
@@ -138,4 +159,4 @@ def checks(comparison: dict, raised: Sequence[str], held: Sequence[str]) -> dict
   }
 
 
-__all__ = ["checks", "compare", "mean_ci", "quantile_of", "win_rate"]
+__all__ = ["checks", "compare", "mean_ci", "quantile_of", "resampling_levels", "win_rate"]

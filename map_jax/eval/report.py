@@ -152,6 +152,10 @@ def write_report(config, wd, timings: dict) -> dict:
     aligned = R[rows_p, index]
     cmp = levels.compare(original, aligned, pilot=pilot, predicted=used["realized"], names=names,
                          confidence=conf)
+    expect_k = levels.resampling_levels(pilot, used["lambda"], k, seed=int(config.seed))
+    for v, x in zip(names, expect_k):
+      a = cmp[v]["aligned"]
+      cmp[v].update(expected_k=float(x), expected_k_in_interval=bool(a["low"] <= x <= a["high"]))
     raised = [v for v in names if rec["quantiles"].get(v) is not None]
     chk = levels.checks(cmp, raised, [v for v in names if v not in raised])
     slug = _slug(rec["label"])
@@ -258,22 +262,25 @@ def markdown(report: dict) -> str:
            "the base model's pilot distribution; * = targeted)", "", table_one(report), "",
            "![radar](radar.png)", ""]
   lines += ["## The solver's promise and what decoding delivered", "",
-            "Predicted: E_{p_λ}[r] reweighted on the pilot set. Shift: paired mean difference aligned − "
+            "Predicted: E_{p_λ}[r] reweighted on the pilot set, what resampling reaches as k → ∞. k expects: "
+            "the same with k candidates, E[Σ softmax(λᵀr)·r] over random draws of k pilot samples (k = 1 gives "
+            "the base model's mean). Shift: paired mean difference aligned − "
             f"original with its {pct} interval. Win rate: share of prompts where the aligned response scores "
             "higher (ties ½).", ""]
   for p in report["palettes"]:
     rows = []
     for v in names:
       c = p["comparison"][v]
-      rows.append([v, f"{c['predicted']:.3f}", _fmt(c["aligned"]), "yes" if c["predicted_in_interval"] else "no",
+      rows.append([v, f"{c['predicted']:.3f}", f"{c['expected_k']:.3f}", _fmt(c["aligned"]),
+                   "yes" if c["predicted_in_interval"] else "no", "yes" if c["expected_k_in_interval"] else "no",
                    f"{c['shift']['mean']:+.3f} [{c['shift']['low']:+.3f}, {c['shift']['high']:+.3f}]",
                    f"{c['win_rate']:.2f}"])
     chk = p["checks"]
     verdict = lambda d: ", ".join(f"{v} {'✓' if ok else '✗'}" for v, ok in d.items()) or "none"  # noqa: E731
     lines += [f"### {p['label']}  (mean candidate ESS {p['mean_candidate_ess']:.1f} of "
               f"{report['num_candidates']})", "",
-              tabulate(rows, headers=["value", "predicted", "realized", "in interval", "shift", "win rate"],
-                       tablefmt="github"), "",
+              tabulate(rows, headers=["value", "predicted", f"k={report['num_candidates']} expects", "realized",
+                                      "in interval", "k in interval", "shift", "win rate"], tablefmt="github"), "",
               f"Raised values rise: {verdict(chk['raised_rise'])}. Values kept at their mean hold (within the "
               f"original's interval or above): {verdict(chk['held_hold'])}.", "", f"![histograms]({p['histogram']})", ""]
     if not p["feasible"]:

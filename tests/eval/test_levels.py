@@ -58,3 +58,18 @@ def test_compare_and_checks_on_a_shifted_population():
   assert ok["prediction_within_interval"] == {"humor": True, "coherence": False}
   with pytest.raises(ValueError, match=r"\[P, 2\]"):
     levels.compare(original[:, :1], aligned[:, :1], pilot=pilot, predicted=[0.0], names=["a", "b"])
+
+
+def test_resampling_levels_between_the_mean_and_the_tilted_mean():
+  rng = np.random.default_rng(3)
+  pilot = rng.normal(size=(3000, 2))
+  lam = np.array([1.0, 0.0])
+  np.testing.assert_allclose(levels.resampling_levels(pilot, lam, 1, num_draws=200_000), pilot.mean(0), atol=0.01)
+  w = np.exp(pilot @ lam)
+  tilted = (w / w.sum()) @ pilot                     # ≈ (1, 0) for a standard normal tilted by λ = (1, 0)
+  k4, k64 = (levels.resampling_levels(pilot, lam, k) for k in (4, 64))
+  assert pilot.mean(0)[0] < k4[0] < k64[0] < tilted[0] and abs(k64[0] - tilted[0]) < 0.1
+  # k = 2 by hand: E[(e^a a + e^b b) / (e^a + e^b)] over independent pairs of pilot rows
+  a, b = pilot[rng.integers(0, 3000, 100_000), 0], pilot[rng.integers(0, 3000, 100_000), 0]
+  ref = np.mean((np.exp(a) * a + np.exp(b) * b) / (np.exp(a) + np.exp(b)))
+  np.testing.assert_allclose(levels.resampling_levels(pilot, lam, 2, num_draws=100_000)[0], ref, atol=0.01)
