@@ -30,6 +30,7 @@ INSTALL_REQUIRES = [
 
 TEST_REQUIRES = [
     "pytest>=8",
+    "pytest-xdist>=3.5",
     # PyTorch and accelerate only serve as independent references in tests.
     "torch==2.13.0",
     "accelerate>=1.0",
