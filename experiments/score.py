@@ -24,7 +24,7 @@ import os
 from absl import app
 from absl import flags
 
-from map_jax.rewards.scoring import fingerprint, read_parts, score_table, texts, value_name  # noqa: F401
+from map_jax.rewards.scoring import score_table
 
 FLAGS = flags.FLAGS
 

@@ -409,7 +409,6 @@ def palette_key(seed: int, label: str):
 
 def decode(config, wd: Workdir) -> dict:
   """Resample one of the k candidates per test prompt for each palette: softmax(λᵀr) (or argmax)."""
-  import jax
   import jax.numpy as jnp
 
   from map_jax.align.decode import select
