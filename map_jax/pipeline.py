@@ -279,16 +279,22 @@ def make_prompts(config, wd: Workdir) -> dict:
 
 
 def _read_parts(path: str) -> dict[int, list]:
-  """Finished batches of a generation stage ({batch: rows}); a torn last line (a kill mid-write) is dropped."""
+  """Finished batches of a generation stage ({batch: rows}). A torn last line (a kill mid-write) is cut off
+  the file, so the batches appended after a resume stay readable by the next one."""
   done = {}
   if os.path.isfile(path):
-    with open(path) as f:
+    good = 0
+    with open(path, "rb") as f:
       for line in f:
         try:
           rec = json.loads(line)
         except json.JSONDecodeError:
           break
         done[rec["batch"]] = rec["rows"]
+        good += len(line)
+    if good < os.path.getsize(path):
+      with open(path, "r+b") as f:
+        f.truncate(good)
   return done
 
 

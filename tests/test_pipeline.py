@@ -165,6 +165,8 @@ def test_generation_resumes_after_a_kill_to_the_same_samples(tiny_smollm_dir, pr
   assert len(parts.read_text().splitlines()) == 1 and not (tmp_path / "killed" / "pilot.jsonl").exists()
   with parts.open("a") as f:
     f.write('{"batch": 1, "rows": [')  # torn by the kill mid-write
+  assert pipeline._read_parts(str(parts)).keys() == {0}
+  assert len(parts.read_text().splitlines()) == 1  # the torn line is cut off, later appends stay readable
   monkeypatch.setattr(gen, "generate", real)
   t = pipeline.run(c, str(tmp_path / "killed"), until="generate_pilot")
   assert not t["generate_pilot"]["skipped"]
