@@ -165,7 +165,7 @@ def write_report(config, wd, timings: dict) -> dict:
                      "samples": [{"prompt": prompts[p], "original": texts[p * (k + 1)],
                                   "aligned": texts[p * (k + 1) + int(index[p])]}
                                  for p in range(min(P, int(config.report.num_samples)))]})
-  map_f = _map_f_row(config, wd, original, pilot, names, conf, prompts)
+  map_f = _map_f_row(config, wd, original, pilot, names, conf, prompts, texts[::k + 1])
   if map_f is not None:
     radar["MAP-F"] = [map_f["comparison"][v]["aligned_quantile"] for v in names]
     histogram_figure(original, map_f.pop("rewards"), names, "MAP-F", wd.path("hist_MAP_F.png"))
@@ -185,7 +185,7 @@ def write_report(config, wd, timings: dict) -> dict:
   return {"palettes": len(palettes), "checks_passed": passed}
 
 
-def _map_f_row(config, wd, original, pilot, names, conf, prompts) -> dict | None:
+def _map_f_row(config, wd, original, pilot, names, conf, prompts, originals) -> dict | None:
   """The fine-tuned (MAP-F) model's answers to the test prompts against the original's, if a run is given.
 
   Its promise is the MAP solution it was trained toward (β = 1): E_{p_λ}[r] reweighted on this run's pilot set
@@ -199,15 +199,13 @@ def _map_f_row(config, wd, original, pilot, names, conf, prompts) -> dict | None
   lam_run = dict(zip(run.get("values", []), run.get("lam", [])))
   predicted = None
   if lam_run and set(lam_run) <= set(names):
-    from scipy.special import softmax
-    lam = np.array([lam_run.get(v, 0.0) for v in names])
-    w = softmax(pilot @ lam)
-    predicted = w @ pilot
+    import jax
+    from map_jax.core.frontier import realized_levels
+    with jax.enable_x64(True):
+      predicted = np.asarray(realized_levels(pilot, np.array([lam_run.get(v, 0.0) for v in names])))
   cmp = levels.compare(original, F, pilot=pilot, predicted=predicted, names=names, confidence=conf)
   trained = [v for v, x in lam_run.items() if x > 0]
   texts = [r["response"] for r in _read_jsonl(wd.path("map_f.jsonl"))]
-  k1 = int(config.decode.num_candidates) + 1
-  originals = [r["response"] for r in _read_jsonl(wd.path("candidates.jsonl"))][::k1]
   return {"label": "MAP-F", "workdir": config.map_f, "model": run["model"], "lambda": lam_run,
           "comparison": cmp, "checks": levels.checks(cmp, [v for v in trained if v in names], []),
           "histogram": "hist_MAP_F.png", "rewards": F,
