@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from map_jax.core import feasibility as feas
+from map_jax.core import loops
 from map_jax.core import sensitivity
 from map_jax.core import validation
 
@@ -82,8 +83,9 @@ class _Standardized(NamedTuple):
   r: jax.Array       # (n, m): (R − μ) / σ
   rt: jax.Array      # (m, n): rᵀ, so that logits λᵀrᵀ of a batch of palettes come out
                      # (batch, n) with no transpose
-  moments: jax.Array  # (n, m + m(m+1)/2): the rows of r, then their outer products'
-                      # upper triangles
+  moments: jax.Array  # (m + m(m+1)/2, n): the columns of r, then the upper triangle
+                      # of the rows' outer products (transposed: XLA:CPU runs
+                      # moments @ weights several times faster than weights @ momentsᵀ)
   mean: jax.Array    # μ (m,)
   scale: jax.Array   # σ (m,), 1 for constant columns
 
@@ -98,7 +100,7 @@ def _standardize(rewards: jax.Array) -> _Standardized:
   scale = jnp.where(constant | (std == 0), 1.0, std)
   r = jnp.where(constant, 0.0, (rewards - mean) / scale)
   upper_i, upper_k = np.triu_indices(m)
-  moments = jnp.concatenate([r, r[:, upper_i] * r[:, upper_k]], axis=1)
+  moments = jnp.concatenate([r, r[:, upper_i] * r[:, upper_k]], axis=1).T
   return _Standardized(r, r.T, moments, mean, scale)
 
 
@@ -130,7 +132,7 @@ def _evaluate(std: _Standardized, c: jax.Array, lam: jax.Array):
   e = jnp.exp(logits - top)
   total = jnp.sum(e)
   lse = top + jnp.log(total) - jnp.log(n)
-  moments = (e @ std.moments) / total
+  moments = (std.moments @ e) / total
   mean = moments[:m]
   upper = jnp.zeros((m, m), moments.dtype).at[np.triu_indices(m)].set(moments[m:])
   second = upper + jnp.triu(upper, 1).T
@@ -155,7 +157,16 @@ def _newton_step(lam, grad, hess, residual, ridge):
   diag = jnp.diagonal(hess)
   reduced = jnp.where(free[:, None] & free[None, :], hess, 0.0)
   reduced = reduced + jnp.diag(jnp.where(active, diag, 0.0) + ridge * (1.0 + diag))
-  step = jnp.linalg.solve(reduced, grad)
+  # Cholesky rather than LU: the reduced matrix is symmetric positive definite, and
+  # XLA:CPU turns LU's row pivots into a permutation with a small while loop of its own,
+  # which inside this loop costs more than the rest of a Newton step. Should rounding
+  # leave it indefinite (NaN factor), the diagonally scaled gradient step stands in.
+  chol = jax.lax.linalg.cholesky(reduced, symmetrize_input=False)
+  half = jax.lax.linalg.triangular_solve(chol, grad[:, None], left_side=True, lower=True)
+  step = jax.lax.linalg.triangular_solve(chol, half, left_side=True, lower=True,
+                                         transpose_a=True)[:, 0]
+  fallback = grad / (diag + ridge * (1.0 + diag))
+  step = jnp.where(jnp.all(jnp.isfinite(step)), step, fallback)
   return step, active
 
 
@@ -195,7 +206,7 @@ def _newton(std: _Standardized, c: jax.Array, *, tol, max_iter, max_evals, ridge
 
   # Under vmap a palette near the feasibility boundary needs 30–50 steps where most
   # need 5; the compacting loop keeps the others from paying for it.
-  return feas.compacting_while_loop(cond, body, (std, c), state)
+  return loops.compacting_while_loop(cond, body, (std, c), state)
 
 
 def solve_dual(
@@ -282,7 +293,7 @@ def _solve_dual(rewards, palette, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
   lse = jax.nn.logsumexp(logits)
   log_w = logits - lse
   w = jnp.exp(log_w)
-  realized = w @ rewards
+  realized = rewards.T @ w  # (not w @ rewards: see _Standardized.moments)
   kl = jnp.sum(w * (log_w + jnp.log(n)))
   margin = lp.margin - jnp.dot(lp.certificate, palette - c_sg)  # d margin / dc = −d
   converged = jnp.where(lp.feasible, state.residual <= tol, lp.converged)

@@ -38,6 +38,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from map_jax.core import loops
+
 
 class Feasibility(NamedTuple):
   """Result of :func:`feasibility` for one palette.
@@ -72,81 +74,6 @@ def effective_sample_size(weights: jax.Array) -> jax.Array:
   return 1.0 / jnp.sum(jnp.square(weights), axis=-1)
 
 
-def compacting_while_loop(cond_fun, body_fun, consts, init, *, shrink: int = 4,
-                          min_lanes: int = 16):
-  """``lax.while_loop`` whose ``vmap`` pays for the iterations its lanes need.
-
-  Equivalent to ``lax.while_loop(lambda s: cond_fun(consts, s), lambda s:
-  body_fun(consts, s), init)``. Under ``vmap`` a plain while loop runs its body on the
-  whole batch until the slowest lane is done, so one palette near the feasibility
-  boundary that needs 40 Newton steps makes a batch of thousands pay 40 steps each.
-  Here the batched loop runs only while more than a quarter of the lanes are active,
-  then gathers the active ones into a batch a quarter the size and goes on there, and
-  so on down to ``min_lanes``; the results are scattered back. Every lane still applies
-  ``body_fun`` exactly as long as its own ``cond_fun`` holds, so the answers are those
-  of the plain loop (up to rounding that depends on the batch size).
-
-  Args:
-    cond_fun, body_fun: ``cond_fun(consts, state) -> bool`` and
-      ``body_fun(consts, state) -> state`` for one lane.
-    consts: a pytree the loop reads but does not change (batched or not).
-    init: the initial state.
-    shrink: factor by which each stage's batch is smaller than the last.
-    min_lanes: the last stage, no larger than this, runs until every lane is done.
-
-  Returns:
-    The final state.
-  """
-
-  @jax.custom_batching.custom_vmap
-  def loop(consts, state):
-    return jax.lax.while_loop(lambda s: cond_fun(consts, s), lambda s: body_fun(consts, s),
-                              state)
-
-  @loop.def_vmap
-  def rule(axis_size, in_batched, consts, state):
-    consts_batched, state_batched = in_batched
-    state = jax.tree.map(
-        lambda x, b: x if b else jnp.broadcast_to(x, (axis_size,) + jnp.shape(x)),
-        state, state_batched)
-    axes = jax.tree.map(lambda b: 0 if b else None, consts_batched)
-    v_cond = jax.vmap(cond_fun, in_axes=(axes, 0))
-    v_body = jax.vmap(body_fun, in_axes=(axes, 0))
-
-    def select(active, new, old):
-      return jax.tree.map(
-          lambda a, b: jnp.where(active.reshape(active.shape + (1,) * (a.ndim - 1)), a, b),
-          new, old)
-
-    def run(consts, state, until):
-      """Steps the active lanes while more than ``until`` of them are active."""
-      def body(s):
-        return select(v_cond(consts, s), v_body(consts, s), s)
-      return jax.lax.while_loop(lambda s: jnp.sum(v_cond(consts, s)) > until, body, state)
-
-    sizes = [axis_size]
-    while sizes[-1] > min_lanes:
-      sizes.append(-(-sizes[-1] // shrink))
-    sizes.append(0)
-
-    def stage(k, consts, state):
-      state = run(consts, state, sizes[k + 1])
-      if sizes[k + 1] == 0:
-        return state
-      active = v_cond(consts, state)
-      # At most sizes[k + 1] < sizes[k] lanes are active, so an idle lane exists to pad
-      # the next stage's batch; padding lanes stay idle and are written back unchanged.
-      (lanes,) = jnp.nonzero(active, size=sizes[k + 1], fill_value=jnp.argmin(active))
-      sub_consts = jax.tree.map(lambda x, b: x[lanes] if b else x, consts, consts_batched)
-      sub = stage(k + 1, sub_consts, jax.tree.map(lambda x: x[lanes], state))
-      return jax.tree.map(lambda x, y: x.at[lanes].set(y), state, sub)
-
-    out = stage(0, consts, state)
-    return out, jax.tree.map(lambda _: True, out)
-
-  return loop(consts, init)
-
-
 class _Simplex(NamedTuple):
   basis: jax.Array   # (m + 1,) column of each basic variable: row j < n, slack n + i;
                      # position 0 holds t, which is free and never leaves
@@ -167,24 +94,47 @@ def _columns(S: jax.Array, ids: jax.Array) -> jax.Array:
 
 
 def _row_blocks(S: jax.Array):
-  """The rows of S in blocks of about √n (the last padded with copies of row 0, which
-  change no LP), with the original index of every padded row."""
+  """Sᵀ with its columns (the rows of S) in blocks of about √n, the last padded with
+  copies of row 0, which change no LP; and the original index of every padded row.
+
+  Stored transposed, (m, blocks × size): the pass dᵀS_j over all rows is then a
+  vector–matrix product over contiguous rows of Sᵀ, which XLA:CPU runs several times
+  faster than the matrix–vector product S d with m = 6 numbers per row (and which
+  under ``vmap`` becomes the matrix product (batch, m) × (m, n) on its own).
+  """
   n, m = S.shape
   size = max(1, int(math.isqrt(n - 1)) + 1) if n > 1 else 1
   count = -(-n // size)
   padded = jnp.concatenate([S, jnp.broadcast_to(S[:1], (count * size - n, m))])
   ids = jnp.concatenate([jnp.arange(n), jnp.zeros((count * size - n,), int)])
-  return padded.reshape(count, size, m), ids
+  return padded.T.reshape(m, count, size).transpose(0, 2, 1), ids
 
 
 def _most_violated(blocks: jax.Array, ids: jax.Array, d: jax.Array):
   """argmax_j dᵀS_j and its value, by a max per block and an argmax over the winning
   block: XLA:CPU's argmax over all n rows costs about ten times a max (under ``vmap``
   it dominated the whole solve), a max over n rows plus two short argmaxes does not."""
-  per_block = jnp.max(blocks @ d, axis=1)
+  _, size, count = blocks.shape
+  scores = jnp.tensordot(d, blocks, axes=1)            # (size, count): block b is column b
+  per_block = jnp.max(scores, axis=0)
   b = jnp.argmax(per_block)
-  within = jnp.argmax(blocks[b] @ d)
-  return ids[b * blocks.shape[1] + within], per_block[b]
+  within = jnp.argmax(jax.lax.dynamic_index_in_dim(scores, b, axis=1, keepdims=False))
+  return ids[b * size + within], per_block[b]
+
+
+def _initial_inverse(row: jax.Array, i0: jax.Array) -> jax.Array:
+  """Inverse of the starting basis (t, slacks, and one row in slack i0's slot), written
+  out: with the row's weight q = b_m, t = q·row_i0 − b_i0 and s_i = q·row_i − b_i − t.
+  (XLA:CPU inverts even a 7 × 7 matrix with a while loop over the LU pivots, which
+  costs more than a pivot of the simplex.)"""
+  m = row.shape[0]
+  dtype = row.dtype
+  e_m = jnp.zeros((m + 1,), dtype).at[m].set(1.0)
+  e_i0 = jax.nn.one_hot(i0, m + 1, dtype=dtype)
+  t_row = row[i0] * e_m - e_i0
+  slack_rows = e_i0 - jnp.eye(m, m + 1, dtype=dtype) + (row - row[i0])[:, None] * e_m
+  slack_rows = jnp.where((jnp.arange(m) == i0)[:, None], e_m, slack_rows)
+  return jnp.concatenate([t_row[None], slack_rows])
 
 
 def _simplex(S: jax.Array, c: jax.Array, *, tol: float, max_iter: int) -> _Simplex:
@@ -195,7 +145,6 @@ def _simplex(S: jax.Array, c: jax.Array, *, tol: float, max_iter: int) -> _Simpl
   # A ratio-test pivot smaller than this is rounding noise, not a direction.
   pivot_tol = 100 * float(jnp.finfo(dtype).eps)
   b = jnp.concatenate([c, jnp.ones((1,), dtype)])
-  t_column = jnp.concatenate([-jnp.ones((m,), dtype), jnp.zeros((1,), dtype)])
 
   # Start from a good single sample j0: q = e_{j0}, t = min_i (S_{j0} − c)_i, every
   # slack basic but the one of the value attaining that minimum. j0 is the best for c
@@ -208,8 +157,7 @@ def _simplex(S: jax.Array, c: jax.Array, *, tol: float, max_iter: int) -> _Simpl
   slots = jnp.arange(m)
   basis = jnp.concatenate([jnp.full((1,), -1, jnp.int32),
                            jnp.where(slots == i0, j0, n + slots).astype(jnp.int32)])
-  matrix = jnp.concatenate([t_column[:, None], _columns(S, basis[1:]).T], axis=1)
-  inv = jnp.linalg.inv(matrix)
+  inv = _initial_inverse(S[j0], i0)
   state = _Simplex(basis, inv, inv @ b, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
 
   def body(consts, st):
@@ -244,7 +192,7 @@ def _simplex(S: jax.Array, c: jax.Array, *, tol: float, max_iter: int) -> _Simpl
   def cond(consts, st):
     return ~st.done & (st.k < max_iter)
 
-  return compacting_while_loop(cond, body, (blocks, ids, S, c), state)
+  return loops.compacting_while_loop(cond, body, (blocks, ids, S, c), state)
 
 
 def _certified(rewards, palette, blocks, ids, basis, x, y):
@@ -316,13 +264,16 @@ def feasibility(
   c = (palette - center) / scale                   # (m,)
 
   st = _simplex(S, c, tol=tol, max_iter=max_iter)
-  # The loop updates B⁻¹ by rank-one pivots; solving once more with the final basis
-  # removes their rounding. Both versions certify a bracket: keep the tighter ends.
+  # The loop updates B⁻¹ by rank-one pivots; a step of iterative refinement against the
+  # final basis itself removes most of their rounding (without the LU factorisation
+  # whose pivoting XLA:CPU runs as a while loop). Both versions certify a bracket: keep
+  # the tighter ends.
   matrix = _columns(S, st.basis).T.at[:, 0].set(
       jnp.concatenate([-jnp.ones((m,), dtype), jnp.zeros((1,), dtype)]))
   b = jnp.concatenate([c, jnp.ones((1,), dtype)])
-  x_polished = jnp.linalg.solve(matrix, b)
-  y_polished = jnp.linalg.solve(matrix.T, jnp.zeros((m + 1,), dtype).at[0].set(1.0))
+  e_0 = jnp.zeros((m + 1,), dtype).at[0].set(1.0)
+  x_polished = st.x + st.inv @ (b - matrix @ st.x)
+  y_polished = st.inv[0] + (e_0 - st.inv[0] @ matrix) @ st.inv
   blocks, ids = _row_blocks(S)
   candidates = [_certified(rewards, palette, blocks, ids, st.basis, x_polished, y_polished),
                 _certified(rewards, palette, blocks, ids, st.basis, st.x, st.inv[0])]

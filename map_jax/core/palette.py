@@ -217,7 +217,7 @@ def adjust_palette(
     max_kl: float | None = None,
     tol: float | None = None,
     lp_tol: float | None = None,
-    lp_max_iter: int = 60,
+    lp_max_iter: int = 100,
 ) -> AdjustedPalette:
   """Pulls a palette back to the feasible set of the pilot set.
 

@@ -6,7 +6,7 @@ import importlib
 import importlib.metadata
 import json
 import os
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax

@@ -1,7 +1,6 @@
 """Tests for map_jax.core.frontier against NumPy loops, linprog and distributional checks."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
