@@ -153,14 +153,17 @@ def realized_levels(rewards: jax.Array, lam: jax.Array) -> jax.Array:
 
 
 def quantile_levels(rewards: jax.Array, levels: jax.Array) -> jax.Array:
-  """Each level as a quantile of the base model's pilot rewards.
+  """Each level as a quantile of the base model's pilot rewards: the mid-rank ECDF.
 
   .. math::
 
-     F_i(ℓ_i) = \\frac{1}{n} \\#\\{j : R_{ji} <= ℓ_i\\},
+     F_i(ℓ_i) = \\frac{1}{n} \\left(\\#\\{j : R_{ji} < ℓ_i\\} + \\tfrac12 \\#\\{j : R_{ji} = ℓ_i\\}\\right)
 
-  the empirical CDF of value i at ℓ_i: 0.5 means "as good as the median pilot
-  sample", and the pilot mean maps to the mean's own quantile.
+  0.5 means "as good as the median pilot sample". A level on a tied mass point (a
+  reward that is exactly 0 for most samples, like a clipped harmlessness score) sits
+  in the middle of that mass rather than at its top; for distinct rewards this is
+  the ordinary ECDF up to 1/(2n). The one definition used throughout (palettes.json,
+  reports, notebooks).
 
   Args:
     rewards: pilot reward matrix R, shape (n, m).
@@ -174,9 +177,13 @@ def quantile_levels(rewards: jax.Array, levels: jax.Array) -> jax.Array:
   levels = jnp.asarray(levels, rewards.dtype)
   ordered = jnp.sort(rewards, axis=0)
   flat = levels.reshape(-1, m)
-  counts = jax.vmap(lambda col, x: jnp.searchsorted(col, x, side="right"),
+
+  def ranks(side):
+    return jax.vmap(lambda col, x: jnp.searchsorted(col, x, side=side),
                     in_axes=(1, 1), out_axes=1)(ordered, flat)
-  return (counts.astype(rewards.dtype) / n).reshape(levels.shape)
+
+  counts = ranks("left") + ranks("right")
+  return (counts.astype(rewards.dtype) / (2 * n)).reshape(levels.shape)
 
 
 def navigation_efficiency(rewards: jax.Array, lams: jax.Array,

@@ -22,8 +22,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import jax
 import numpy as np
 from scipy import stats
+
+from map_jax.core import frontier
 
 
 def mean_ci(x, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -57,21 +60,11 @@ def win_rate(a, b) -> np.ndarray:
 
 
 def quantile_of(levels, reference) -> np.ndarray:
-  """Each level as a quantile of its column of `reference` [n, m]: the mid-rank empirical CDF.
-
-  F_i(ℓ) = (#{j: R_ji < ℓ} + ½ #{j: R_ji = ℓ}) / n, so that a level equal to a tied mass point (a value that
-  is exactly 0 for most samples, like a clipped harmlessness score) sits in the middle of that mass.
-  """
-  reference = np.asarray(reference, np.float64)
-  levels = np.asarray(levels, np.float64)
-  flat = levels.reshape(-1, reference.shape[1])
-  out = np.empty_like(flat)
-  for i in range(reference.shape[1]):  # m columns, each one vectorized searchsorted
-    col = np.sort(reference[:, i])
-    lo = np.searchsorted(col, flat[:, i], side="left")
-    hi = np.searchsorted(col, flat[:, i], side="right")
-    out[:, i] = (lo + hi) / (2.0 * len(col))
-  return out.reshape(levels.shape)
+  """Each level as a quantile of its column of `reference` [n, m], in float64: the mid-rank empirical CDF of
+  :func:`map_jax.core.frontier.quantile_levels`, (#{j: R_ji < ℓ} + ½ #{j: R_ji = ℓ}) / n."""
+  with jax.enable_x64(True):
+    return np.asarray(frontier.quantile_levels(np.asarray(reference, np.float64),
+                                               np.asarray(levels, np.float64)))
 
 
 def resampling_levels(pilot, lam, k: int, *, num_draws: int = 4096, seed: int = 0) -> np.ndarray:

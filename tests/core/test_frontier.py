@@ -103,12 +103,13 @@ def test_realized_levels_matches_numpy():
 
 def test_quantile_levels_matches_numpy():
   rng = np.random.default_rng(4)
-  R = np.round(rng.normal(size=(300, 2)), 1)  # ties, so "<=" matters
+  R = np.round(rng.normal(size=(300, 2)), 1)  # ties, which count one half
   levels = np.concatenate([R[:7], rng.normal(size=(5, 2)), [[-99.0, 99.0]]])
   got = np.asarray(frontier.quantile_levels(R, levels))
-  counts = np.array([[np.sum(R[:, i] <= lv[i]) for i in range(2)] for lv in levels])
-  np.testing.assert_array_equal(np.round(got * 300), counts)
-  want = counts / 300
+  half_counts = np.array([[2 * np.sum(R[:, i] < lv[i]) + np.sum(R[:, i] == lv[i]) for i in range(2)]
+                          for lv in levels])
+  np.testing.assert_array_equal(np.round(got * 600), half_counts)
+  want = half_counts / 600
   np.testing.assert_allclose(got, want, rtol=1e-15)
   assert got[-1].tolist() == [0.0, 1.0]
   # Mean-level quantiles agree with a single-vector call.
