@@ -99,6 +99,9 @@ class PPOConfig:
   Optimisation:
     learning_rate, weight_decay, adam_b1, adam_b2, adam_eps: AdamW (optax.adamw).
     max_grad_norm: global-norm gradient clipping (before Adam).
+    warmup_steps: optimizer updates over which the learning rate rises linearly to `learning_rate` (0: none).
+      Adam's first updates are sign-like, moving every weight by the full learning rate whatever the
+      gradient's size; a warm-up keeps the first rollouts' noise from throwing the policy away from p0.
     ppo_epochs: passes over each rollout; num_minibatches: optimizer steps per pass;
     grad_accum: micro-batches per minibatch (rows per micro-batch = B / (num_minibatches · grad_accum)).
   """
@@ -123,6 +126,7 @@ class PPOConfig:
   adam_b2: float = 0.95
   adam_eps: float = 1e-8
   max_grad_norm: float = 1.0
+  warmup_steps: int = 0
   ppo_epochs: int = 4
   num_minibatches: int = 1
   grad_accum: int = 1
@@ -135,6 +139,8 @@ class PPOConfig:
       raise ValueError(f"beta must be >= 0, got {self.beta}")
     if self.max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+    if self.warmup_steps < 0:
+      raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
     for name in ("ppo_epochs", "num_minibatches", "grad_accum"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -294,11 +300,13 @@ def forward(module: nn.Module, params, prompt_tokens, prompt_mask, tokens, mask,
 
 
 def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
-  """Global-norm clipping, then AdamW."""
+  """Global-norm clipping, then AdamW (with a linear learning-rate warm-up over `warmup_steps` updates)."""
+  lr = cfg.learning_rate
+  if cfg.warmup_steps:
+    lr = lambda count: cfg.learning_rate * jnp.minimum(1.0, (count + 1) / cfg.warmup_steps)  # noqa: E731
   return optax.chain(
       optax.clip_by_global_norm(cfg.max_grad_norm),
-      optax.adamw(cfg.learning_rate, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
-                  weight_decay=cfg.weight_decay))
+      optax.adamw(lr, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps, weight_decay=cfg.weight_decay))
 
 
 def init_state(module: nn.Module, params, key: jax.Array, cfg: PPOConfig) -> TrainState:

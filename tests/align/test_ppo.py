@@ -114,6 +114,23 @@ def test_config_validation_names_the_field():
     ppo.PPOConfig(value_model="twin").validate()
   with pytest.raises(ValueError, match="not a multiple of num_minibatches × grad_accum = 2 × 2"):
     TINY_PPO.validate(batch_size=6)
+  with pytest.raises(ValueError, match="warmup_steps"):
+    ppo.PPOConfig(warmup_steps=-1).validate()
+
+
+def test_warmup_scales_the_first_adam_updates_linearly():
+  """Adam's first update moves each weight by the learning rate (sign-like); with a warm-up of 4 updates,
+  update k moves it by k/4 of that, then the full rate."""
+  cfg = ppo.PPOConfig(learning_rate=1e-3, warmup_steps=4, max_grad_norm=1e9)
+  tx, tx_flat = ppo.make_optimizer(cfg), ppo.make_optimizer(dataclasses.replace(cfg, warmup_steps=0))
+  params = {"w": jnp.zeros(3)}
+  grad = {"w": jnp.array([0.5, -2.0, 1e-3])}
+  state, flat_state = tx.init(params), tx_flat.init(params)
+  for k in range(1, 7):
+    step, state = tx.update(grad, state, params)
+    flat, flat_state = tx_flat.update(grad, flat_state, params)
+    np.testing.assert_allclose(step["w"], min(k / 4, 1.0) * flat["w"], rtol=1e-6)
+  np.testing.assert_allclose(np.abs(flat["w"]), 1e-3, rtol=1e-4)  # a constant gradient: |update| = lr
 
 
 # ----------------------------------------------------------------------------------------------- the model
