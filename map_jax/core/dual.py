@@ -158,9 +158,9 @@ def _newton_step(lam, grad, hess, residual, ridge):
   reduced = jnp.where(free[:, None] & free[None, :], hess, 0.0)
   reduced = reduced + jnp.diag(jnp.where(active, diag, 0.0) + ridge * (1.0 + diag))
   # Cholesky rather than LU: the reduced matrix is symmetric positive definite, and
-  # XLA:CPU turns LU's row pivots into a permutation with a small while loop of its own,
-  # which inside this loop costs more than the rest of a Newton step. Should rounding
-  # leave it indefinite (NaN factor), the diagonally scaled gradient step stands in.
+  # Cholesky needs no row pivoting, which XLA:CPU runs as a small while loop of its own
+  # inside this one. Should rounding leave the matrix indefinite (a NaN factor), the
+  # diagonally scaled gradient step stands in.
   chol = jax.lax.linalg.cholesky(reduced, symmetrize_input=False)
   half = jax.lax.linalg.triangular_solve(chol, grad[:, None], left_side=True, lower=True)
   step = jax.lax.linalg.triangular_solve(chol, half, left_side=True, lower=True,

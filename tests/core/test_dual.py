@@ -274,3 +274,24 @@ def lp_edge(rewards: np.ndarray, start: np.ndarray, direction: np.ndarray) -> fl
     mid = 0.5 * (lo + hi)
     lo, hi = (mid, hi) if lp_margin(rewards, start + mid * direction) >= 0 else (lo, mid)
   return lo
+
+
+def test_newton_step_solves_the_reduced_system_and_survives_an_indefinite_matrix():
+  from map_jax.core import dual
+  rng = np.random.default_rng(3)
+  a = rng.normal(size=(4, 4))
+  hess = a @ a.T + 0.1 * np.eye(4)
+  lam = np.array([1.0, 0.0, 2.0, 0.5])
+  grad = np.array([0.3, 0.2, -0.1, 0.4])  # coordinate 1 is at its bound and pushed out: held
+  step, active = dual._newton_step(jnp.asarray(lam), jnp.asarray(grad), jnp.asarray(hess),
+                                   jnp.asarray(1e-8), 0.0)
+  assert np.asarray(active).tolist() == [False, True, False, False]
+  free = [0, 2, 3]
+  np.testing.assert_allclose(np.asarray(step)[free], np.linalg.solve(hess[np.ix_(free, free)], grad[free]),
+                             rtol=1e-10)
+  np.testing.assert_allclose(np.asarray(step)[1], grad[1] / hess[1, 1], rtol=1e-12)
+  # A matrix that rounding left indefinite: a finite, diagonally scaled gradient step, not NaN.
+  bad = np.diag([1.0, -1e-3, 2.0, 1.0])
+  step, _ = dual._newton_step(jnp.asarray(lam), jnp.asarray(grad), jnp.asarray(bad), jnp.asarray(1e-8), 0.0)
+  assert np.all(np.isfinite(np.asarray(step)))
+  np.testing.assert_allclose(np.asarray(step)[[0, 2, 3]], grad[[0, 2, 3]] / np.diag(bad)[[0, 2, 3]])
