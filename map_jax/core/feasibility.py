@@ -97,10 +97,10 @@ def _row_blocks(S: jax.Array):
   """Sᵀ with its columns (the rows of S) in blocks of about √n, the last padded with
   copies of row 0, which change no LP; and the original index of every padded row.
 
-  Stored transposed, (m, blocks × size): the pass dᵀS_j over all rows is then a
-  vector–matrix product over contiguous rows of Sᵀ, which XLA:CPU runs several times
-  faster than the matrix–vector product S d with m = 6 numbers per row (and which
-  under ``vmap`` becomes the matrix product (batch, m) × (m, n) on its own).
+  Stored transposed, (m, size, blocks) with block b as column b: the pass dᵀS_j over
+  all rows is then a vector–matrix product over contiguous rows of Sᵀ, which XLA:CPU
+  runs several times faster than the matrix–vector product S d with m = 6 numbers per
+  row (and which under ``vmap`` becomes the matrix product (batch, m) × (m, n)).
   """
   n, m = S.shape
   size = max(1, int(math.isqrt(n - 1)) + 1) if n > 1 else 1
@@ -114,7 +114,7 @@ def _most_violated(blocks: jax.Array, ids: jax.Array, d: jax.Array):
   """argmax_j dᵀS_j and its value, by a max per block and an argmax over the winning
   block: XLA:CPU's argmax over all n rows costs about ten times a max (under ``vmap``
   it dominated the whole solve), a max over n rows plus two short argmaxes does not."""
-  _, size, count = blocks.shape
+  size = blocks.shape[1]
   scores = jnp.tensordot(d, blocks, axes=1)            # (size, count): block b is column b
   per_block = jnp.max(scores, axis=0)
   b = jnp.argmax(per_block)
@@ -125,8 +125,7 @@ def _most_violated(blocks: jax.Array, ids: jax.Array, d: jax.Array):
 def _initial_inverse(row: jax.Array, i0: jax.Array) -> jax.Array:
   """Inverse of the starting basis (t, slacks, and one row in slack i0's slot), written
   out: with the row's weight q = b_m, t = q·row_i0 − b_i0 and s_i = q·row_i − b_i − t.
-  (XLA:CPU inverts even a 7 × 7 matrix with a while loop over the LU pivots, which
-  costs more than a pivot of the simplex.)"""
+  (XLA:CPU inverts even a 7 × 7 matrix with a while loop over the LU pivots.)"""
   m = row.shape[0]
   dtype = row.dtype
   e_m = jnp.zeros((m + 1,), dtype).at[m].set(1.0)
@@ -137,11 +136,13 @@ def _initial_inverse(row: jax.Array, i0: jax.Array) -> jax.Array:
   return jnp.concatenate([t_row[None], slack_rows])
 
 
-def _simplex(S: jax.Array, c: jax.Array, *, tol: float, max_iter: int) -> _Simplex:
-  """Revised primal simplex for max t s.t. Σ_j q_j S_j − t 1 − s = c, 1ᵀq = 1, q, s >= 0."""
+def _simplex(S: jax.Array, c: jax.Array, blocks: jax.Array, ids: jax.Array, *, tol: float,
+             max_iter: int) -> _Simplex:
+  """Revised primal simplex for max t s.t. Σ_j q_j S_j − t 1 − s = c, 1ᵀq = 1, q, s >= 0.
+
+  blocks, ids: ``_row_blocks(S)``, shared with the certificate that follows the loop."""
   n, m = S.shape
   dtype = S.dtype
-  blocks, ids = _row_blocks(S)
   # A ratio-test pivot smaller than this is rounding noise, not a direction.
   pivot_tol = 100 * float(jnp.finfo(dtype).eps)
   b = jnp.concatenate([c, jnp.ones((1,), dtype)])
@@ -263,7 +264,8 @@ def feasibility(
   S = S / scale                                    # (n, m)
   c = (palette - center) / scale                   # (m,)
 
-  st = _simplex(S, c, tol=tol, max_iter=max_iter)
+  blocks, ids = _row_blocks(S)
+  st = _simplex(S, c, blocks, ids, tol=tol, max_iter=max_iter)
   # The loop updates B⁻¹ by rank-one pivots; a step of iterative refinement against the
   # final basis itself removes most of their rounding (without the LU factorisation
   # whose pivoting XLA:CPU runs as a while loop). Both versions certify a bracket: keep
@@ -274,7 +276,6 @@ def feasibility(
   e_0 = jnp.zeros((m + 1,), dtype).at[0].set(1.0)
   x_polished = st.x + st.inv @ (b - matrix @ st.x)
   y_polished = st.inv[0] + (e_0 - st.inv[0] @ matrix) @ st.inv
-  blocks, ids = _row_blocks(S)
   candidates = [_certified(rewards, palette, blocks, ids, st.basis, x_polished, y_polished),
                 _certified(rewards, palette, blocks, ids, st.basis, st.x, st.inv[0])]
   (d, upper, q_b, lower), (d2, upper2, q_b2, lower2) = candidates
