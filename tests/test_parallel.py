@@ -59,7 +59,7 @@ _SHARDED = textwrap.dedent("""
     leaves = [data[f"s{i}"] for i in range(len(jax.tree.leaves(like.replace(key=0))))]
     state = jax.tree.unflatten(jax.tree.structure(like.replace(key=0)), leaves).replace(
         key=jax.random.wrap_key_data(data["key"]))
-    batch = ppo.Batch(*[data[f"b{i}"] for i in range(len(ppo.Batch._fields))])
+    batch = ppo.Batch(**{k[2:]: data[k] for k in data.files if k.startswith("b_")})
     mesh = parallel.make_mesh(data=2, fsdp=4)
     shardings = ppo.state_shardings(module, TINY_PPO, mesh)
     state = parallel.shard(state, shardings)
@@ -87,7 +87,7 @@ def test_sharded_update_on_8_devices_equals_one_device(tmp_path):
   plain = state.replace(key=0)
   np.savez(tmp_path / "in.npz", key=np.asarray(jax.random.key_data(state.key)),
            **{f"s{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(plain))},
-           **{f"b{i}": x for i, x in enumerate(batch)})
+           **{f"b_{k}": x for k, x in batch._asdict().items() if x is not None})
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(ROOT))
   proc = subprocess.run([sys.executable, "-c", _SHARDED, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)

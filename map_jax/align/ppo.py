@@ -19,7 +19,22 @@ PPO sees the sequence as an episode with one action per token. The per-token rew
    r_t = −β (\log π_{old}(y_t \mid x, y_{<t}) − \log p_0(y_t \mid x, y_{<t}))
          + [t = T_y − 1] \, λᵀr(x, y),
 
-whose sum over t is λᵀr minus β times a single-sample estimate of the sequence KL. Advantages come from GAE
+whose sum over t is λᵀr minus β times a single-sample estimate of the sequence KL (`kl_estimator="sample"`,
+the default, as in Ziegler et al. 2019). With `kl_estimator="exact"` the log-ratio of the sampled token is
+replaced by the whole per-token KL over the vocabulary, k_t = KL(π_old(· | x, y_{<t}) ‖ p_0(· | x, y_{<t})),
+its expectation given the prefix. That removes the sampling noise of the KL term from every return. The
+penalty on the sampled token also carried the gradient of k_t itself (the score-function term
+E[∇log π(y_t) · (log π − log p_0)(y_t)] = ∇k_t). With k_t in the rewards that term is gone, so the loss adds it
+back directly, β·k_t(θ) per token:
+
+.. math::
+
+   ∇_θ \Big(E_π[λᵀr] − β\,KL(π \,\|\, p_0)\Big)
+   = E_π\Big[\sum_t ∇\log π(y_t) \big(λᵀr − β \sum_{s > t} k_s\big) − β \sum_t ∇k_t\Big].
+
+Both estimators have this same expected gradient (`tests/align/test_ppo.py` checks it against the exact
+objective on a model small enough to enumerate every response); the exact one has less variance, and
+costs the reference's log-probs over the whole vocabulary in the batch (B·N·V floats). Advantages come from GAE
 (γ = 1, λ_GAE = 0.95) on a value V(x, y_{<t}), predicted by a linear head on the policy's final hidden states
 (`value_model="head"`, the shared trunk) or on a separate copy of the LM (`value_model="separate"`). The losses
 are the clipped surrogate and the clipped value loss of Schulman et al. (2017), as in Ziegler et al. (2019):
@@ -74,6 +89,7 @@ from map_jax.models.layers import positions_from_mask
 log = logging.getLogger(__name__)
 
 VALUE_MODELS = ("head", "separate")
+KL_ESTIMATORS = ("sample", "exact")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +98,9 @@ class PPOConfig:
 
   Objective:
     beta: KL coefficient. 1.0 makes the optimum p0·exp(λᵀr), the MAP solution (see the module docstring).
+    kl_estimator: "sample" (β times log π − log p0 of the sampled token, in the rewards) or "exact" (β times
+      the per-token KL over the vocabulary, in the rewards and, for its own gradient, in the loss). Same
+      expected gradient; "exact" has less variance and keeps p0's [B, N, vocab] log-probs in the batch.
   Rollout:
     max_new_tokens: response budget N (rollouts are padded to it: one compiled shape).
     temperature, top_k, top_p: the sampler's options. Keep temperature 1 without truncation: then responses
@@ -107,6 +126,7 @@ class PPOConfig:
   """
 
   beta: float = 1.0
+  kl_estimator: str = "sample"
   max_new_tokens: int = 32
   temperature: float = 1.0
   top_k: int | None = None
@@ -135,6 +155,8 @@ class PPOConfig:
     """Raise a ValueError naming the field for an out-of-range setting; return self."""
     if self.value_model not in VALUE_MODELS:
       raise ValueError(f"value_model must be one of {VALUE_MODELS}, got {self.value_model!r}")
+    if self.kl_estimator not in KL_ESTIMATORS:
+      raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
     if self.beta < 0:
       raise ValueError(f"beta must be >= 0, got {self.beta}")
     if self.max_new_tokens < 1:
@@ -165,6 +187,9 @@ class Batch(NamedTuple):
 
   prompt_tokens, prompt_mask [B, T]: left-padded prompts; tokens, mask [B, N]: right-padded responses;
   logprobs [B, N] log π_old(y_t); values [B, N] V_old; advantages, returns [B, N]. All 0 where mask is False.
+  With kl_estimator="exact" only: ref_logprobs [B, N, V] log p0(· | x, y_<t) over the vocabulary, and
+  kl_weight [B] the coefficient of the loss's direct KL term (β, divided by whatever scale the whitening of
+  rewards and advantages applied to the rest of the objective; the same in every row).
   """
 
   prompt_tokens: jax.Array
@@ -175,6 +200,8 @@ class Batch(NamedTuple):
   values: jax.Array
   advantages: jax.Array
   returns: jax.Array
+  ref_logprobs: jax.Array | None = None
+  kl_weight: jax.Array | None = None
 
 
 class ValueHead(nn.Module):
@@ -192,32 +219,40 @@ def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.sum(jnp.where(mask, x, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
+def masked_std(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """sqrt(var + 1e-8) over the masked positions: the scale `whiten` divides by."""
+  return jnp.sqrt(masked_mean(jnp.square(x - masked_mean(x, mask)), mask) + 1e-8)
+
+
 def whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True) -> jax.Array:
   """(x − mean) / std over the masked positions (keeping the mean if `shift_mean` is False); 0 off the mask."""
   mean = masked_mean(x, mask)
-  var = masked_mean(jnp.square(x - mean), mask)
-  out = (x - mean) * jax.lax.rsqrt(var + 1e-8)
+  out = (x - mean) / masked_std(x, mask)
   return jnp.where(mask, out if shift_mean else out + mean, 0.0)
 
 
-def token_rewards(scores: jax.Array, logprobs: jax.Array, ref_logprobs: jax.Array, mask: jax.Array,
-                  beta: float) -> tuple[jax.Array, jax.Array]:
-  """Per-token rewards −β(log π − log p0) plus the sequence score λᵀr on each response's last token.
+def exact_kl(logprobs: jax.Array, ref_logprobs: jax.Array) -> jax.Array:
+  """Σ_v π(v) (log π(v) − log p0(v)) over the last axis: [..., V] log-probs -> [...] per-token KL(π ‖ p0)."""
+  return jnp.sum(jnp.exp(logprobs) * (logprobs - ref_logprobs), axis=-1)
+
+
+def token_rewards(scores: jax.Array, kl: jax.Array, mask: jax.Array, beta: float) -> jax.Array:
+  """Per-token rewards −β·kl_t plus the sequence score λᵀr on each response's last token.
 
   Args:
     scores: [B] λᵀr(x, y) per response.
-    logprobs, ref_logprobs: [B, N] log π_old(y_t) and log p0(y_t).
+    kl: [B, N] per-token KL terms: log π_old(y_t) − log p0(y_t) ("sample") or KL(π_old ‖ p0) at each prefix
+      ("exact").
     mask: [B, N] response tokens (a prefix of each row, at least one token).
 
   Returns:
-    (rewards [B, N], kl [B, N] = log π − log p0 on the mask, the per-token KL estimate).
+    rewards [B, N], 0 off the mask.
   """
-  chex.assert_equal_shape([logprobs, ref_logprobs, mask])
-  chex.assert_shape(scores, logprobs.shape[:1])
-  kl = jnp.where(mask, logprobs - ref_logprobs, 0.0)
+  chex.assert_equal_shape([kl, mask])
+  chex.assert_shape(scores, kl.shape[:1])
   last = jnp.sum(mask, axis=-1) - 1
   at_last = jnp.arange(mask.shape[1])[None, :] == last[:, None]
-  return -beta * kl + jnp.where(at_last, scores[:, None], 0.0), kl
+  return jnp.where(mask, -beta * kl + jnp.where(at_last, scores[:, None], 0.0), 0.0)
 
 
 def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1.0,
@@ -281,12 +316,22 @@ def _hidden(module, params, prompt_tokens, prompt_mask, tokens, mask):
   return out.hidden[:, T - 1:T + N - 1]
 
 
-def forward(module: nn.Module, params, prompt_tokens, prompt_mask, tokens, mask, value_model: str = "head"):
+def vocab_logprobs(module: nn.Module, params, prompt_tokens, prompt_mask, tokens, mask) -> jax.Array:
+  """log p(· | x, y_<t) over the whole vocabulary at each response position: [B, N, V]."""
+  h = _hidden(module, params, prompt_tokens, prompt_mask, tokens, mask)
+  return jax.nn.log_softmax(module.apply({"params": params}, h, method="logits"), axis=-1)
+
+
+def forward(module: nn.Module, params, prompt_tokens, prompt_mask, tokens, mask, value_model: str = "head",
+            ref_logprobs: jax.Array | None = None):
   """Policy log-probs, entropies and values of response tokens in one pass (two with a separate value LM).
 
+  Args:
+    ref_logprobs: optional [B, N, V] log p0 over the vocabulary; given, the per-token KL(π ‖ p0) comes back too.
+
   Returns:
-    (logprobs [B, N] log π(y_t | x, y_<t), entropy [B, N] of π(· | x, y_<t), values [B, N] V(x, y_<t)),
-    0 off the mask. Differentiable in `params`.
+    (logprobs [B, N] log π(y_t | x, y_<t), entropy [B, N] of π(· | x, y_<t), values [B, N] V(x, y_<t),
+    kl [B, N] KL(π(· | x, y_<t) ‖ p0(· | x, y_<t)) or None), 0 off the mask. Differentiable in `params`.
   """
   h = _hidden(module, params["policy"], prompt_tokens, prompt_mask, tokens, mask)
   logp_all = jax.nn.log_softmax(module.apply({"params": params["policy"]}, h, method="logits"), axis=-1)
@@ -296,7 +341,8 @@ def forward(module: nn.Module, params, prompt_tokens, prompt_mask, tokens, mask,
     h = _hidden(module, params["value"]["trunk"], prompt_tokens, prompt_mask, tokens, mask)
   values = ValueHead().apply({"params": params["value"]["head"]}, h)
   zero = lambda x: jnp.where(mask, x, 0.0)  # noqa: E731
-  return zero(logp), zero(entropy), zero(values)
+  kl = None if ref_logprobs is None else zero(exact_kl(logp_all, ref_logprobs))
+  return zero(logp), zero(entropy), zero(values), kl
 
 
 def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
@@ -371,30 +417,48 @@ def make_batch(params, ref_params, prompt_tokens, prompt_mask, tokens, mask, sco
   """
   log.info("compiling PPO make_batch: batch=%d prompt_len=%d new=%d", *prompt_tokens.shape, tokens.shape[1])
   mask = mask.astype(bool)
-  logp, entropy, values = forward(module, params, prompt_tokens, prompt_mask, tokens, mask, cfg.value_model)
-  _, ref_logp = token_logprobs(module, ref_params, prompt_tokens, prompt_mask, tokens, mask)
-  rewards, kl = token_rewards(scores.astype(jnp.float32), logp, ref_logp, mask, cfg.beta)
+  ref_all = None
+  if cfg.kl_estimator == "exact":
+    ref_all = vocab_logprobs(module, ref_params, prompt_tokens, prompt_mask, tokens, mask)
+    logp, entropy, values, kl = forward(module, params, prompt_tokens, prompt_mask, tokens, mask,
+                                        cfg.value_model, ref_all)
+  else:
+    logp, entropy, values, _ = forward(module, params, prompt_tokens, prompt_mask, tokens, mask, cfg.value_model)
+    _, ref_logp = token_logprobs(module, ref_params, prompt_tokens, prompt_mask, tokens, mask)
+    kl = jnp.where(mask, logp - ref_logp, 0.0)
+  rewards = token_rewards(scores.astype(jnp.float32), kl, mask, cfg.beta)
+  kl_weight = jnp.float32(cfg.beta)
   if cfg.whiten_rewards:
+    kl_weight /= masked_std(rewards, mask)
     rewards = whiten(rewards, mask, shift_mean=False)
   advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
   stats = {"kl": jnp.mean(jnp.sum(kl, -1)), "entropy": masked_mean(entropy, mask),
            "value": masked_mean(values, mask), "return": masked_mean(returns, mask),
            "advantage": masked_mean(advantages, mask), "score": jnp.mean(scores)}
   if cfg.whiten_advantages:
+    kl_weight /= masked_std(advantages, mask)
     advantages = whiten(advantages, mask)
-  return Batch(prompt_tokens, prompt_mask, tokens, mask, logp, values, advantages, returns), stats
+  if ref_all is None:
+    return Batch(prompt_tokens, prompt_mask, tokens, mask, logp, values, advantages, returns), stats
+  return Batch(prompt_tokens, prompt_mask, tokens, mask, logp, values, advantages, returns, ref_all,
+               jnp.full(tokens.shape[:1], kl_weight)), stats
 
 
 # ------------------------------------------------------------------------------------------- the update
 
 def loss_fn(params, mb: Batch, *, module: nn.Module, cfg: PPOConfig) -> tuple[jax.Array, dict]:
-  """PPO loss of one micro-batch: clipped policy loss + value_coef · clipped value loss − entropy bonus."""
-  logp, entropy, values = forward(module, params, mb.prompt_tokens, mb.prompt_mask, mb.tokens, mb.mask,
-                                  cfg.value_model)
+  """PPO loss of one micro-batch: clipped policy loss + value_coef · clipped value loss − entropy bonus
+  (+ the direct KL term kl_weight · KL(π ‖ p0) per token with kl_estimator="exact")."""
+  logp, entropy, values, kl = forward(module, params, mb.prompt_tokens, mb.prompt_mask, mb.tokens, mb.mask,
+                                      cfg.value_model, mb.ref_logprobs)
   pg, stats = policy_loss(logp, mb.logprobs, mb.advantages, mb.mask, cfg.clip_ratio)
   vf = value_loss(values, mb.values, mb.returns, mb.mask, cfg.clip_value)
   ent = masked_mean(entropy, mb.mask)
   loss = pg + cfg.value_coef * vf - cfg.entropy_coef * ent
+  if kl is not None:  # kl_estimator="exact": the KL's own gradient, which the rewards no longer carry
+    kl_loss = masked_mean(mb.kl_weight[:, None] * kl, mb.mask)
+    loss += kl_loss
+    stats = dict(stats, kl_loss=kl_loss)
   return loss, dict(stats, loss=loss, policy_loss=pg, value_loss=vf)
 
 

@@ -68,8 +68,7 @@ def test_token_rewards_put_the_score_on_the_last_token_and_the_kl_everywhere():
   logp = jnp.array([[-1.0, -2.0, -3.0], [-1.0, -1.0, -1.0]])
   ref = jnp.array([[-1.5, -1.0, -3.0], [-2.0, -2.0, -2.0]])
   mask = jnp.array([[True, True, False], [True, True, True]])
-  r, kl = ppo.token_rewards(jnp.array([10.0, 20.0]), logp, ref, mask, beta=2.0)
-  np.testing.assert_allclose(kl, [[0.5, -1.0, 0.0], [1.0, 1.0, 1.0]])
+  r = ppo.token_rewards(jnp.array([10.0, 20.0]), jnp.where(mask, logp - ref, 0.0), mask, beta=2.0)
   np.testing.assert_allclose(r, [[-1.0, 2.0 + 10.0, 0.0], [-2.0, -2.0, -2.0 + 20.0]])
 
 
@@ -116,6 +115,8 @@ def test_config_validation_names_the_field():
     TINY_PPO.validate(batch_size=6)
   with pytest.raises(ValueError, match="warmup_steps"):
     ppo.PPOConfig(warmup_steps=-1).validate()
+  with pytest.raises(ValueError, match="kl_estimator must be one of"):
+    ppo.PPOConfig(kl_estimator="k3").validate()
 
 
 def test_warmup_scales_the_first_adam_updates_linearly():
@@ -149,8 +150,9 @@ def test_forward_with_a_separate_value_model_agrees_with_token_logprobs():
   params["value"]["head"] = jax.tree.map(jnp.ones_like, params["value"]["head"])
   moved = dict(params, policy=jax.tree.map(lambda x: x * 1.5, params["policy"]))
   fwd = jax.jit(ppo.forward, static_argnums=(0, 6))
-  logp, ent, values = fwd(module, params, pt, pm, yt, ym, "separate")
-  logp_moved, _, values_moved = fwd(module, moved, pt, pm, yt, ym, "separate")
+  logp, ent, values, kl = fwd(module, params, pt, pm, yt, ym, "separate")
+  logp_moved, _, values_moved, _ = fwd(module, moved, pt, pm, yt, ym, "separate")
+  assert kl is None  # no reference given
   _, want = token_logprobs(module, params["policy"], pt, pm, yt, ym)
   np.testing.assert_allclose(logp, want, atol=1e-5)
   assert not np.allclose(logp_moved, logp)
@@ -158,6 +160,67 @@ def test_forward_with_a_separate_value_model_agrees_with_token_logprobs():
   ym = np.asarray(ym)
   assert np.all(np.asarray(values)[ym] != 0) and np.all(np.asarray(values)[~ym] == 0)
   assert np.all(np.asarray(ent)[ym] > 0) and np.all(np.asarray(ent)[~ym] == 0)
+
+
+def test_exact_kl_matches_numpy():
+  rng = np.random.default_rng(2)
+  logits, ref_logits = rng.normal(size=(3, 5, 11)), rng.normal(size=(3, 5, 11))
+  lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  ref = ref_logits - np.log(np.exp(ref_logits).sum(-1, keepdims=True))
+  want = (np.exp(lp) * (lp - ref)).sum(-1)
+  got = ppo.exact_kl(jnp.asarray(lp, jnp.float32), jnp.asarray(ref, jnp.float32))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert np.all(want > 0)
+
+
+@pytest.mark.parametrize("estimator,whiten", [("sample", False), ("exact", False), ("exact", True)])
+def test_ppo_gradient_is_the_gradient_of_the_kl_regularised_objective(estimator, whiten):
+  """Every 2-token response of the 64-token model, weighted by its probability under π: the PPO loss's
+  gradient at π_old = π (ratio 1) must be −1/N times ∇_θ of J(θ) = E_π[score] − β KL(π ‖ p0), the exact
+  objective differentiated directly. It holds for both KL estimators; the exact one without the loss's
+  direct KL term must fail (so the test sees that term). Whitening rewards and advantages divides the whole
+  gradient by one scale, which the direct term's kl_weight = β / scale must follow."""
+  module = TINY.module()
+  p0 = nn.meta.unbox(tiny_model().params)
+  # π: p0 moved by noise, so KL(π ‖ p0) and its gradient are far from 0.
+  leaves, tree = jax.tree.flatten(p0)
+  keys = jax.random.split(jax.random.key(4), len(leaves))
+  theta = jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  y = np.stack(np.meshgrid(np.arange(64), np.arange(64), indexing="ij"), -1).reshape(-1, 2).astype(np.int32)
+  B, N = y.shape
+  pt, pm = jnp.tile(jnp.array([[5, 9, 11]], jnp.int32), (B, 1)), jnp.ones((B, 3), bool)
+  mask = jnp.ones((B, N), bool)
+  score = jnp.asarray(3.0 * (y[:, 0] == 7) + 2.0 * (y[:, 1] % 3 == 0) - 0.5 * (y[:, 0] == y[:, 1]), jnp.float32)
+  beta = 0.7
+  cfg = dataclasses.replace(TINY_PPO, beta=beta, kl_estimator=estimator, gae_lambda=1.0,
+                            whiten_advantages=whiten, whiten_rewards=whiten, value_coef=0.0, max_new_tokens=N)
+
+  def objective(policy):
+    _, lp = token_logprobs(module, policy, pt, pm, jnp.asarray(y), mask)
+    _, ref = token_logprobs(module, p0, pt, pm, jnp.asarray(y), mask)
+    logp = lp.sum(-1)
+    return jnp.sum(jnp.exp(logp) * (score - beta * (logp - ref.sum(-1))))
+
+  want = jax.jit(jax.grad(objective))(theta)
+  params = ppo.init_state(module, theta, jax.random.key(0), cfg).params
+  batch, _ = jax.jit(functools.partial(ppo.make_batch, module=module, cfg=cfg))(
+      params, p0, pt, pm, jnp.asarray(y), mask, score)
+  weight = B * jnp.exp(batch.logprobs.sum(-1))  # sampling y ~ π, exactly
+  batch = batch._replace(advantages=batch.advantages * weight[:, None])
+  if estimator == "exact":
+    batch = batch._replace(kl_weight=batch.kl_weight * weight)
+  grad_fn = jax.jit(jax.grad(lambda p, b: ppo.loss_fn(p, b, module=module, cfg=cfg)[0]))
+  # The scale whitening divided by (1 without whitening): β / kl_weight before the weights were applied.
+  unscale = beta / float(batch.kl_weight[0] / weight[0]) if whiten else 1.0
+  got = grad_fn(params, batch)["policy"]
+  scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))
+  close = lambda g, w: np.allclose(-N * unscale * g, w, rtol=1e-3, atol=5e-5 * scale)  # noqa: E731
+  assert all(jax.tree.leaves(jax.tree.map(close, got, want)))
+  if whiten:
+    assert abs(unscale - 1.0) > 0.1, unscale
+  if estimator == "exact":
+    without = grad_fn(params, batch._replace(kl_weight=0.0 * batch.kl_weight))["policy"]
+    assert not all(jax.tree.leaves(jax.tree.map(close, without, want)))
 
 
 # ----------------------------------------------------------------------------------------------- training
