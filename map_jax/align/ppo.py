@@ -107,8 +107,9 @@ class PPOConfig:
       are drawn from π itself, which the KL estimate and the PPO ratio assume.
   Advantages:
     gamma, gae_lambda: GAE discount and trace decay (1.0 and 0.95).
-    whiten_rewards: divide token rewards by their batch std (no shift). It rescales λᵀr and the KL alike,
-      so it changes the effective β per batch and the optimum is no longer p_λ: off by default.
+    whiten_rewards: divide token rewards by their batch std (no shift: a shift would pay every token and so
+      favour length). It rescales λᵀr and the KL alike, so β keeps its meaning; only the step sizes change,
+      batch by batch. Off by default.
     whiten_advantages: normalise advantages to zero mean, unit variance over the batch's tokens.
   Losses:
     clip_ratio: ε of the clipped surrogate; clip_value: ε_V of the clipped value loss.
@@ -224,11 +225,9 @@ def masked_std(x: jax.Array, mask: jax.Array) -> jax.Array:
   return jnp.sqrt(masked_mean(jnp.square(x - masked_mean(x, mask)), mask) + 1e-8)
 
 
-def whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True) -> jax.Array:
-  """(x − mean) / std over the masked positions (keeping the mean if `shift_mean` is False); 0 off the mask."""
-  mean = masked_mean(x, mask)
-  out = (x - mean) / masked_std(x, mask)
-  return jnp.where(mask, out if shift_mean else out + mean, 0.0)
+def whiten(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """(x − mean) / std over the masked positions; 0 off the mask."""
+  return jnp.where(mask, (x - masked_mean(x, mask)) / masked_std(x, mask), 0.0)
 
 
 def exact_kl(logprobs: jax.Array, ref_logprobs: jax.Array) -> jax.Array:
@@ -428,9 +427,9 @@ def make_batch(params, ref_params, prompt_tokens, prompt_mask, tokens, mask, sco
     kl = jnp.where(mask, logp - ref_logp, 0.0)
   rewards = token_rewards(scores.astype(jnp.float32), kl, mask, cfg.beta)
   kl_weight = jnp.float32(cfg.beta)
-  if cfg.whiten_rewards:
-    kl_weight /= masked_std(rewards, mask)
-    rewards = whiten(rewards, mask, shift_mean=False)
+  if cfg.whiten_rewards:  # a pure rescale: a shift would pay every token, and so favour length
+    reward_std = masked_std(rewards, mask)
+    rewards, kl_weight = rewards / reward_std, kl_weight / reward_std
   advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
   stats = {"kl": jnp.mean(jnp.sum(kl, -1)), "entropy": masked_mean(entropy, mask),
            "value": masked_mean(values, mask), "return": masked_mean(returns, mask),
