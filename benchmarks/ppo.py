@@ -94,6 +94,8 @@ def main():
   p.add_argument("--new_tokens", type=int, default=32)
   p.add_argument("--ppo_epochs", type=int, default=2)
   p.add_argument("--minibatches", type=int, default=2)
+  p.add_argument("--kl_estimator", default="sample", choices=ppo.KL_ESTIMATORS,
+                 help="'exact' adds p0's log-probs over the vocabulary to scoring and a KL term to the update")
   p.add_argument("--dtype", default=None, help="compute dtype of the random models (default: bf16 on GPU)")
   p.add_argument("--repeats", type=int, default=2)
   args = p.parse_args()
@@ -105,7 +107,7 @@ def main():
   module = cfg.module()
   n_params = sum(x.size for x in jax.tree.leaves(params))
   pcfg = ppo.PPOConfig(max_new_tokens=args.new_tokens, ppo_epochs=args.ppo_epochs,
-                       num_minibatches=args.minibatches, learning_rate=1e-6)
+                       num_minibatches=args.minibatches, learning_rate=1e-6, kl_estimator=args.kl_estimator)
   pcfg.validate(args.batch)
   mesh = parallel.make_mesh()
   state = ppo.compile_init(module, pcfg, mesh)(params, jax.random.key(0))
@@ -132,7 +134,8 @@ def main():
   (t_sample,) = best(sampling, args.repeats)
   t_iter, t_gen, t_rew, t_score, t_upd = best(iterate, args.repeats)
   print(f"model {args.model}: {n_params / 1e6:.0f}M params, batch {args.batch}, prompt {args.prompt_len}, "
-        f"new {args.new_tokens}, {args.ppo_epochs} PPO epochs x {args.minibatches} minibatches")
+        f"new {args.new_tokens}, {args.ppo_epochs} PPO epochs x {args.minibatches} minibatches, "
+        f"{args.kl_estimator} KL")
   print(f"PPO iteration : {n_tok / t_iter:8.1f} tokens/s  ({t_iter:.2f} s)")
   for name, t in (("generate", t_gen), ("reward", t_rew), ("score", t_score), ("update", t_upd)):
     print(f"  {name:<12}: {t / t_iter:6.1%}  ({t:.2f} s)")

@@ -19,7 +19,7 @@ def test_configs_build_and_validate():
   cfg, run = train_ppo.build(_config("ppo_default"))
   assert cfg.beta == 1.0 and run.chat and run.progress
   cfg, run = train_ppo.build(_config("ppo_opt1.3b"))
-  assert (cfg.learning_rate, run.batch_size, cfg.beta) == (1e-6, 20, 1.0)
+  assert (cfg.learning_rate, cfg.warmup_steps, run.batch_size, cfg.beta) == (1e-6, 0, 20, 1.0)
   bad = _config("ppo_default")
   bad.rewards = ("positiveness", "no-such-value")
   with pytest.raises(ValueError, match=r"unknown values \['no-such-value'\]"):
