@@ -17,9 +17,10 @@ def _config(name):
 def test_configs_build_and_validate():
   from experiments import train_ppo
   cfg, run = train_ppo.build(_config("ppo_default"))
-  assert cfg.beta == 1.0 and run.chat and run.progress
+  assert cfg.beta == 1.0 and cfg.kl_estimator == "exact" and run.chat and run.progress
   cfg, run = train_ppo.build(_config("ppo_opt1.3b"))
-  assert (cfg.learning_rate, cfg.warmup_steps, run.batch_size, cfg.beta) == (1e-6, 0, 20, 1.0)
+  assert (cfg.learning_rate, cfg.warmup_steps, run.batch_size, cfg.beta, cfg.kl_estimator) == (
+      1e-6, 0, 20, 1.0, "sample")
   bad = _config("ppo_default")
   bad.rewards = ("positiveness", "no-such-value")
   with pytest.raises(ValueError, match=r"unknown values \['no-such-value'\]"):
