@@ -9,8 +9,9 @@ to /tmp/ppo_smollm2/params. The settings are the ones that kept the updates heal
 per update, KL to p0 below 0.5 nat): the exact per-token KL over the vocabulary (`kl_estimator="exact"`,
 which takes the sampling noise of log π − log p0 out of the returns), learning rate 1e-5 after a warm-up of
 16 updates. With the sampled KL the same run drifted to 0.4–0.7 nats while positiveness barely moved; at
-3e-5 the exact KL lets the policy drift to ~0.8 nats for a smaller gain. Fifty iterations raise positiveness
-only part of the way to the palette; realizing it needs a longer run. Override any field from the command
+3e-5 the exact KL lets the policy drift to ~0.8 nats for a smaller gain. In fifty iterations the batch mean
+of positiveness rises from 0.30 to 0.38 (palette 0.58 on the pilot); on the decoding report's test prompts the
+policy answers at 0.69 ± 0.10 against a promise of 0.74 (README). Override any field from the command
 line, e.g. `--config.run.num_steps=200 --config.ppo.learning_rate=5e-6`.
 """
 
