@@ -1,7 +1,5 @@
 """MAP-D selection against a NumPy softmax reference, and one real decode step with SmolLM2."""
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
