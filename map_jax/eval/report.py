@@ -49,6 +49,17 @@ def solution_record(rewards: np.ndarray, names: Sequence[str], palette: np.ndarr
   }
 
 
+def raised_values(record: dict) -> list[str]:
+  """The values a solved palette asks above their pilot mean (c_i > μ_i), from a `solution_record`.
+
+  A targeted value whose quantile lies below its mean gets c_i = μ_i (the rule c_i = max(μ_i, Q_i(q))):
+  the palette keeps it at its mean, so the report checks that it holds, not that it rises.
+  """
+  c, mean = np.asarray(record["palette"]), np.asarray(record["pilot_mean"])
+  above = c > mean + 1e-9 * (1.0 + np.abs(mean))  # μ_i itself, up to rounding, is "kept"
+  return [v for v, a in zip(record["values"], above) if a]
+
+
 def _slug(label: str) -> str:
   return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_") or "palette"
 
@@ -155,7 +166,7 @@ def write_report(config, wd, timings: dict) -> dict:
     for v, x in zip(names, expect_k):
       a = cmp[v]["aligned"]
       cmp[v].update(expected_k=float(x), expected_k_in_interval=bool(a["low"] <= x <= a["high"]))
-    raised = [v for v in names if rec["quantiles"].get(v) is not None]
+    raised = raised_values(used)
     chk = levels.checks(cmp, raised, [v for v in names if v not in raised])
     slug = _slug(rec["label"])
     histogram_figure(original, aligned, names, rec["label"], wd.path(f"hist_{slug}.png"))
@@ -319,4 +330,4 @@ def markdown(report: dict) -> str:
   return "\n".join(lines)
 
 
-__all__ = ["histogram_figure", "markdown", "radar_figure", "solution_record", "table_one", "write_report"]
+__all__ = ["histogram_figure", "markdown", "radar_figure", "raised_values", "solution_record", "table_one", "write_report"]
