@@ -60,24 +60,24 @@ _SHARDED = textwrap.dedent("""
     from map_jax import parallel
     from map_jax.align import ppo
     from map_jax.models.loading import abstract_params
-    from tests.test_parallel import SHARDED_PPO as TINY_PPO
     from tests.align.test_ppo import TINY
+    from tests.test_parallel import SHARDED_PPO
     module = TINY.module()
     data = np.load(sys.argv[1])
-    like = ppo.abstract_state(module, TINY_PPO)
+    like = ppo.abstract_state(module, SHARDED_PPO)
     leaves = [data[f"s{i}"] for i in range(len(jax.tree.leaves(like.replace(key=0))))]
     state = jax.tree.unflatten(jax.tree.structure(like.replace(key=0)), leaves).replace(
         key=jax.random.wrap_key_data(data["key"]))
     batch = ppo.Batch(**{k[2:]: data[k] for k in data.files if k.startswith("b_")})
     mesh = parallel.make_mesh(data=2, fsdp=4)
-    shardings = ppo.state_shardings(module, TINY_PPO, mesh)
+    shardings = ppo.state_shardings(module, SHARDED_PPO, mesh)
     state = parallel.shard(state, shardings)
     q = state.params["policy"]["layers"]["q_proj"]["kernel"]
     assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None, None), q.sharding
     assert q.addressable_shards[0].data.shape[1] == q.shape[1] // 4
     mu = state.opt_state[1][0].mu["policy"]["layers"]["q_proj"]["kernel"]
     assert mu.sharding == q.sharding, mu.sharding
-    new, metrics = ppo.compile_update(module, TINY_PPO, mesh)(state, batch, jax.random.key(5))
+    new, metrics = ppo.compile_update(module, SHARDED_PPO, mesh)(state, batch, jax.random.key(5))
     assert new.params["policy"]["layers"]["q_proj"]["kernel"].sharding == q.sharding
     # A dimension the axis does not divide (embed 32 over 3 devices) is replicated, not an error.
     three = parallel.make_mesh(1, 3, devices=jax.devices()[:3])

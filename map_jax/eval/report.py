@@ -330,4 +330,5 @@ def markdown(report: dict) -> str:
   return "\n".join(lines)
 
 
-__all__ = ["histogram_figure", "markdown", "radar_figure", "raised_values", "solution_record", "table_one", "write_report"]
+__all__ = ["histogram_figure", "markdown", "radar_figure", "raised_values", "solution_record", "table_one",
+           "write_report"]
