@@ -10,7 +10,7 @@ residual of every λ is measured independently in float64 NumPy.
   python -m benchmarks.dual_solver [--rewards=PATH] [--num_palettes=10000]
 
 The default pilot set is the MAP authors' OPT-1.3B / Anthropic-harmless data in
-../shared/data/map_reference (n = 2,312, m = 6).
+examples/map_reference (n = 2,312, m = 6).
 """
 
 import os
@@ -27,7 +27,7 @@ from scipy import special
 from map_jax.core.dual import solve_dual
 from map_jax.data.pilot import load_pilot
 
-_DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "map_reference",
+_DEFAULT = os.path.join(os.path.dirname(__file__), "..", "examples", "map_reference",
                         "opt1.3b-Anthropic-harmless.json")
 _REWARDS = flags.DEFINE_string("rewards", _DEFAULT, "Pilot table.")
 _NUM = flags.DEFINE_integer("num_palettes", 10_000, "Palettes in the batched run.")

@@ -21,7 +21,7 @@ from absl import logging
 import numpy as np
 
 FLAGS = flags.FLAGS
-REFERENCE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "map_reference",
+REFERENCE = os.path.join(os.path.dirname(__file__), "..", "examples", "map_reference",
                          "opt1.3b-Anthropic-harmless.json")
 ALL = ["diversity", "length", "positiveness", "harmlessness", "coherence", "humor", "interesting", "perplexity"]
 

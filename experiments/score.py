@@ -8,7 +8,7 @@ r"""Scores a pilot table of (prompt, response) rows with a list of values: the n
 
 On the MAP authors' pilot data, whose `generated` column is prompt + continuation:
 
-  python -m experiments.score --input=../shared/data/map_reference/opt1.3b-Anthropic-harmless.json \
+  python -m experiments.score --input=examples/map_reference/opt1.3b-Anthropic-harmless.json \
     --response_field=generated --strip_prompt --values=div=diversity,positiveness --output=/tmp/opt.jsonl
 
 One value at a time: each reward model is loaded, run over the whole table in chunks of --chunk rows, and

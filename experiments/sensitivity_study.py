@@ -14,7 +14,7 @@ navigation-efficiency comparison of the paper's Fig. 7 / Table 3) and writes
 Example, on the MAP authors' pilot data (10,000 palettes):
 
   python -m experiments.sensitivity_study \
-    --rewards=../shared/data/map_reference/opt1.3b-Anthropic-harmless.json \
+    --rewards=examples/map_reference/opt1.3b-Anthropic-harmless.json \
     --workdir=/tmp/sensitivity --num_palettes=10000
 """
 
@@ -39,7 +39,7 @@ VALUES = ("humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "p
 
 _REWARDS = flags.DEFINE_string(
     "rewards", os.path.join(os.path.dirname(__file__), "..", "examples",
-                            "opt1.3b_hh_pilot_sample.json"),
+                            "map_reference", "opt1.3b-Anthropic-harmless.json"),
     "Pilot table (.json, .jsonl, .csv, .npy).")
 _VALUES = flags.DEFINE_list("values", list(VALUES), "Value columns, in order.")
 _TARGETED = flags.DEFINE_list("targeted", ["0", "1", "2"],

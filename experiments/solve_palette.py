@@ -4,7 +4,7 @@ Example, on the MAP authors' pilot data (HHH-70%: humor, helpfulness and harmles
 at their 70% quantile, the other values kept at their mean):
 
   python -m experiments.solve_palette \
-    --rewards=../shared/data/map_reference/opt1.3b-Anthropic-harmless.json \
+    --rewards=examples/map_reference/opt1.3b-Anthropic-harmless.json \
     --values=humor,gpt2-helpful,gpt2-harmless,diversity,coherence,perplexity \
     --quantiles=0.7,0.7,0.7 --keep=diversity,coherence,perplexity \
     --output=/tmp/hhh70.json

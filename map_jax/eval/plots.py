@@ -13,7 +13,7 @@ import numpy as np
 
 from map_jax.eval.study import PaletteStudy
 
-# Units of the MAP reference pilot values (see /work/shared/data/map_reference/README.md).
+# Units of the MAP reference pilot values (see examples/map_reference/README.md).
 UNITS = {
     "humor": "classifier logit",
     "gpt2-helpful": "reward-model score",

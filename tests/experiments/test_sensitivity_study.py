@@ -8,14 +8,15 @@ import sys
 
 import numpy as np
 
+from tests.core.conftest import REFERENCE
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "examples" / "opt1.3b_hh_pilot_sample.json"
 
 
 def test_launcher_writes_figures_csv_and_summary(tmp_path):
   # A subprocess: the launcher enables float64 globally, which test modules must not.
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.sensitivity_study", f"--rewards={SAMPLE}",
+      [sys.executable, "-m", "experiments.sensitivity_study", f"--rewards={REFERENCE}",
        f"--workdir={tmp_path}", "--num_palettes=60"],
       capture_output=True, text=True, timeout=240, cwd=ROOT)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -31,7 +32,7 @@ def test_launcher_writes_figures_csv_and_summary(tmp_path):
   assert 0 < summary["feasible"] < len(rows)
   # Independent check of a few rows: λ reaches the palette (KKT) on the pilot set.
   values = summary["values"]
-  rewards = np.array([[r[v] for v in values] for r in json.loads(SAMPLE.read_text())])
+  rewards = np.array([[r[v] for v in values] for r in json.loads(REFERENCE.read_text())])
   for row in rows[:: max(1, len(rows) // 10)]:
     if row["feasible"] != "True":
       continue
