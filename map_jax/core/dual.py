@@ -23,7 +23,7 @@ never NaN.
 Everything is pure JAX: ``solve_dual`` works under ``jit``, ``vmap`` (over palettes and
 over reward matrices) and ``jax.jacobian`` with respect to the palette or rewards,
 where the derivative comes from the implicit function theorem
-(:mod:`map_jax.core.sensitivity`), not from unrolled iterations.
+(:mod:`map_jax.core.implicit`), not from unrolled iterations.
 """
 
 import functools
@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from map_jax.core import feasibility as feas
+from map_jax.core import implicit
 from map_jax.core import loops
-from map_jax.core import sensitivity
 from map_jax.core import validation
 
 
@@ -120,7 +120,7 @@ def _evaluate(std: _Standardized, c: jax.Array, lam: jax.Array):
   """−g, its gradient and Hessian at lam, in one pass over the pilot set.
 
   The Hessian comes from the shared outer products (E_w[r rᵀ] − μμᵀ) rather than from
-  centred rows as in :func:`map_jax.core.sensitivity.tilted_moments`: under ``vmap``
+  centred rows as in :func:`map_jax.core.implicit.tilted_moments`: under ``vmap``
   over palettes the mean and the second moments are one matmul of the (batch, n)
   weights against a matrix all palettes share (its m(m+1)/2 distinct products only).
   In standardized units the cancellation costs little, and Newton needs only a good
@@ -283,7 +283,7 @@ def _solve_dual(rewards, palette, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
   state = _newton(std, c_std, tol=tol, max_iter=max_iter, max_evals=4 * max_iter,
                   ridge=ridge)
   lam = jnp.where(lp.feasible, state.lam / std.scale, 0.0)
-  lam = sensitivity.attach_implicit_grad(rewards, palette, lam)
+  lam = implicit.attach_implicit_grad(rewards, palette, lam)
 
   # Everything below is ordinary differentiable JAX of (rewards, palette, λ).
   # (λᵀRᵀ rather than Rλ: under vmap over palettes the logits then come out

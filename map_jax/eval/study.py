@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from map_jax.core import dual
+from map_jax.core import implicit
 from map_jax.core import sensitivity as sens
 
 
@@ -46,7 +47,7 @@ def tilted_condition(rewards: jax.Array, lam: jax.Array) -> jax.Array:
   scale = jnp.std(rewards, axis=0)
   scale = jnp.where(scale > 0, scale, 1.0)
   z = rewards / scale
-  _, _, cov = sens.tilted_moments(z, lam * scale)
+  _, _, cov = implicit.tilted_moments(z, lam * scale)
   active = lam > 0
   both = active[:, None] & active[None, :]
   top = jnp.max(jnp.linalg.eigvalsh(jnp.where(both, cov, 0.0)))

@@ -6,7 +6,8 @@ import numpy as np
 from scipy import special
 
 from map_jax.core.dual import solve_dual
-from map_jax.core.sensitivity import inverse_covariance_on_active, sensitivity
+from map_jax.core.implicit import inverse_covariance_on_active
+from map_jax.core.sensitivity import sensitivity
 
 from .conftest import hhh_palette
 
