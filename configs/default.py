@@ -19,6 +19,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.plugins = ""                       # modules that register values/models/methods: "my_pkg.values,..."
   c.model = "smollm2-135m-instruct"   # built-in name, HF directory, .gguf file or hub id
   c.dtype = "float32"
   c.chat = True                        # wrap prompts in the model's chat template

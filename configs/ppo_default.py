@@ -25,6 +25,7 @@ from map_jax.align.trainer import RunConfig
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
+  config.plugins = ""  # modules that register values/models/methods: "my_pkg.values,..."
   config.model = "smollm2-135m-instruct"
   config.dtype = "float32"
   config.param_dtype = "float32"

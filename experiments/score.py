@@ -24,6 +24,7 @@ import os
 from absl import app
 from absl import flags
 
+from map_jax.plugins import load_plugins
 from map_jax.rewards.scoring import score_table
 
 FLAGS = flags.FLAGS
@@ -41,6 +42,7 @@ def define_flags():
   flags.DEFINE_integer("chunk", 256, "Rows scored (and saved for resuming) at a time.")
   flags.DEFINE_integer("batch_size", None, "Batch size passed to model-backed values.")
   flags.DEFINE_integer("limit", None, "Score only the first N rows.")
+  flags.DEFINE_list("plugins", [], "Modules that register values (map_jax.plugins), e.g. my_pkg.values.")
 
 
 def main(argv):
@@ -48,6 +50,7 @@ def main(argv):
   if not FLAGS.input or not FLAGS.values:
     raise app.UsageError("--input and --values are required")
   output = FLAGS.output or os.path.splitext(FLAGS.input)[0] + ".rewards.jsonl"
+  load_plugins(FLAGS.plugins)
   kw = {"batch_size": FLAGS.batch_size} if FLAGS.batch_size else None
   score_table(FLAGS.input, output, FLAGS.values, prompt_field=FLAGS.prompt_field, response_field=FLAGS.response_field,
               strip_prompt=FLAGS.strip_prompt, chunk=FLAGS.chunk, limit=FLAGS.limit, value_kwargs=kw)

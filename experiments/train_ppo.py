@@ -47,6 +47,8 @@ def build(config):
   """(PPOConfig, RunConfig) from the config, validated: bad fields fail before any model loads."""
   from map_jax.align.ppo import PPOConfig
   from map_jax.align.trainer import RunConfig
+  from map_jax.plugins import load_plugins
+  load_plugins(config.get("plugins"))
   cfg = PPOConfig(**_plain(config.ppo))
   run_cfg = RunConfig(**_plain(config.run))
   cfg.validate(run_cfg.batch_size)

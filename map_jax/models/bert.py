@@ -79,6 +79,10 @@ class BertConfig:
             return dataclasses.replace(self, pooler=False)
         return self
 
+    def params_from_hf(self, get) -> dict:
+        """Flax params from the checkpoint's tensors (`params_from_hf` below)."""
+        return params_from_hf(self, get)
+
     def module(self, **kwargs) -> "Bert":
         """The Flax module for this config (kwargs go to the module, e.g. `name=`)."""
         return Bert(self, **kwargs)

@@ -56,6 +56,14 @@ class GPT2Config:
         kw.update(overrides)
         return cls(**kw)
 
+    def adapt_to_weights(self, has) -> "GPT2Config":
+        """No tensor-dependent options: the config as it is."""
+        return self
+
+    def params_from_hf(self, get) -> dict:
+        """Flax params from the checkpoint's tensors (`params_from_hf` below)."""
+        return params_from_hf(self, get)
+
     def module(self, **kwargs) -> "GPT2":
         """The Flax module for this config (kwargs go to the module, e.g. `name=`)."""
         return GPT2(self, **kwargs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any
 
 import flax.linen as nn
@@ -48,6 +47,14 @@ class ClassifierConfig:
         labels = tuple(id2label[k] for k in sorted(id2label, key=int))
         return cls(backbone, len(labels), labels)
 
+    def adapt_to_weights(self, has) -> "ClassifierConfig":
+        """No tensor-dependent options: the config as it is."""
+        return self
+
+    def params_from_hf(self, get) -> dict:
+        """Flax params from the checkpoint's tensors (`params_from_hf` below)."""
+        return params_from_hf(self, get)
+
     def module(self, **kwargs) -> "DecoderClassifier":
         """The Flax module for this config (kwargs go to the module, e.g. `name=`)."""
         return DecoderClassifier(self, **kwargs)
@@ -75,5 +82,4 @@ class DecoderClassifier(nn.Module):
 
 def params_from_hf(config: ClassifierConfig, get) -> dict:
     """The backbone's params (its own mapping) plus `score.weight` ([labels, E] in PyTorch)."""
-    backbone = importlib.import_module(type(config.backbone).__module__)
-    return {"backbone": backbone.params_from_hf(config.backbone, get), "score": {"kernel": get("score.weight").T}}
+    return {"backbone": config.backbone.params_from_hf(get), "score": {"kernel": get("score.weight").T}}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+
 import importlib.metadata
 import json
 import os
@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from map_jax import plugins
 from map_jax.models import tokenizer as tok_lib
 
 
@@ -20,14 +21,16 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or not loadable by map-jax; the message names the file."""
 
 
-# model_type in config.json -> (module path, config class name). Each model module defines `params_from_hf`.
-ARCHITECTURES = {
-    "llama": ("map_jax.models.llama", "LlamaConfig"),
-    "gpt2": ("map_jax.models.gpt2", "GPT2Config"),
-    "opt": ("map_jax.models.opt", "OPTConfig"),
-    "bert": ("map_jax.models.bert", "BertConfig"),
-    "distilbert": ("map_jax.models.bert", "BertConfig"),
-}
+# The built-in model families: model_type in config.json -> config class (a `map_jax.models.family.ModelFamily`).
+# A user's family registers the same way (see `map_jax.plugins`).
+for _model_type, _config in {
+    "llama": "map_jax.models.llama:LlamaConfig",
+    "gpt2": "map_jax.models.gpt2:GPT2Config",
+    "opt": "map_jax.models.opt:OPTConfig",
+    "bert": "map_jax.models.bert:BertConfig",
+    "distilbert": "map_jax.models.bert:BertConfig",
+}.items():
+    plugins.register("model_family", _model_type, _config)
 
 # Offline models shipped as pip wheels: name -> (distribution, file inside it).
 BUILTIN = {
@@ -147,11 +150,12 @@ def _read_config(directory: str) -> dict:
 def config_from_hf(hf: dict, source: str = "config.json", **overrides: Any):
     """The map-jax config for a transformers config dict; unsupported `model_type`s fail clearly."""
     model_type = hf.get("model_type")
-    if model_type not in ARCHITECTURES:
+    entry = plugins.get("model_family", model_type) if isinstance(model_type, str) else None
+    if entry is None:
         raise CheckpointError(f"{source}: unsupported architecture model_type={model_type!r} "
-                              f"(supported: {sorted(ARCHITECTURES)})")
-    mod, cls = ARCHITECTURES[model_type]
-    config_cls = getattr(importlib.import_module(mod), cls)
+                              f"(supported: {sorted(plugins.entries('model_family'))})")
+    config_cls = entry.load()
+    cls = config_cls.__name__
     archs = hf.get("architectures") or ()
     if model_type not in ("bert", "distilbert") and any(a.endswith("ForSequenceClassification") for a in archs):
         from map_jax.models.heads import ClassifierConfig
@@ -160,11 +164,6 @@ def config_from_hf(hf: dict, source: str = "config.json", **overrides: Any):
         return config_cls.from_hf(hf, **overrides)
     except (KeyError, NotImplementedError) as e:
         raise CheckpointError(f"{source}: cannot build a {cls} ({type(e).__name__}: {e})") from e
-
-
-def params_from_hf(config, get) -> dict:
-    """Dispatch to the `params_from_hf` next to the config's module (llama.py, gpt2.py, heads.py, ...)."""
-    return importlib.import_module(type(config).__module__).params_from_hf(config, get)
 
 
 class SafetensorsReader:
@@ -237,9 +236,8 @@ def load_hf(directory: str, *, dtype: str = "float32", param_dtype: str | None =
     config = config_from_hf(hf, os.path.join(directory, "config.json"), dtype=dtype,
                             param_dtype=param_dtype or dtype, **overrides)
     reader = SafetensorsReader(directory)
-    if hasattr(config, "adapt_to_weights"):
-        config = config.adapt_to_weights(reader.has)
-    params = attach_metadata(config, params_from_hf(config, reader), directory)
+    config = config.adapt_to_weights(reader.has)
+    params = attach_metadata(config, config.params_from_hf(reader), directory)
     tk = tok_lib.load_tokenizer(directory) if tokenizer else None
     return LoadedModel(config, params, tk)
 
@@ -338,7 +336,7 @@ def load_gguf(path: str, *, dtype: str = "float32", param_dtype: str | None = No
             w = _unpermute_rope_rows(w, config.num_kv_heads)
         return w
 
-    params = attach_metadata(config, llama.params_from_hf(config, get), path)
+    params = attach_metadata(config, config.params_from_hf(get), path)
     tk = tok_lib.load_tokenizer(os.path.dirname(path), gguf_file=os.path.basename(path)) if tokenizer else None
     return LoadedModel(config, params, tk)
 

@@ -70,6 +70,14 @@ class OPTConfig:
         kw.update(overrides)
         return cls(**kw)
 
+    def adapt_to_weights(self, has) -> "OPTConfig":
+        """No tensor-dependent options: the config as it is."""
+        return self
+
+    def params_from_hf(self, get) -> dict:
+        """Flax params from the checkpoint's tensors (`params_from_hf` below)."""
+        return params_from_hf(self, get)
+
     def module(self, **kwargs) -> "OPT":
         """The Flax module for this config (kwargs go to the module, e.g. `name=`)."""
         return OPT(self, **kwargs)

@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from map_jax.rewards import registry
 from map_jax.rewards.base import RewardError, RewardFn, TruncationNotice
 from map_jax.rewards.models import length_sorted_batches, pad_rows
 
@@ -164,7 +163,7 @@ def reward_from_logits(logits: np.ndarray, label: int, output: str) -> np.ndarra
     return np.asarray(r, np.float64)
 
 
-def _classifier_spec(rest: str, **kw) -> ClassifierReward:
+def classifier_spec(rest: str, **kw) -> ClassifierReward:
     # PATH may itself contain ':' (rare); LABEL and OUTPUT are taken from the right.
     parts = rest.split(":")
     output = parts.pop() if len(parts) > 1 and parts[-1] in OUTPUTS else kw.pop("output", None)
@@ -172,13 +171,9 @@ def _classifier_spec(rest: str, **kw) -> ClassifierReward:
     return ClassifierReward(":".join(parts), label=label, output=output, **kw)
 
 
-def _reward_model_spec(rest: str, **kw) -> ClassifierReward:
+def reward_model_spec(rest: str, **kw) -> ClassifierReward:
     kw.setdefault("template", "hh")
     kw.setdefault("output", "logit")
     return ClassifierReward(rest, label=kw.pop("label", 0), **kw)
 
 
-registry.register_spec("classifier", _classifier_spec,
-                       "PATH[:LABEL[:logprob|prob|logit]] a HF *ForSequenceClassification directory")
-registry.register_spec("reward_model", _reward_model_spec,
-                       "PATH a one-logit reward model directory, scored on the HH dialogue template")

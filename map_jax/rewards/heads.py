@@ -39,7 +39,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from map_jax.rewards import registry
 from map_jax.rewards.base import RewardError, RewardFn, cache_dir
 
 CHITCHAT_RATINGS = ("witty", "upbeat", "interesting")
@@ -396,20 +395,21 @@ class HeadReward(RewardFn):
         self.encoder = None
 
 
-def _chitchat_value(value: str, rating: str):
+def _chitchat_value(value: str, rating: str, description: str):
     def build(batch_size: int = 64, **kw) -> HeadReward:
         return HeadReward(chitchat_head(rating, **kw), name=value, batch_size=batch_size)
+    build.description = description
     return build
 
 
-def _head_spec(rest: str, **kw) -> HeadReward:
+def head_spec(rest: str, **kw) -> HeadReward:
+    """The `head:DIR` value: a reward head saved by experiments.train_reward."""
     return HeadReward(rest, **kw)
 
 
-registry.register("humor", _chitchat_value("humor", "witty"),
-                  "predicted chitchat 'witty' rating (1-10), MiniLM + MLP head trained on human ratings")
-registry.register("upbeat", _chitchat_value("upbeat", "upbeat"),
-                  "predicted chitchat 'upbeat' rating (1-10), MiniLM + MLP head")
-registry.register("interesting", _chitchat_value("interesting", "interesting"),
-                  "predicted chitchat 'interesting' rating (1-10), MiniLM + MLP head")
-registry.register_spec("head", _head_spec, "DIR a reward head saved by experiments.train_reward")
+# The built-in chitchat values (declared in `map_jax.rewards.registry`).
+humor = _chitchat_value("humor", "witty",
+                        "predicted chitchat 'witty' rating (1-10), MiniLM + MLP head trained on human ratings")
+upbeat = _chitchat_value("upbeat", "upbeat", "predicted chitchat 'upbeat' rating (1-10), MiniLM + MLP head")
+interesting = _chitchat_value("interesting", "interesting",
+                              "predicted chitchat 'interesting' rating (1-10), MiniLM + MLP head")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from map_jax.rewards import registry
 from map_jax.rewards.base import RewardFn
 
 
@@ -49,5 +48,3 @@ class Harmlessness(RewardFn):
         return np.log(np.clip(1.0 - p_offensive, self.floor, 1.0))
 
 
-registry.register("positiveness", Positiveness, Positiveness.description)
-registry.register("harmlessness", Harmlessness, Harmlessness.description)

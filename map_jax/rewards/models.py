@@ -12,7 +12,6 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from map_jax.rewards import registry
 from map_jax.rewards.base import RewardFn, TruncationNotice
 
 
@@ -207,5 +206,3 @@ class Perplexity(RewardFn):
         jax.clear_caches()
 
 
-registry.register("coherence", Coherence, Coherence.description)
-registry.register("perplexity", Perplexity, Perplexity.description)

@@ -6,7 +6,6 @@ import re
 
 import numpy as np
 
-from map_jax.rewards import registry
 from map_jax.rewards.base import RewardFn
 
 # Word tokenization close to NLTK's `word_tokenize` (Penn Treebank rules), which the MAP authors' code uses
@@ -93,5 +92,3 @@ def _load_tokenizer(name: str):
     return tokenizer.load_tokenizer(name)
 
 
-registry.register("diversity", Diversity, Diversity.description)
-registry.register("length", Length, Length.description)
