@@ -27,6 +27,8 @@ import shutil
 from absl import app
 from absl import flags
 
+from experiments import _launch
+
 FLAGS = flags.FLAGS
 
 
@@ -56,7 +58,7 @@ def define_flags():
 def train(argv_data: str | None = None):
   """Train as the flags say; returns the `TrainedHead`."""
   from map_jax.rewards import heads
-  from map_jax.rewards.tables import column, read_table
+  from map_jax.data.tables import column, read_table
 
   data = argv_data or FLAGS.data
   config = heads.HeadConfig(loss=FLAGS.loss, hidden=tuple(int(h) for h in FLAGS.hidden),
@@ -107,4 +109,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  _launch.run(main)

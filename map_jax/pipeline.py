@@ -38,6 +38,10 @@ from typing import Any, Callable, Sequence
 from absl import logging
 import numpy as np
 
+from map_jax.plugins import load_plugins
+from map_jax.store import ChunkStore, content_key, plain, write_jsonl, write_text
+from map_jax.workdir import Workdir
+
 STAGES = ("prompts", "generate_pilot", "score_pilot", "solve", "generate_candidates", "score_candidates",
           "decode", "generate_map_f", "score_map_f", "report")
 DEPENDS = {"prompts": (), "generate_pilot": ("prompts",), "score_pilot": ("generate_pilot",),
@@ -60,17 +64,6 @@ def upstream(stage: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------------
 # Config helpers
-
-
-def _plain(x):
-  """A config (ConfigDict, dict, list, scalar) as plain JSON-able Python."""
-  if hasattr(x, "to_dict"):
-    x = x.to_dict()
-  if isinstance(x, dict):
-    return {k: _plain(v) for k, v in sorted(x.items())}
-  if isinstance(x, (list, tuple)):
-    return [_plain(v) for v in x]
-  return x
 
 
 def value_specs(config) -> tuple[list[str], list[str]]:
@@ -173,62 +166,22 @@ def validate(config) -> None:
 # The work directory
 
 
-class Workdir:
-  """Paths, stage records and atomic writes in one run directory."""
-
-  def __init__(self, path: str):
-    self.root = os.path.abspath(path)
-    os.makedirs(os.path.join(self.root, "stages"), exist_ok=True)
-
-  def path(self, *name: str) -> str:
-    return os.path.join(self.root, *name)
-
-  def record(self, stage: str) -> dict | None:
-    try:
-      with open(self.path("stages", f"{stage}.json")) as f:
-        return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-      return None
-
-  def done(self, stage: str, key: str) -> bool:
-    rec = self.record(stage)
-    return rec is not None and rec.get("key") == key
-
-  def mark(self, stage: str, key: str, seconds: float, **info) -> None:
-    self.write_json(self.path("stages", f"{stage}.json"), {"key": key, "seconds": seconds, **info})
-
-  @staticmethod
-  def write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(obj, f, indent=1)
-    os.replace(tmp, path)  # a reader never sees half a file
-
-  def read_json(self, name: str) -> Any:
-    with open(self.path(name)) as f:
-      return json.load(f)
-
-
-def _key(*parts: Any) -> str:
-  return hashlib.sha1(json.dumps([_plain(p) for p in parts], sort_keys=True).encode()).hexdigest()[:16]
-
-
 def stage_keys(config) -> dict[str, str]:
   """Each stage's key: the config fields it reads and the keys of the stages it reads from."""
   c = config
   k = {}
-  k["prompts"] = _key(c.prompts)
+  k["prompts"] = content_key(c.prompts)
   model = (c.model, c.dtype, c.chat, c.generation, c.seed)
-  k["generate_pilot"] = _key(k["prompts"], model, c.pilot.samples_per_prompt)
+  k["generate_pilot"] = content_key(k["prompts"], model, c.pilot.samples_per_prompt)
   values = (c.targeted, c.kept, c.value_options)
-  k["score_pilot"] = _key(k["generate_pilot"], values)
-  k["solve"] = _key(k["score_pilot"], c.palettes, c.adjust)
-  k["generate_candidates"] = _key(k["prompts"], model, c.decode.num_candidates)
-  k["score_candidates"] = _key(k["generate_candidates"], values)
-  k["decode"] = _key(k["solve"], k["score_candidates"], c.decode.mode, c.seed)
-  k["generate_map_f"] = _key(k["prompts"], c.generation, c.seed, map_f_run(c))
-  k["score_map_f"] = _key(k["generate_map_f"], values)
-  k["report"] = _key(k["decode"], k["score_pilot"], k["score_map_f"], c.report)
+  k["score_pilot"] = content_key(k["generate_pilot"], values)
+  k["solve"] = content_key(k["score_pilot"], c.palettes, c.adjust)
+  k["generate_candidates"] = content_key(k["prompts"], model, c.decode.num_candidates)
+  k["score_candidates"] = content_key(k["generate_candidates"], values)
+  k["decode"] = content_key(k["solve"], k["score_candidates"], c.decode.mode, c.seed)
+  k["generate_map_f"] = content_key(k["prompts"], c.generation, c.seed, map_f_run(c))
+  k["score_map_f"] = content_key(k["generate_map_f"], values)
+  k["report"] = content_key(k["decode"], k["score_pilot"], k["score_map_f"], c.report)
   return k
 
 
@@ -278,34 +231,17 @@ def make_prompts(config, wd: Workdir) -> dict:
   return {"pilot": len(pilot), "test": len(test)}
 
 
-def _read_parts(path: str) -> dict[int, list]:
-  """Finished batches of a generation stage ({batch: rows}). A torn last line (a kill mid-write) is cut off
-  the file, so the batches appended after a resume stay readable by the next one."""
-  done = {}
-  if os.path.isfile(path):
-    good = 0
-    with open(path, "rb") as f:
-      for line in f:
-        try:
-          rec = json.loads(line)
-        except json.JSONDecodeError:
-          break
-        done[rec["batch"]] = rec["rows"]
-        good += len(line)
-    if good < os.path.getsize(path):
-      with open(path, "r+b") as f:
-        f.truncate(good)
-  return done
-
-
 def sample_table(config, prompts: Sequence[str], samples_per_prompt: int, output: str, *, stream: int,
-                 desc: str, load: Callable[[], Any], chat: bool | None = None) -> int:
+                 desc: str, load: Callable[[], Any], model_key: Any, chat: bool | None = None) -> int:
   """`samples_per_prompt` samples from p0 per prompt into `output` (JSONL), in batches, resumable.
 
   Prompts are generated in batches of `config.generation.batch_size`, grouped by length so a batch pads
   little (generation cost grows with the longest prompt in the batch). Batch b samples with the key
   fold_in(fold_in(key(seed), stream), b), so a resumed run draws exactly what an uninterrupted one would.
-  Each finished batch is appended to `output.parts`; rows come out in prompt order with a `sample` index.
+  Each finished batch goes to `output.parts`, a `map_jax.store.ChunkStore` keyed by everything that
+  determines the samples (the prompts, `model_key` naming the model, the sampling settings, seed and stream),
+  so a rerun with another seed, prompt set or model never reuses a killed run's batches. Rows come out in
+  prompt order with a `sample` index.
   """
   import jax
   from tqdm.auto import tqdm
@@ -316,39 +252,33 @@ def sample_table(config, prompts: Sequence[str], samples_per_prompt: int, output
   B = int(g.batch_size)
   order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
   batches = [order[s:s + B] for s in range(0, len(order), B)]
-  parts = output + ".parts"
-  done = _read_parts(parts)
-  todo = [b for b in range(len(batches)) if b not in done]
+  chat = bool(config.chat if chat is None else chat)
+  store = ChunkStore(output + ".parts", content_key(list(prompts), samples_per_prompt, stream, model_key, chat,
+                                                    config.generation, config.seed))
+  done = store.chunks
+  todo = [b for b in range(len(batches)) if b not in store]
   if todo:
     model = load()
     base = jax.random.fold_in(jax.random.key(int(config.seed)), stream)
     k = samples_per_prompt
     initial = sum(len(rows) for rows in done.values())
-    with open(parts, "a") as f, tqdm(total=len(prompts) * k, initial=initial, desc=desc, unit="sample") as bar:
+    with tqdm(total=len(prompts) * k, initial=initial, desc=desc, unit="sample") as bar:
       for b in todo:
         idx = batches[b]
         out = generate(model.module, model.params, model.tokenizer, [prompts[i] for i in idx],
                        key=jax.random.fold_in(base, b), max_new_tokens=int(g.max_new_tokens),
                        temperature=float(g.temperature), top_k=g.top_k, top_p=g.top_p,
-                       num_return_sequences=k, chat=bool(config.chat if chat is None else chat),
-                       min_bucket=int(g.min_bucket))
+                       num_return_sequences=k, chat=chat, min_bucket=int(g.min_bucket))
         rows = [{"prompt_index": idx[r // k], "sample": r % k, "response": out.text[r],
                  "num_tokens": int(out.lengths[r])} for r in range(len(idx) * k)]
-        f.write(json.dumps({"batch": b, "rows": rows}) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-        done[b] = rows
+        store.append(b, rows)
         bar.update(len(rows))
   rows = sorted((r for b in done.values() for r in b), key=lambda r: (r["prompt_index"], r["sample"]))
   if len(rows) != len(prompts) * samples_per_prompt:
-    raise RuntimeError(f"{parts}: {len(rows)} rows for {len(prompts)} prompts x {samples_per_prompt}; "
+    raise RuntimeError(f"{store.path}: {len(rows)} rows for {len(prompts)} prompts x {samples_per_prompt}; "
                        "delete it to regenerate")
-  tmp = output + ".tmp"
-  with open(tmp, "w") as f:
-    for r in rows:
-      f.write(json.dumps({"prompt": prompts[r["prompt_index"]], **r}) + "\n")
-  os.replace(tmp, output)
-  os.remove(parts)
+  write_jsonl(output, ({"prompt": prompts[r["prompt_index"]], **r} for r in rows))
+  store.finish()
   return len(rows)
 
 
@@ -356,7 +286,7 @@ def score(config, wd: Workdir, table: str) -> str:
   from map_jax.rewards.scoring import score_table, value_name
   targeted, kept = value_specs(config)
   out = wd.path(table.replace(".jsonl", ".rewards.jsonl"))
-  options = _plain(config.value_options)
+  options = plain(config.value_options)
   unknown = sorted(set(options) - {value_name(v) for v in targeted + kept})
   if unknown:
     raise ValueError(f"config.value_options names {unknown}, which are not among the values")
@@ -435,9 +365,37 @@ def decode(config, wd: Workdir) -> dict:
   return {"palettes": len(out)}
 
 
+def _responses(wd: Workdir, table: str) -> list[str]:
+  with open(wd.path(table)) as f:
+    return [json.loads(line)["response"] for line in f if line.strip()]
+
+
 def report(config, wd: Workdir, timings: dict) -> dict:
-  from map_jax.eval.report import write_report
-  return write_report(config, wd, timings)
+  """Read the run's records and arrays and write report.json, report.md and the figures."""
+  from map_jax.eval import report as report_lib
+
+  pal = wd.read_json("palettes.json")
+  prompts = wd.read_json("prompts.json")
+  names = pal["values"]
+  k = int(config.decode.num_candidates)
+  map_f = None
+  run = map_f_run(config)
+  if run is not None:
+    map_f = {"run": run, "workdir": config.map_f, "rewards": _rewards(wd, "map_f.rewards.jsonl", names),
+             "texts": _responses(wd, "map_f.jsonl")}
+  rep, figures = report_lib.decoding_report(
+      palettes=pal, decoded=wd.read_json("decoded.json"), test_prompts=prompts["test"],
+      pilot=_rewards(wd, "pilot.rewards.jsonl", names),
+      candidates=candidate_rewards(wd, names, len(prompts["test"]), k + 1),
+      texts=_responses(wd, "candidates.jsonl"), map_f=map_f, model=config.model,
+      prompts_source=config.prompts.source, confidence=float(config.report.confidence),
+      num_samples=int(config.report.num_samples), seed=int(config.seed), timings=timings,
+      num_pilot_samples=len(prompts["pilot"]) * int(config.pilot.samples_per_prompt))
+  for name, draw in figures.items():
+    draw(wd.path(name))
+  wd.write_json(wd.path("report.json"), rep)
+  write_text(wd.path("report.md"), report_lib.markdown(rep))
+  return {"palettes": len(rep["palettes"]), "checks_passed": report_lib.checks_passed(rep)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -479,9 +437,10 @@ def run(config, workdir: str, *, until: str = "report", force: Sequence[str] = (
   unknown = [s for s in force if s not in STAGES]
   if unknown:
     raise ValueError(f"unknown stage {unknown[0]!r} in force; stages: {', '.join(STAGES)}")
+  load_plugins(config.get("plugins"))
   validate(config)
   wd = Workdir(workdir)
-  wd.write_json(wd.path("config.json"), _plain(config))
+  wd.write_json(wd.path("config.json"), plain(config))
   keys = stage_keys(config)
   needed = upstream(until)
   timings: dict[str, dict] = {}
@@ -512,7 +471,7 @@ def _run_stage(stage, config, wd, load, timings):
   if stage == "generate_pilot":
     prompts = wd.read_json("prompts.json")["pilot"]
     n = sample_table(config, prompts, int(config.pilot.samples_per_prompt), wd.path("pilot.jsonl"), stream=0,
-                     desc="pilot samples from p0", load=load)
+                     desc="pilot samples from p0", load=load, model_key=(config.model, config.dtype))
     return {"rows": n}
   if stage == "score_pilot":
     score(config, wd, "pilot.jsonl")
@@ -522,7 +481,8 @@ def _run_stage(stage, config, wd, load, timings):
   if stage == "generate_candidates":
     prompts = wd.read_json("prompts.json")["test"]
     n = sample_table(config, prompts, int(config.decode.num_candidates) + 1, wd.path("candidates.jsonl"),
-                     stream=1, desc="test samples (original + candidates)", load=load)
+                     stream=1, desc="test samples (original + candidates)", load=load,
+                     model_key=(config.model, config.dtype))
     return {"rows": n}
   if stage == "score_candidates":
     score(config, wd, "candidates.jsonl")
@@ -535,7 +495,7 @@ def _run_stage(stage, config, wd, load, timings):
       return {"map_f": None}
     prompts = wd.read_json("prompts.json")["test"]
     n = sample_table(config, prompts, 1, wd.path("map_f.jsonl"), stream=3, desc="test answers of MAP-F",
-                     load=_map_f_loader(config), chat=run.get("chat", config.chat))
+                     load=_map_f_loader(config), model_key=run, chat=run.get("chat", config.chat))
     return {"rows": n, "map_f": config.map_f}
   if stage == "score_map_f":
     if map_f_run(config) is None:
@@ -545,5 +505,5 @@ def _run_stage(stage, config, wd, load, timings):
   return report(config, wd, timings)
 
 
-__all__ = ["STAGES", "Workdir", "parse_palettes", "run", "sample_table", "stage_keys", "validate", "value_names",
+__all__ = ["STAGES", "parse_palettes", "run", "sample_table", "stage_keys", "validate", "value_names",
            "value_specs"]

@@ -11,6 +11,7 @@ import configs
 from map_jax import pipeline
 from map_jax.align.decode import select
 from map_jax.data.pilot import load_pilot
+from map_jax.store import ChunkStore
 
 
 def default_config():
@@ -162,16 +163,45 @@ def test_generation_resumes_after_a_kill_to_the_same_samples(tiny_smollm_dir, pr
   with pytest.raises(KeyboardInterrupt):
     pipeline.run(c, str(tmp_path / "killed"), until="generate_pilot")
   parts = tmp_path / "killed" / "pilot.jsonl.parts"
-  assert len(parts.read_text().splitlines()) == 1 and not (tmp_path / "killed" / "pilot.jsonl").exists()
+  assert len(parts.read_text().splitlines()) == 1 + 1 and not (tmp_path / "killed" / "pilot.jsonl").exists()
   with parts.open("a") as f:
-    f.write('{"batch": 1, "rows": [')  # torn by the kill mid-write
-  assert pipeline._read_parts(str(parts)).keys() == {0}
-  assert len(parts.read_text().splitlines()) == 1  # the torn line is cut off, later appends stay readable
+    f.write('{"chunk": 1, "data": [')  # torn by the kill mid-write
+  key = json.loads(parts.read_text().splitlines()[0])["key"]
+  assert ChunkStore(str(parts), key).chunks.keys() == {0}
+  assert len(parts.read_text().splitlines()) == 1 + 1  # the torn line is cut off, later appends stay readable
   monkeypatch.setattr(gen, "generate", real)
   t = pipeline.run(c, str(tmp_path / "killed"), until="generate_pilot")
   assert not t["generate_pilot"]["skipped"]
   assert (tmp_path / "killed" / "pilot.jsonl").read_text() == (tmp_path / "whole" / "pilot.jsonl").read_text()
   assert not parts.exists()
+
+
+@pytest.mark.parametrize("change", ["seed", "prompts"])
+def test_a_killed_generation_rerun_under_another_config_equals_a_clean_run(tiny_smollm_dir, prompt_file, tmp_path,
+                                                                          monkeypatch, change):
+  c = tiny_config(tiny_smollm_dir, prompt_file)
+  import map_jax.generate as gen
+  real, calls = gen.generate, []
+
+  def dying(*a, **kw):
+    calls.append(1)
+    if len(calls) > 1:
+      raise KeyboardInterrupt("killed")
+    return real(*a, **kw)
+
+  monkeypatch.setattr(gen, "generate", dying)
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.run(c, str(tmp_path / "killed"), until="generate_pilot")
+  monkeypatch.setattr(gen, "generate", real)
+  if change == "seed":
+    c.seed = c.seed + 1
+  else:  # the same number of prompts, other texts: responses must not land under the wrong prompt
+    path = tmp_path / "other.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": p + " Why?"}) for p in PROMPTS))
+    c.prompts.source = str(path)
+  pipeline.run(c, str(tmp_path / "killed"), until="generate_pilot")
+  pipeline.run(c, str(tmp_path / "clean"), until="generate_pilot")
+  assert (tmp_path / "killed" / "pilot.jsonl").read_text() == (tmp_path / "clean" / "pilot.jsonl").read_text()
 
 
 def test_real_smollm2_run(tmp_path):

@@ -1,63 +1,71 @@
 """Pilot reward tables: read an n × m reward matrix from JSON, JSONL, CSV or .npy files.
 
 A pilot table holds one row per pilot sample (x_j, y_j ~ p0) and one column per
-value. JSON may be a list of records (``[{"humor": 1.2, ...}, ...]``, as the MAP
-authors publish their pilot data) or a mapping from value name to column; JSONL holds
-one record per line; CSV has a header row; ``.npy`` holds a bare matrix whose columns
-are named by ``values`` (or ``value_0``, ``value_1``, ... when not given). Extra fields
-(prompt, generated text) are ignored; a missing value or a non-numeric or non-finite
-reward is an error that names the file, the row and the value.
+value. JSON, JSONL, CSV and Parquet tables are read by `map_jax.data.tables.read_table` (JSON
+may be a list of records, ``[{"humor": 1.2, ...}, ...]`` as the MAP authors publish
+their pilot data, or a mapping from value name to column); ``.npy`` holds a bare matrix
+whose columns are named by ``values`` (or ``value_0``, ``value_1``, ... when not given).
+Extra fields (prompt, generated text) are ignored; a missing value, a boolean, or a
+non-numeric or non-finite reward is an error that names the file, the row and the value.
 """
 
-import csv
-import json
 import math
 import os
 from typing import Any, Sequence
 
 import numpy as np
 
+from map_jax.data.tables import TableError, read_table, table_format
 
-class PilotFormatError(ValueError):
+
+class PilotFormatError(TableError):
   """A pilot table that cannot be read as an n × m matrix of finite rewards."""
 
 
-def _records_to_matrix(records: Sequence[Any], values: Sequence[str] | None, path: str,
-                       row_label: str) -> tuple[np.ndarray, list[str]]:
+def _is_reward(v: Any) -> bool:
+  """A JSON number or a CSV cell that parses as one (booleans are not rewards)."""
+  if isinstance(v, bool):
+    return False
+  if isinstance(v, (int, float)):
+    return True
+  if isinstance(v, str) and v.strip():
+    try:
+      float(v)
+    except ValueError:
+      return False
+    return True
+  return False
+
+
+def _records_to_matrix(records: Sequence[Any], values: Sequence[str] | None, path: str) -> tuple[np.ndarray, list[str]]:
   if not records:
     raise PilotFormatError(f"{path}: no rows.")
-  first = records[0]
-  if not isinstance(first, dict):
-    raise PilotFormatError(f"{path}: {row_label} 0 is a {type(first).__name__}, expected an "
-                           "object mapping value names to rewards.")
   if values is None:
-    values = [k for k, v in first.items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    # Every field that holds a number in some row, in the order first seen: a value missing from the first
+    # row (an empty CSV cell, a JSON null) is then an error naming that row, not a silently dropped column.
+    values = list(dict.fromkeys(k for rec in records for k, v in rec.items() if _is_reward(v)))
     if not values:
-      raise PilotFormatError(f"{path}: {row_label} 0 has no numeric fields to use as values.")
+      raise PilotFormatError(f"{path}: no numeric fields to use as values.")
   values = list(values)
   out = np.empty((len(records), len(values)), dtype=np.float64)
   for j, rec in enumerate(records):
-    if not isinstance(rec, dict):
-      raise PilotFormatError(f"{path}: {row_label} {j} is a {type(rec).__name__}, expected an "
-                             "object.")
     for i, name in enumerate(values):
       if name not in rec:
         known = ", ".join(sorted(rec)[:12])
-        raise PilotFormatError(f"{path}: {row_label} {j} has no value {name!r} "
-                               f"(fields: {known}).")
-      out[j, i] = _to_float(rec[name], path, row_label, j, name)
+        raise PilotFormatError(f"{path}: row {j} has no value {name!r} (fields: {known}).")
+      out[j, i] = _to_float(rec[name], path, j, name)
   return out, values
 
 
-def _to_float(raw: Any, path: str, row_label: str, j: int, name: str) -> float:
+def _to_float(raw: Any, path: str, j: int, name: str) -> float:
+  if isinstance(raw, bool):
+    raise PilotFormatError(f"{path}: row {j}, value {name!r}: {raw!r} is a boolean, not a reward.")
   try:
     x = float(raw)
   except (TypeError, ValueError):
-    raise PilotFormatError(f"{path}: {row_label} {j}, value {name!r}: {raw!r} is not a "
-                           "number.") from None
+    raise PilotFormatError(f"{path}: row {j}, value {name!r}: {raw!r} is not a number.") from None
   if not math.isfinite(x):
-    raise PilotFormatError(f"{path}: {row_label} {j}, value {name!r} is not finite ({raw!r}).")
+    raise PilotFormatError(f"{path}: row {j}, value {name!r} is not finite ({raw!r}).")
   return x
 
 
@@ -65,9 +73,10 @@ def load_pilot(path: str, values: Sequence[str] | None = None) -> tuple[np.ndarr
   """Reads a pilot reward table.
 
   Args:
-    path: a ``.json``, ``.jsonl``, ``.csv`` or ``.npy`` file.
-    values: the value columns to read, in order; default: every numeric field of the
-      first record (or every column of a ``.npy`` matrix).
+    path: a ``.json``, ``.jsonl``, ``.csv``, ``.parquet`` (read by `map_jax.data.tables.read_table`) or
+      ``.npy`` file.
+    values: the value columns to read, in order; default: every field that holds a number in some row (or
+      every column of a ``.npy`` matrix).
 
   Returns:
     ``(rewards, names)``: a float64 (n, m) matrix and the m value names.
@@ -79,6 +88,8 @@ def load_pilot(path: str, values: Sequence[str] | None = None) -> tuple[np.ndarr
   """
   if not os.path.exists(path):
     raise FileNotFoundError(f"pilot table not found: {path}")
+  if values is not None and (isinstance(values, str) or not all(isinstance(v, str) for v in values)):
+    raise PilotFormatError(f"{path}: values must be a list of column names, got {values!r}.")
   ext = os.path.splitext(path)[1].lower()
   if ext == ".npy":
     mat = np.load(path, allow_pickle=False)
@@ -95,50 +106,13 @@ def load_pilot(path: str, values: Sequence[str] | None = None) -> tuple[np.ndarr
       raise PilotFormatError(f"{path}: row {j}, value {names[i]!r} is not finite "
                              f"({mat[j, i]}).")
     return mat.astype(np.float64), names
-  if ext == ".json":
-    try:
-      with open(path) as f:
-        data = json.load(f)
-    except json.JSONDecodeError as e:
-      raise PilotFormatError(f"{path}: not valid JSON ({e}).") from None
-    if isinstance(data, dict):
-      names = list(values) if values is not None else list(data)
-      missing = [v for v in names if v not in data]
-      if missing:
-        raise PilotFormatError(f"{path}: no column named {missing[0]!r} "
-                               f"(columns: {', '.join(data)}).")
-      lengths = {v: len(data[v]) for v in names}
-      if len(set(lengths.values())) != 1:
-        raise PilotFormatError(f"{path}: columns have different lengths {lengths}.")
-      records = [{v: data[v][j] for v in names} for j in range(lengths[names[0]])]
-      return _records_to_matrix(records, names, path, "row")
-    if not isinstance(data, list):
-      raise PilotFormatError(f"{path}: expected a list of records or a mapping of columns.")
-    return _records_to_matrix(data, values, path, "row")
-  if ext == ".jsonl":
-    records = []
-    with open(path) as f:
-      for lineno, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise PilotFormatError(f"{path}: line {lineno} is not valid JSON ({e}).") from None
-    return _records_to_matrix(records, values, path, "row")
-  if ext == ".csv":
-    with open(path, newline="") as f:
-      records = list(csv.DictReader(f))
-    if values is None and records:
-      values = [k for k, v in records[0].items() if _is_number(v)]
-    return _records_to_matrix(records, values, path, "row")
-  raise PilotFormatError(f"{path}: unknown pilot table format {ext!r}; use .json, .jsonl, "
-                         ".csv or .npy.")
-
-
-def _is_number(text: Any) -> bool:
   try:
-    float(text)
-  except (TypeError, ValueError):
-    return False
-  return True
+    table_format(path)
+  except TableError:
+    raise PilotFormatError(f"{path}: unknown pilot table format {ext!r}; use .json, .jsonl, .csv, .parquet "
+                           "or .npy.") from None
+  try:
+    records = read_table(path)
+  except TableError as e:
+    raise PilotFormatError(str(e)) from None
+  return _records_to_matrix(records, values, path)

@@ -42,14 +42,15 @@ from typing import Any, Sequence
 from absl import logging
 import numpy as np
 
+from map_jax.data.tables import FORMATS, TableError, read_table, table_format
+
 HH_HUB_ID = "Anthropic/hh-rlhf"
 IMDB_HUB_ID = "stanfordnlp/imdb"
 _ALIASES = {"chitchat": "chitchat", "hh": "hh-rlhf", "hh-rlhf": "hh-rlhf", HH_HUB_ID.lower(): "hh-rlhf",
             "imdb": "imdb", IMDB_HUB_ID.lower(): "imdb"}
-_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-class PromptFormatError(ValueError):
+class PromptFormatError(TableError):
   """A prompt file or dataset without the expected column, or with no usable prompt; the message names it."""
 
 
@@ -102,31 +103,24 @@ def imdb_prefixes(reviews: Sequence[str], seed: int, min_chars: int = 20, max_ch
   return [r[:n].rstrip() for r, n in zip(kept, lengths)]
 
 
-def _format_of(path: str) -> str:
-  base = path[:-3] if path.endswith(".gz") else path
-  ext = os.path.splitext(base)[1].lower()
-  if ext not in _FORMATS:
-    raise PromptFormatError(f"{path}: unknown prompt file type {ext or '(none)'!r}; expected one of "
-                            f"{', '.join(sorted(_FORMATS))} (optionally .gz)")
-  return _FORMATS[ext]
+def _load_column(split: str, field: str, *, hub_id: str | None = None, data_dir: str | None = None,
+                 data_files: str | Sequence[str] | dict | None = None) -> tuple[list, str]:
+  """(one column of one split, where it came from), from local files when given, else from the hub.
 
-
-def _load_table(split: str, *, hub_id: str | None = None, data_dir: str | None = None,
-                data_files: str | Sequence[str] | dict | None = None):
-  """One split of a dataset as a `datasets.Dataset`, from local files when given, else from the hub.
-
-  A plain path (or list of paths) is read as the requested split, so `split="test"` works on a single local
-  file; a dict maps split names to files as `load_dataset` expects.
+  Local files are read by `map_jax.data.tables.read_table`; a plain path (or list of paths) is read as the
+  requested split, so `split="test"` works on a single local file; a dict maps split names to files.
   """
-  import datasets  # heavy; only the loaders need it
-
   if data_files is None:
+    import datasets  # heavy; only the hub sources need it
     try:
-      return datasets.load_dataset(hub_id, data_dir=data_dir, split=split), hub_id
+      table = datasets.load_dataset(hub_id, data_dir=data_dir, split=split)
     except OSError as e:  # ConnectionError offline: say how to run without the hub
       raise OSError(f"{hub_id} (data_dir={data_dir}, split={split}) could not be loaded from the hub or its "
                     f"cache; pass data_files= (or 'NAME:PATH') to read a local copy of the same schema. "
                     f"Cause: {e}") from e
+    if field not in table.column_names:
+      raise PromptFormatError(f"{hub_id}: no column {field!r} (columns: {', '.join(table.column_names)})")
+    return table[field], hub_id
   files = data_files if isinstance(data_files, dict) else {split: data_files}
   if split not in files:
     raise PromptFormatError(f"data_files has no split {split!r} (splits: {', '.join(files)})")
@@ -134,21 +128,21 @@ def _load_table(split: str, *, hub_id: str | None = None, data_dir: str | None =
   for p in paths:
     if not os.path.exists(p):
       raise FileNotFoundError(f"prompt file not found: {p}")
-  formats = {_format_of(p) for p in paths}
-  if len(formats) > 1:
-    raise PromptFormatError(f"mixed file types in {paths}")
+  out = []
+  for p in paths:
+    try:
+      rows = read_table(p)
+    except TableError as e:
+      raise PromptFormatError(str(e)) from None
+    missing = [i for i, r in enumerate(rows) if field not in r]
+    if missing and len(missing) == len(rows):
+      columns = list(dict.fromkeys(k for r in rows for k in r))
+      raise PromptFormatError(f"{p}: no column {field!r} (columns: {', '.join(columns)})")
+    if missing:
+      raise PromptFormatError(f"{p}: row {missing[0]} has no field {field!r}")
+    out.extend(r[field] for r in rows)
   where = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} files)"
-  try:
-    table = datasets.load_dataset(formats.pop(), data_files={split: paths}, split=split)
-  except Exception as e:  # datasets wraps parser errors in several types; name the file either way
-    raise PromptFormatError(f"{where}: could not be read as a table: {e}") from e
-  return table, where
-
-
-def _column(table, field: str, where: str) -> list:
-  if field not in table.column_names:
-    raise PromptFormatError(f"{where}: no column {field!r} (columns: {', '.join(table.column_names)})")
-  return table[field]
+  return out, where
 
 
 def _chitchat() -> list[str]:
@@ -174,10 +168,12 @@ def _resolve(source: str, data_files) -> tuple[str, Any]:
     return kind, path
   if kind is not None:
     return kind, data_files
-  if os.path.splitext(source[:-3] if source.endswith(".gz") else source)[1].lower() in _FORMATS:
+  try:
+    table_format(source)
     return "file", source
-  raise ValueError(f"unknown prompt source {source!r}: expected chitchat, hh-rlhf, imdb (optionally "
-                   f"NAME:PATH for a local copy) or a path to a {'/'.join(sorted(_FORMATS))} file")
+  except TableError:
+    raise ValueError(f"unknown prompt source {source!r}: expected chitchat, hh-rlhf, imdb (optionally "
+                     f"NAME:PATH for a local copy) or a path to a {'/'.join(sorted(FORMATS))} file") from None
 
 
 def load_prompts(source: str, *, split: str = "train", num: int | None = None, seed: int = 0,
@@ -213,15 +209,15 @@ def load_prompts(source: str, *, split: str = "train", num: int | None = None, s
   if kind == "chitchat":
     raw, where = _chitchat(), "chitchat"
   elif kind == "hh-rlhf":
-    table, where = _load_table(split, hub_id=HH_HUB_ID, data_dir=data_dir, data_files=data_files)
-    raw = [hh_first_turn(d) for d in _column(table, field or "chosen", where)]
+    dialogues, where = _load_column(split, field or "chosen", hub_id=HH_HUB_ID, data_dir=data_dir,
+                                    data_files=data_files)
+    raw = [hh_first_turn(d) for d in dialogues]
     raw = [r for r in raw if r is not None]
   elif kind == "imdb":
-    table, where = _load_table(split, hub_id=IMDB_HUB_ID, data_files=data_files)
-    raw = imdb_prefixes(_column(table, field or "text", where), seed)
+    reviews, where = _load_column(split, field or "text", hub_id=IMDB_HUB_ID, data_files=data_files)
+    raw = imdb_prefixes(reviews, seed)
   else:
-    table, where = _load_table(split, data_files=data_files)
-    raw = _column(table, field or "prompt", where)
+    raw, where = _load_column(split, field or "prompt", data_files=data_files)
   prompts = dedupe(raw)
   if max_chars is not None:
     if max_chars < 1:

@@ -1,6 +1,7 @@
 """The report of a MAP-by-decoding run: tables a paper would print, a radar plot, histograms, samples.
 
-`write_report(config, workdir, timings)` reads the stage outputs of `map_jax.pipeline` and writes
+`decoding_report(...)` builds it from the records and arrays of a run (`map_jax.pipeline` reads them from its
+workdir and writes the files):
 
   report.json          every number below, machine-readable
   report.md            Table 1 of the paper (rows: original model, each palette; columns: values as
@@ -15,9 +16,9 @@
 
 from __future__ import annotations
 
-import json
+import functools
 import re
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from tabulate import tabulate
@@ -62,11 +63,6 @@ def raised_values(record: dict) -> list[str]:
 
 def _slug(label: str) -> str:
   return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_") or "palette"
-
-
-def _read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
 
 
 def radar_figure(quantiles: dict[str, Sequence[float]], names: Sequence[str], path: str) -> None:
@@ -134,94 +130,108 @@ def _clip(text: str, n: int = 160) -> str:
   return text if len(text) <= n else text[:n - 1] + "…"
 
 
-def write_report(config, wd, timings: dict) -> dict:
-  """Build report.json / report.md / PNGs in the workdir from the stage outputs; returns a short summary."""
-  pal = wd.read_json("palettes.json")
-  dec = wd.read_json("decoded.json")
-  prompts = wd.read_json("prompts.json")["test"]
-  names, targeted, kept = pal["values"], pal["targeted"], pal["kept"]
-  k = int(config.decode.num_candidates)
-  conf = float(config.report.confidence)
-  from map_jax.pipeline import _rewards, candidate_rewards
-  pilot = _rewards(wd, "pilot.rewards.jsonl", names)
-  R = candidate_rewards(wd, names, len(prompts), k + 1)
-  texts = [r["response"] for r in _read_jsonl(wd.path("candidates.jsonl"))]
+def decoding_report(*, palettes: dict, decoded: dict, test_prompts: Sequence[str], pilot: np.ndarray,
+                    candidates: np.ndarray, texts: Sequence[str], map_f: dict | None, model: str,
+                    prompts_source: str, confidence: float, num_samples: int, seed: int, timings: dict,
+                    num_pilot_samples: int) -> tuple[dict, dict[str, Callable[[str], None]]]:
+  """The report of a MAP-D run from its records and arrays; nothing is read from disk.
+
+  Args:
+    palettes: the solved palettes (`{"values", "targeted", "kept", "n", "palettes": [solution_record + label,
+      use, adjusted]}`), as the pipeline's solve stage writes them.
+    decoded: `{"mode", "palettes": [{"label", "lambda", "index" [P], "candidate_ess" [P]}]}`, the decode stage's.
+    test_prompts: the P test prompts.
+    pilot: the pilot rewards [n, m], columns in `palettes["values"]` order.
+    candidates: rewards [P, k + 1, m] of the test samples (sample 0 the original answer).
+    texts: the P·(k + 1) test responses, prompt-major.
+    map_f: None, or a fine-tuned run's answers: `{"run": its run.json record, "workdir": str,
+      "rewards": [P, m], "texts": [P]}`.
+    model, prompts_source: shown in the report.
+    confidence: of the intervals; num_samples: sample generations shown; seed: of the k-candidate expectation.
+    timings: the pipeline's stage timings; num_pilot_samples: n, for the cost per aligned response.
+
+  Returns:
+    (report, figures): the JSON-ready report, and {file name: draw(path)} for its PNG figures.
+  """
+  names, targeted, kept = palettes["values"], palettes["targeted"], palettes["kept"]
+  R = np.asarray(candidates)
+  P, k = R.shape[0], R.shape[1] - 1
+  conf = float(confidence)
   original = R[:, 0]
-  P = len(prompts)
   rows_p = np.arange(P)
+  figures: dict[str, Callable[[str], None]] = {}
 
   o_mean, o_lo, o_hi = levels.mean_ci(original, conf)
   base = {"levels": {v: {"mean": float(o_mean[i]), "low": float(o_lo[i]), "high": float(o_hi[i])}
                      for i, v in enumerate(names)},
           "quantile": levels.quantile_of(o_mean, pilot).tolist()}
-  palettes = []
+  out_palettes = []
   radar = {"original": base["quantile"]}
-  for rec, d in zip(pal["palettes"], dec["palettes"]):
+  for rec, d in zip(palettes["palettes"], decoded["palettes"]):
     used = rec["adjusted"] if rec["use"] == "adjusted" else rec
     index = np.asarray(d["index"])
     aligned = R[rows_p, index]
     cmp = levels.compare(original, aligned, pilot=pilot, predicted=used["realized"], names=names,
                          confidence=conf)
-    expect_k = levels.resampling_levels(pilot, used["lambda"], k, seed=int(config.seed))
+    expect_k = levels.resampling_levels(pilot, used["lambda"], k, seed=int(seed))
     for v, x in zip(names, expect_k):
       a = cmp[v]["aligned"]
       cmp[v].update(expected_k=float(x), expected_k_in_interval=bool(a["low"] <= x <= a["high"]))
     raised = raised_values(used)
     chk = levels.checks(cmp, raised, [v for v in names if v not in raised])
-    slug = _slug(rec["label"])
-    histogram_figure(original, aligned, names, rec["label"], wd.path(f"hist_{slug}.png"))
+    hist = f"hist_{_slug(rec['label'])}.png"
+    figures[hist] = functools.partial(histogram_figure, original, aligned, names, rec["label"])
     radar[rec["label"]] = [cmp[v]["aligned_quantile"] for v in names]
-    palettes.append({**rec, "comparison": cmp, "checks": chk, "histogram": f"hist_{slug}.png",
-                     "mean_candidate_ess": float(np.mean(d["candidate_ess"])),
-                     "samples": [{"prompt": prompts[p], "original": texts[p * (k + 1)],
-                                  "aligned": texts[p * (k + 1) + int(index[p])]}
-                                 for p in range(min(P, int(config.report.num_samples)))]})
-  map_f = _map_f_row(config, wd, original, pilot, names, conf, prompts, texts[::k + 1])
+    out_palettes.append({**rec, "comparison": cmp, "checks": chk, "histogram": hist,
+                         "mean_candidate_ess": float(np.mean(d["candidate_ess"])),
+                         "samples": [{"prompt": test_prompts[p], "original": texts[p * (k + 1)],
+                                      "aligned": texts[p * (k + 1) + int(index[p])]}
+                                     for p in range(min(P, int(num_samples)))]})
+  map_f_row = None
   if map_f is not None:
-    radar["MAP-F"] = [map_f["comparison"][v]["aligned_quantile"] for v in names]
-    histogram_figure(original, map_f.pop("rewards"), names, "MAP-F", wd.path("hist_MAP_F.png"))
-  radar_figure(radar, names, wd.path("radar.png"))
+    map_f_row = _map_f_row(map_f, original, pilot, names, conf, test_prompts, texts[::k + 1], num_samples)
+    radar["MAP-F"] = [map_f_row["comparison"][v]["aligned_quantile"] for v in names]
+    figures["hist_MAP_F.png"] = functools.partial(histogram_figure, original, np.asarray(map_f["rewards"]), names,
+                                                  "MAP-F")
+  figures["radar.png"] = functools.partial(radar_figure, radar, names)
 
   stage_seconds = {s: t.get("seconds") for s, t in timings.items()
                    if s != "report" and t.get("map_f", "") is not None}  # no MAP-F run: nothing to time
-  cost = _decode_cost(timings, P, k, len(wd.read_json("prompts.json")["pilot"]) * int(config.pilot.samples_per_prompt))
-  out = {"model": config.model, "prompts": config.prompts.source, "values": names, "targeted": targeted,
-         "kept": kept, "n_pilot": pal["n"], "num_test_prompts": P, "num_candidates": k,
-         "mode": dec["mode"], "confidence": conf, "original": base, "palettes": palettes, "map_f": map_f,
-         "stage_seconds": stage_seconds, "decode_cost": cost}
-  wd.write_json(wd.path("report.json"), out)
-  with open(wd.path("report.md"), "w") as f:
-    f.write(markdown(out))
-  passed = all(all(c.values()) for p in palettes for c in (p["checks"]["raised_rise"], p["checks"]["held_hold"]))
-  return {"palettes": len(palettes), "checks_passed": passed}
+  cost = _decode_cost(timings, P, k, num_pilot_samples)
+  report = {"model": model, "prompts": prompts_source, "values": names, "targeted": targeted,
+            "kept": kept, "n_pilot": palettes["n"], "num_test_prompts": P, "num_candidates": k,
+            "mode": decoded["mode"], "confidence": conf, "original": base, "palettes": out_palettes,
+            "map_f": map_f_row, "stage_seconds": stage_seconds, "decode_cost": cost}
+  return report, figures
 
 
-def _map_f_row(config, wd, original, pilot, names, conf, prompts, originals) -> dict | None:
-  """The fine-tuned (MAP-F) model's answers to the test prompts against the original's, if a run is given.
+def checks_passed(report: dict) -> bool:
+  """Whether every palette's raised values rose and its held values held (the report's checks)."""
+  return all(all(c.values()) for p in report["palettes"] for c in (p["checks"]["raised_rise"], p["checks"]["held_hold"]))
+
+
+def _map_f_row(map_f: dict, original, pilot, names, conf, prompts, originals, num_samples) -> dict:
+  """The fine-tuned (MAP-F) model's answers to the test prompts against the original's.
 
   Its promise is the MAP solution it was trained toward (β = 1): E_{p_λ}[r] reweighted on this run's pilot set
   with the PPO run's λ, when every value it was trained on is among this run's values.
   """
-  from map_jax.pipeline import _rewards, map_f_run
-  run = map_f_run(config)
-  if run is None:
-    return None
-  F = _rewards(wd, "map_f.rewards.jsonl", names)
+  run, F, texts = map_f["run"], np.asarray(map_f["rewards"]), map_f["texts"]
   lam_run = dict(zip(run.get("values", []), run.get("lam", [])))
   predicted = None
   if lam_run and set(lam_run) <= set(names):
     import jax
+
     from map_jax.core.frontier import realized_levels
     with jax.enable_x64(True):
       predicted = np.asarray(realized_levels(pilot, np.array([lam_run.get(v, 0.0) for v in names])))
   cmp = levels.compare(original, F, pilot=pilot, predicted=predicted, names=names, confidence=conf)
   trained = [v for v, x in lam_run.items() if x > 0]
-  texts = [r["response"] for r in _read_jsonl(wd.path("map_f.jsonl"))]
-  return {"label": "MAP-F", "workdir": config.map_f, "model": run["model"], "lambda": lam_run,
+  return {"label": "MAP-F", "workdir": map_f["workdir"], "model": run["model"], "lambda": lam_run,
           "comparison": cmp, "checks": levels.checks(cmp, [v for v in trained if v in names], []),
-          "histogram": "hist_MAP_F.png", "rewards": F,
+          "histogram": "hist_MAP_F.png",
           "samples": [{"prompt": prompts[p], "original": originals[p], "aligned": texts[p]}
-                      for p in range(min(len(prompts), int(config.report.num_samples)))]}
+                      for p in range(min(len(prompts), int(num_samples)))]}
 
 
 def _decode_cost(timings: dict, P: int, k: int, n_pilot: int) -> dict | None:
@@ -330,5 +340,5 @@ def markdown(report: dict) -> str:
   return "\n".join(lines)
 
 
-__all__ = ["histogram_figure", "markdown", "radar_figure", "raised_values", "solution_record", "table_one",
-           "write_report"]
+__all__ = ["checks_passed", "decoding_report", "histogram_figure", "markdown", "radar_figure", "raised_values",
+           "solution_record", "table_one"]

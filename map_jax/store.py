@@ -1,0 +1,146 @@
+"""The one resumable record store: chunks appended as they finish, keyed by the content that determines them.
+
+Long stages (sampling, scoring) write their output in chunks so that a killed run resumes where it stopped.
+`ChunkStore(path, key)` is a JSONL file whose first line is a header holding `key`, a content hash
+(`content_key`) of everything that determines the chunks: the inputs, the model, the seed, the options. Every
+later line is one finished chunk, `{"chunk": id, "data": ...}`, written whole, flushed and fsync'd.
+
+Opening a store
+  - with the same key returns the chunks already finished;
+  - with another key (a changed seed, prompt set, model or value spec) discards the old chunks, so nothing of
+    another run is ever mixed in;
+  - cuts a torn last line (a kill mid-write), so chunks appended afterwards stay readable.
+`finish()` deletes the file once the caller has written its final output (with `write_json`/`write_jsonl`,
+which are atomic: a reader sees the old file or the new one, never half of one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Iterable
+
+from absl import logging
+
+
+def plain(x: Any) -> Any:
+  """A config (ConfigDict, dict, list, scalar) as plain JSON-able Python, keys sorted."""
+  if hasattr(x, "to_dict"):
+    x = x.to_dict()
+  if isinstance(x, dict):
+    return {k: plain(v) for k, v in sorted(x.items())}
+  if isinstance(x, (list, tuple)):
+    return [plain(v) for v in x]
+  return x
+
+
+def content_key(*parts: Any) -> str:
+  """A short hash of `parts` (configs, lists of texts, numbers) in canonical JSON."""
+  blob = json.dumps([plain(p) for p in parts], sort_keys=True)
+  return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _fsync_dir(path: str) -> None:
+  try:
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def write_text(path: str, text: str) -> None:
+  """Write `text` to `path` atomically: a temporary file beside it, fsync'd, then renamed over it."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  _fsync_dir(path)
+
+
+def write_json(path: str, obj: Any) -> None:
+  """`obj` as indented JSON at `path`, atomically."""
+  write_text(path, json.dumps(obj, indent=1))
+
+
+def write_jsonl(path: str, rows: Iterable[dict]) -> None:
+  """One JSON record per line at `path`, atomically."""
+  write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+class ChunkStore:
+  """Finished chunks of one long computation, resumable after a kill and tied to the content key that made them.
+
+  Args:
+    path: the JSONL file of the chunks (its directory must exist).
+    key: `content_key(...)` of everything that determines the chunks.
+    meta: JSON-able facts kept in the header for a reader (never compared; the key is).
+
+  Attributes:
+    chunks: {chunk id: data} of the chunks finished so far (with this key).
+  """
+
+  def __init__(self, path: str, key: str, meta: Any = None):
+    self.path, self.key = path, key
+    self.chunks: dict[Any, Any] = {}
+    header = {"key": key, "meta": meta}
+    if not self._resume():
+      write_text(path, json.dumps(header) + "\n")
+
+  def _resume(self) -> bool:
+    """Read the chunks of a previous run with the same key; False when there is nothing to resume."""
+    if not os.path.isfile(self.path):
+      return False
+    good, chunks = 0, {}
+    with open(self.path, "rb") as f:
+      for i, line in enumerate(f):
+        try:
+          rec = json.loads(line)
+          if i == 0:
+            if not isinstance(rec, dict) or rec.get("key") != self.key:
+              logging.info("%s: chunks of another run (key %s, now %s) are discarded", self.path,
+                           rec.get("key") if isinstance(rec, dict) else None, self.key)
+              return False
+          else:
+            chunks[rec["chunk"]] = rec["data"]
+        except (ValueError, KeyError, TypeError):
+          break  # a torn line (the process died mid-write): it and anything after it are cut off
+        good += len(line)
+    if good == 0:
+      return False  # an empty file or a torn header: start afresh
+    if good < os.path.getsize(self.path):
+      with open(self.path, "r+b") as f:
+        f.truncate(good)
+    self.chunks = chunks
+    return True
+
+  def __contains__(self, chunk: Any) -> bool:
+    return chunk in self.chunks
+
+  def append(self, chunk: Any, data: Any) -> None:
+    """Record a finished chunk (a JSON-able id and payload), durably, before returning."""
+    line = json.dumps({"chunk": chunk, "data": data}) + "\n"
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(line)
+      f.flush()
+      os.fsync(f.fileno())
+    self.chunks[chunk] = data
+
+  def finish(self) -> None:
+    """Delete the chunk file (call after the final output is written)."""
+    if os.path.exists(self.path):
+      os.remove(self.path)
+
+
+__all__ = ["ChunkStore", "content_key", "plain", "write_json", "write_jsonl", "write_text"]
