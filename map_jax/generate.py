@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import logging
+from absl import logging
 from typing import NamedTuple, Sequence
 
 import chex
@@ -15,7 +15,6 @@ import numpy as np
 from map_jax.models import tokenizer as tok_lib
 from map_jax.models.layers import KVCache, positions_from_mask
 
-log = logging.getLogger(__name__)
 
 
 class SampleOutput(NamedTuple):
@@ -90,7 +89,7 @@ def sample(module: nn.Module, params, prompt_tokens: jax.Array, prompt_mask: jax
     chex.assert_equal_shape([prompt_tokens, prompt_mask])
     B, T = prompt_tokens.shape
     N, k, cfg = max_new_tokens, num_return_sequences, module.config
-    log.info("compiling sample: batch=%d prompt_len=%d new=%d k=%d", B, T, N, k)  # runs at trace time only
+    logging.info("compiling sample: batch=%d prompt_len=%d new=%d k=%d", B, T, N, k)  # runs at trace time only
     apply = functools.partial(module.apply, {"params": params}, last_only=True)
     cache = KVCache.zeros(cfg.num_layers, B, T + N, cfg.num_kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype))
     kv_mask = jnp.zeros((B, T + N), bool).at[:, :T].set(prompt_mask.astype(bool))

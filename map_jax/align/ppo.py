@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
+from absl import logging
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -86,7 +86,6 @@ from map_jax import parallel
 from map_jax.generate import SampleOutput, sample, token_logprobs
 from map_jax.models.layers import positions_from_mask
 
-log = logging.getLogger(__name__)
 
 VALUE_MODELS = ("head", "separate")
 KL_ESTIMATORS = ("sample", "exact")
@@ -414,7 +413,7 @@ def make_batch(params, ref_params, prompt_tokens, prompt_mask, tokens, mask, sco
     (Batch, stats) with stats the batch means of kl (per sequence: Σ_t log π − log p0), entropy (per token),
     value, return, advantage (before whitening) and score.
   """
-  log.info("compiling PPO make_batch: batch=%d prompt_len=%d new=%d", *prompt_tokens.shape, tokens.shape[1])
+  logging.info("compiling PPO make_batch: batch=%d prompt_len=%d new=%d", *prompt_tokens.shape, tokens.shape[1])
   mask = mask.astype(bool)
   ref_all = None
   if cfg.kl_estimator == "exact":
@@ -475,7 +474,7 @@ def update(state: TrainState, batch: Batch, key: jax.Array, *, module: nn.Module
   B = batch.tokens.shape[0]
   nm, ga = cfg.num_minibatches, cfg.grad_accum
   micro = B // (nm * ga)
-  log.info("compiling PPO update: batch=%d = %d minibatches × %d micro-batches × %d rows, %d epochs",
+  logging.info("compiling PPO update: batch=%d = %d minibatches × %d micro-batches × %d rows, %d epochs",
            B, nm, ga, micro, cfg.ppo_epochs)  # runs at trace time only: a second line means a recompile
   tx = make_optimizer(cfg)
   grad_fn = jax.grad(functools.partial(loss_fn, module=module, cfg=cfg), has_aux=True)

@@ -8,13 +8,12 @@ rewards on pilot samples. Everything here is about producing that matrix honestl
 from __future__ import annotations
 
 import abc
-import logging
+from absl import logging
 import os
 from typing import Any, Sequence
 
 import numpy as np
 
-log = logging.getLogger(__name__)
 
 
 class RewardError(ValueError):
@@ -103,5 +102,5 @@ class TruncationNotice:
             msg = (f"reward {self.name!r}: {n_truncated} text(s) longer than the model's context of {self.limit} "
                    f"{self.unit} were truncated to it (said once per value; later truncations are counted in "
                    "`.truncated`)")
-            log.warning(msg)
+            logging.warning(msg)
             warnings.warn(msg, stacklevel=3)
