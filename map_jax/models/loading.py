@@ -226,7 +226,17 @@ class SafetensorsReader:
             arr = self.handles[path].get_tensor(key)
         except Exception as e:
             raise CheckpointError(f"{path}: cannot read tensor {key!r} ({e})") from e
-        return np.asarray(arr, dtype=np.float32)
+        return finite_tensor(np.asarray(arr, dtype=np.float32), path, key)
+
+
+def finite_tensor(arr: np.ndarray, path: str, name: str) -> np.ndarray:
+    """`arr` itself, or a `CheckpointError` naming the file and tensor when it holds NaN or inf (a damaged file
+    that would otherwise load and then generate nothing)."""
+    if not np.isfinite(arr).all():
+        bad = int(np.size(arr) - np.isfinite(arr).sum())
+        raise CheckpointError(f"{path}: tensor {name!r} has {bad} non-finite weight(s) (NaN or inf) of "
+                              f"{np.size(arr)}; the checkpoint is damaged")
+    return arr
 
 
 def load_hf(directory: str, *, dtype: str = "float32", param_dtype: str | None = None, tokenizer: bool = True,
@@ -329,7 +339,7 @@ def load_gguf(path: str, *, dtype: str = "float32", param_dtype: str | None = No
         except NotImplementedError as e:
             raise CheckpointError(f"{path}: tensor {name!r} uses quantisation {t.tensor_type.name}, which the "
                                   f"gguf package cannot dequantize ({e})") from e
-        w = np.asarray(w, np.float32)
+        w = finite_tensor(np.asarray(w, np.float32), path, name)
         if name.endswith("attn_q.weight"):
             w = _unpermute_rope_rows(w, config.num_heads)
         elif name.endswith("attn_k.weight"):

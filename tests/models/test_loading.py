@@ -80,6 +80,41 @@ def test_corrupt_or_incomplete_safetensors(tiny_dir, tmp_path):
         loading.load_model(d, tokenizer=False)
 
 
+def test_non_finite_weights_are_named(tiny_dir, tmp_path):
+    """A file that parses but holds NaN/inf weights fails at load, naming the file and the tensor."""
+    from safetensors.numpy import load_file, save_file
+
+    d = _copy(tiny_dir, tmp_path / "m")
+    st = os.path.join(d, "model.safetensors")
+    tensors = load_file(st)
+    tensors["model.layers.0.self_attn.v_proj.weight"][3, 5] = np.nan
+    tensors["model.layers.0.self_attn.v_proj.weight"][0, 0] = np.inf
+    save_file(tensors, st)
+    with pytest.raises(CheckpointError, match=r"model.safetensors: tensor 'model.layers.0.self_attn.v_proj.weight' "
+                                              r"has 2 non-finite weight\(s\)"):
+        loading.load_model(d, tokenizer=False)
+    import gguf  # a complete one-block GGUF whose attn_v weights are damaged
+
+    nan_gguf = tmp_path / "nan.gguf"
+    w = gguf.GGUFWriter(str(nan_gguf), "llama")
+    for add, v in [(w.add_block_count, 1), (w.add_embedding_length, 32), (w.add_feed_forward_length, 32),
+                   (w.add_head_count, 2), (w.add_context_length, 64), (w.add_vocab_size, 32)]:
+        add(v)
+    names = ["token_embd.weight", "output_norm.weight"] + [f"blk.0.{n}" for n in loading.GGUF_NAMES.values()]
+    for name in names:
+        shape = (32,) if name.endswith("norm.weight") else (32, 32)
+        t = np.full(shape, 0.01, np.float32)
+        if name == "blk.0.attn_v.weight":
+            t[1, 2] = np.nan
+        w.add_tensor(name, t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(CheckpointError, match=r"nan.gguf: tensor 'blk.0.attn_v.weight' has 1 non-finite weight"):
+        loading.load_model(str(nan_gguf), tokenizer=False)
+
+
 def test_config_that_disagrees_with_weights(tiny_dir, tmp_path):
     d = _copy(tiny_dir, tmp_path / "m")
     cfg_path = os.path.join(d, "config.json")
