@@ -1,5 +1,10 @@
-"""Shared body of the MAP-by-decoding launchers: --config (a configs/*.py file, fields overridable as flags),
---workdir, --force; each launcher runs the pipeline up to its own stage."""
+"""What every launcher shares: one error style (`run`), and the body of the MAP-by-decoding launchers
+(--config, a configs/*.py file with fields overridable as flags, --workdir, --force; each runs the pipeline up
+to its own stage).
+
+Errors: a launcher that fails prints one line, `error: ...` naming what is wrong, and exits with status 1.
+Set MAP_JAX_TRACEBACK=1 for the full traceback instead. Logging is at WARNING unless -v/--verbosity is given.
+"""
 
 import os
 import sys
@@ -19,6 +24,34 @@ def define_flags():
   flags.DEFINE_list("force", [], "Stages to rerun even if done (e.g. decode,report).")
 
 
+TRACEBACK_ENV = "MAP_JAX_TRACEBACK"
+
+
+def one_line(error: BaseException) -> str:
+  """An exception as the one line a launcher prints."""
+  text = " ".join(str(error).split()) or type(error).__name__
+  return f"error: {text}"
+
+
+def run(main):
+  """`absl.app.run(main)` with the launchers' error style (see the module docstring)."""
+
+  def wrapped(argv):
+    if not flags.FLAGS["verbosity"].present:  # orbax, XLA and JAX's backend probing log a lot at INFO
+      logging.set_verbosity(logging.WARNING)
+    try:
+      return main(argv)
+    except (app.UsageError, KeyboardInterrupt, SystemExit):
+      raise
+    except Exception as e:  # noqa: BLE001  (every failure gets the same one-line report)
+      if os.environ.get(TRACEBACK_ENV):
+        raise
+      print(one_line(e), file=sys.stderr)
+      return 1
+
+  app.run(wrapped)
+
+
 def launch(until: str, done_message=None):
   """Run the pipeline up to `until` from the flags; print where the results are."""
   from map_jax import pipeline
@@ -29,15 +62,9 @@ def launch(until: str, done_message=None):
     FLAGS = flags.FLAGS
     if not FLAGS.workdir:
       raise app.UsageError("--workdir is required")
-    if not FLAGS["verbosity"].present:  # orbax and XLA log a lot at INFO; -v 0 brings it back
-      logging.set_verbosity(logging.WARNING)
     announce = lambda stage, skipped: print(  # noqa: E731
         f"stage {stage}: {'done before, skipped' if skipped else 'running'}", flush=True)
-    try:
-      timings = pipeline.run(FLAGS.config, FLAGS.workdir, until=until, force=FLAGS.force, on_stage=announce)
-    except (ValueError, FileNotFoundError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 1
+    timings = pipeline.run(FLAGS.config, FLAGS.workdir, until=until, force=FLAGS.force, on_stage=announce)
     for stage, t in timings.items():
       print(f"{stage:<20} {'skipped (done)' if t['skipped'] else 'ran'} {t.get('seconds', 0.0):8.1f} s")
     if done_message:
@@ -45,4 +72,4 @@ def launch(until: str, done_message=None):
     return 0
 
   define_flags()
-  app.run(main)
+  run(main)

@@ -2,13 +2,12 @@ r"""Evaluate a MAP-D run: realized levels with intervals, win rates, quantiles, 
 
   python -m experiments.evaluate --workdir=runs/default
 
-Writes WORKDIR/report.md, report.json, radar.png and hist_*.png from the stage outputs (map_jax/eval/report.py),
-running any stage that is missing first.
+The same program as experiments.run_map (the report is its last stage, rebuilt on every run, and any stage
+that is missing runs first): writes WORKDIR/report.md, report.json, radar.png and hist_*.png
+(map_jax/eval/report.py).
 """
 
-import os
-
-from experiments import _launch
+from experiments import run_map
 
 if __name__ == "__main__":
-  _launch.launch("report", lambda wd: f"report: {os.path.join(os.path.abspath(wd), 'report.md')}")
+  run_map.main()

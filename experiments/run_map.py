@@ -12,5 +12,10 @@ import os
 
 from experiments import _launch
 
-if __name__ == "__main__":
+
+def main():
   _launch.launch("report", lambda wd: f"report: {os.path.join(os.path.abspath(wd), 'report.md')}")
+
+
+if __name__ == "__main__":
+  main()

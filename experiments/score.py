@@ -24,6 +24,8 @@ import os
 from absl import app
 from absl import flags
 
+from experiments import _launch
+
 from map_jax.plugins import load_plugins
 from map_jax.rewards.scoring import score_table
 
@@ -59,4 +61,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  _launch.run(main)

@@ -25,6 +25,8 @@ import time
 
 from absl import app
 from absl import flags
+
+from experiments import _launch
 import jax
 import matplotlib
 
@@ -106,4 +108,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _launch.run(main)

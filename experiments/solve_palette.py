@@ -16,11 +16,12 @@ certificate and, with ``--adjust=interpolate|greedy``, also solved after adjustm
 Runs in about a second, most of it compilation.
 """
 
-import json
-import sys
+import os
 
 from absl import app
 from absl import flags
+
+from experiments import _launch
 import jax
 import numpy as np
 from tabulate import tabulate
@@ -29,6 +30,7 @@ from map_jax.core.dual import solve_dual
 from map_jax.core.palette import adjust_palette, classifier_palette, quantile_palette
 from map_jax.data.pilot import load_pilot
 from map_jax.eval.report import solution_record as summarize
+from map_jax.store import write_json
 
 _REWARDS = flags.DEFINE_string("rewards", None, "Pilot table: .json, .jsonl, .csv or .npy.")
 _VALUES = flags.DEFINE_list("values", None, "Value columns to use, in order (default: all).")
@@ -61,7 +63,14 @@ def build_palette(rewards: np.ndarray, names: list[str], keep: list[str], *, qua
   if len(spec) != len(targeted):
     raise ValueError(f"--{flag} has {len(spec)} entries but {len(targeted)} values are "
                      f"targeted ({', '.join(targeted)}; the others are in --keep).")
-  per_value = dict(zip(targeted, (float(x) for x in spec)))
+  per_value = {}
+  for v, x in zip(targeted, spec):
+    try:
+      per_value[v] = float(x)
+    except (TypeError, ValueError):
+      raise ValueError(f"--{flag}: {x!r} (for {v!r}) is not a number.") from None
+    if not np.isfinite(per_value[v]):
+      raise ValueError(f"--{flag}: {x!r} (for {v!r}) is not finite.")
   full = [per_value.get(v) for v in names]
   if flag == "quantiles":
     return np.asarray(quantile_palette(rewards, full))
@@ -119,24 +128,22 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _REWARDS.value is None:
     raise app.UsageError("--rewards is required.")
-  try:
-    record = run(_REWARDS.value, _VALUES.value, _KEEP.value, quantiles=_QUANTILES.value,
-                 kappa=_KAPPA.value, levels=_PALETTE.value, adjust=_ADJUST.value,
-                 priority=_PRIORITY.value, float64=_FLOAT64.value)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  out_dir = os.path.dirname(os.path.abspath(_OUTPUT.value)) if _OUTPUT.value else None
+  if out_dir and not (os.path.isdir(out_dir) and os.access(out_dir, os.W_OK)):
+    raise ValueError(f"--output={_OUTPUT.value}: {out_dir} is not a writable directory.")
+  record = run(_REWARDS.value, _VALUES.value, _KEEP.value, quantiles=_QUANTILES.value,
+               kappa=_KAPPA.value, levels=_PALETTE.value, adjust=_ADJUST.value,
+               priority=_PRIORITY.value, float64=_FLOAT64.value)
   print(format_table(record))
   if "adjusted" in record:
     adj = record["adjusted"]
     print(f"\nadjusted ({adj['method']}, ρ = {adj['rho']:.4f}):")
     print(format_table(adj))
   if _OUTPUT.value:
-    with open(_OUTPUT.value, "w") as f:
-      json.dump(record, f, indent=2)
+    write_json(_OUTPUT.value, record)
     print(f"\nwrote {_OUTPUT.value}")
   return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _launch.run(main)

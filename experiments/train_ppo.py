@@ -32,6 +32,8 @@ import os
 
 from absl import app
 from absl import flags
+
+from experiments import _launch
 from absl import logging
 
 
@@ -178,4 +180,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  _launch.run(main)

@@ -56,3 +56,21 @@ def test_bad_input_messages(reference_path, tmp_path):
                          f"--rewards={tmp_path / 'none.csv'}", "--quantiles=0.5"],
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 1 and "pilot table not found" in proc.stderr
+
+
+def test_launcher_errors_are_one_line_naming_the_flag(reference_path, tmp_path):
+  def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "experiments.solve_palette", f"--rewards={reference_path}",
+                           f"--values={','.join(VALUES)}", f"--keep={','.join(VALUES[3:])}", *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+  proc = cli("--quantiles=abc,0.7,0.7")
+  assert proc.returncode == 1
+  assert proc.stderr.strip() == "error: --quantiles: 'abc' (for 'humor') is not a number."
+  out = tmp_path / "missing_dir" / "out.json"
+  proc = cli("--quantiles=0.7,0.7,0.7", f"--output={out}")
+  assert proc.returncode == 1 and not out.exists()
+  assert proc.stderr.strip() == f"error: --output={out}: {out.parent} is not a writable directory."
+  import os
+  proc = cli("--quantiles=abc,0.7,0.7", env={**os.environ, "MAP_JAX_TRACEBACK": "1"})
+  assert proc.returncode == 1 and "Traceback (most recent call last)" in proc.stderr
