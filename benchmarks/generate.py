@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from map_jax import generate as G
+from map_jax import sampling as G
 from map_jax.models import loading, tokenizer as tok_lib
 from map_jax.models.llama import LlamaConfig
 

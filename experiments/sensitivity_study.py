@@ -23,7 +23,6 @@ import json
 import os
 import time
 
-from absl import app
 from absl import flags
 
 from experiments import _launch

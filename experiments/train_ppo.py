@@ -88,7 +88,7 @@ def pilot(model, prompts, values, config, cfg, run_cfg):
   from map_jax.align.decode import score_candidates
   from map_jax.core.dual import solve_dual
   from map_jax.core.palette import quantile_palette
-  from map_jax.generate import generate
+  from map_jax.sampling import generate
   from map_jax.align.trainer import encode_prompts
   from map_jax.rewards import get_reward
 

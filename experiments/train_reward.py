@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 
-from absl import app
 from absl import flags
 
 from experiments import _launch

@@ -246,7 +246,7 @@ def sample_table(config, prompts: Sequence[str], samples_per_prompt: int, output
   import jax
   from tqdm.auto import tqdm
 
-  from map_jax.generate import generate
+  from map_jax.sampling import generate
 
   g = config.generation
   B = int(g.batch_size)

@@ -94,3 +94,18 @@ def test_dependencies_point_down():
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not any(n == "experiments" or n.startswith(("experiments.", "configs", "benchmarks")) for n in names), path
+
+
+def test_public_names_are_callables_not_submodules():
+  """`map_jax.X` is the same object whatever was imported before (no name is also a submodule)."""
+  import importlib
+  import types
+
+  import map_jax
+  for module in ("map_jax.sampling", "map_jax.rewards", "map_jax.align.decode", "map_jax.core.frontier"):
+    importlib.import_module(module)
+  submodules = {p.stem for p in (ROOT / "map_jax").iterdir()}
+  for name in map_jax.__all__:
+    assert name not in submodules, name
+    assert not isinstance(getattr(map_jax, name), types.ModuleType), name
+  assert callable(map_jax.generate) and map_jax.generate.__module__ == "map_jax.sampling"

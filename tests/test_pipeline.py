@@ -150,7 +150,7 @@ def test_generation_resumes_after_a_kill_to_the_same_samples(tiny_smollm_dir, pr
   c = tiny_config(tiny_smollm_dir, prompt_file)
   pipeline.run(c, str(tmp_path / "whole"), until="generate_pilot")
 
-  import map_jax.generate as gen
+  import map_jax.sampling as gen
   real, calls = gen.generate, []
 
   def dying(*a, **kw):
@@ -180,7 +180,7 @@ def test_generation_resumes_after_a_kill_to_the_same_samples(tiny_smollm_dir, pr
 def test_a_killed_generation_rerun_under_another_config_equals_a_clean_run(tiny_smollm_dir, prompt_file, tmp_path,
                                                                           monkeypatch, change):
   c = tiny_config(tiny_smollm_dir, prompt_file)
-  import map_jax.generate as gen
+  import map_jax.sampling as gen
   real, calls = gen.generate, []
 
   def dying(*a, **kw):

@@ -12,7 +12,7 @@ comes from `map_jax.solve_dual` on pilot rewards. `mode="argmax"` keeps the best
 Two layers:
   select   pure JAX on a reward array [P, k, m]: jit-able, vmap-able over keys or palettes, deterministic
            given the key. Cheap enough to resample thousands of palettes on one set of candidates.
-  decode   the whole step for a list of prompts: `map_jax.generate` k candidates each, score them with the
+  decode   the whole step for a list of prompts: `map_jax.sampling.generate` k candidates each, score them with the
            reward values, `select`. Host-side (tokenizers and reward models are not JAX).
 
     >>> lam = map_jax.solve_dual(R_pilot, c).lam
@@ -161,7 +161,7 @@ def decode(model, prompts: Sequence[str], values: Sequence[Any], lam, *, key: ja
     key: PRNG key; split into one key for generation and one for selection, so the same key gives the
       same candidates and the same choice.
     num_candidates: k, candidates per prompt (the paper uses 16).
-    max_new_tokens, temperature, top_k, top_p, chat: passed to `map_jax.generate` (chat=True applies the
+    max_new_tokens, temperature, top_k, top_p, chat: passed to `map_jax.sampling.generate` (chat=True applies the
       chat template, as for instruct models).
     mode: "sample" (MAP-D) or "argmax" (best-of-k on λᵀr).
     batch_size: prompts per `generate` call (B·k rows are decoded together); the last, smaller batch is
@@ -170,7 +170,7 @@ def decode(model, prompts: Sequence[str], values: Sequence[Any], lam, *, key: ja
   Returns:
     `DecodeOutput`.
   """
-  from map_jax.generate import generate  # Flax and transformers load on first use, as in map_jax/__init__
+  from map_jax.sampling import generate  # Flax and transformers load on first use, as in map_jax/__init__
 
   if mode not in MODES:  # before minutes of generation, not after
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")

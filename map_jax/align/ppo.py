@@ -83,7 +83,7 @@ import numpy as np
 import optax
 
 from map_jax import parallel
-from map_jax.generate import SampleOutput, sample, token_logprobs
+from map_jax.sampling import SampleOutput, sample, token_logprobs
 from map_jax.models.layers import positions_from_mask
 
 
@@ -373,7 +373,7 @@ def init_state(module: nn.Module, params, key: jax.Array, cfg: PPOConfig) -> Tra
 
 def rollout(module: nn.Module, state: TrainState, prompt_tokens, prompt_mask, key, cfg: PPOConfig, *,
             eos_ids: tuple[int, ...] = (), pad_id: int = 0) -> SampleOutput:
-  """Sample one response per prompt from the current policy (`map_jax.generate.sample`)."""
+  """Sample one response per prompt from the current policy (`map_jax.sampling.sample`)."""
   return sample(module, state.params["policy"], prompt_tokens, prompt_mask, key, jnp.float32(cfg.temperature),
                 max_new_tokens=cfg.max_new_tokens, top_k=cfg.top_k, top_p=cfg.top_p, eos_ids=tuple(eos_ids),
                 pad_id=int(pad_id))

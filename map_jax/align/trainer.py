@@ -135,7 +135,7 @@ def _codec(tokenizer, chat: bool):
   if tokenizer is None:
     return (lambda ps: [[int(t) for t in p.split()] for p in ps],
             lambda ids: [" ".join(map(str, t)) for t in ids])
-  from map_jax.generate import _prompt_ids
+  from map_jax.sampling import _prompt_ids
   return (lambda ps: _prompt_ids(tokenizer, list(ps), chat),
           lambda ids: tokenizer.batch_decode(ids, skip_special_tokens=True))
 
@@ -191,7 +191,7 @@ def fine_tune(model, prompts: Sequence[str], values: Sequence[Any], lam, cfg: pp
   prompts = list(prompts)
   ids = encode_prompts(tokenizer, prompts, run.chat, run.max_prompt_tokens)
   decode = _codec(tokenizer, run.chat)[1]
-  from map_jax.generate import _eos_ids
+  from map_jax.sampling import _eos_ids
   from map_jax.models import tokenizer as tok_lib
   eos = _eos_ids(module, tokenizer, None)
   pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0

@@ -61,7 +61,7 @@ def random_palettes(
   then λ_k = :func:`~map_jax.core.dual.solve_dual` (R, c_k), all under one ``vmap``.
   A candidate is kept if it is feasible and ||λ_k||₁ <= ``max_l1`` (the paper's filter
   against palettes that only a degenerate, very low-ESS reweighting reaches). Shapes
-  are static: every candidate is returned with a ``keep`` mask; :func:`kept` filters.
+  are static: every candidate is returned with a ``keep`` mask; :func:`feasible_palettes` filters.
 
   Args:
     key: a PRNG key.
@@ -77,7 +77,7 @@ def random_palettes(
   Example:
     >>> R = jax.random.normal(jax.random.key(0), (500, 3))
     >>> cands = random_palettes(jax.random.key(1), R, 64)
-    >>> palettes, solution = kept(cands)
+    >>> palettes, solution = feasible_palettes(cands)
     >>> bool(jnp.all(solution.realized >= palettes - 1e-4))
     True
   """
@@ -96,7 +96,7 @@ def random_palettes(
   return RandomPalettes(palettes, solution, keep)
 
 
-def kept(candidates: RandomPalettes) -> tuple[jax.Array, dual.DualSolution]:
+def feasible_palettes(candidates: RandomPalettes) -> tuple[jax.Array, dual.DualSolution]:
   """The kept palettes and their solutions, filtered eagerly (not traceable).
 
   Returns:

@@ -47,7 +47,7 @@ class ModelFamily(Protocol):
 
 @runtime_checkable
 class CausalLM(ModelFamily, Protocol):
-  """A decoder the sampler (`map_jax.generate`) and PPO use.
+  """A decoder the sampler (`map_jax.sampling`) and PPO use.
 
   Its module is applied as `module.apply({"params": p}, tokens [B, T], positions, kv_mask, cache, cache_index,
   last_only)` and returns a `map_jax.models.layers.LMOutput` (logits, the updated `KVCache`); the fields below

@@ -118,7 +118,7 @@ class LlamaBlock(nn.Module):
 class Llama(nn.Module):
     """Llama causal LM. Pure `apply({"params": p}, tokens, ...)` with an explicit, preallocated KV cache.
 
-    Call signature (shared by `GPT2` and `OPT`, which is what `map_jax.generate` relies on):
+    Call signature (shared by `GPT2` and `OPT`, which is what `map_jax.sampling` relies on):
 
       tokens    [B, T] int32
       positions [B, T] int32 position ids; without a cache they default to `kv_mask`'s running count, so left

@@ -127,7 +127,7 @@ class Perplexity(RewardFn):
     .. math:: r(x, y) = \frac{1}{|y|} \sum_t \log p_0(y_t \mid x, y_{<t})
 
     under a base language model (default SmolLM2-135M-Instruct, offline), computed with
-    `map_jax.generate.score` (one jitted forward pass per batch, per-token log-probs). Higher is more fluent.
+    `map_jax.sampling.score` (one jitted forward pass per batch, per-token log-probs). Higher is more fluent.
     The prompt is tokenized with the model's special tokens (BOS when the tokenizer adds one) and the response
     without, as `generate` lines them up. Edge cases, each with a definite score:
 
@@ -179,7 +179,7 @@ class Perplexity(RewardFn):
         return p_ids, r_ids
 
     def _score(self, prompts, responses):
-        from map_jax.generate import token_logprobs
+        from map_jax.sampling import token_logprobs
         from map_jax.models import tokenizer as tok_lib
 
         p_ids, r_ids = self._ids(prompts, responses)

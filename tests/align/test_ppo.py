@@ -11,7 +11,7 @@ import pytest
 
 from map_jax.align import ppo
 from map_jax.align import trainer
-from map_jax.generate import token_logprobs
+from map_jax.sampling import token_logprobs
 from map_jax.models.llama import LlamaConfig
 from map_jax.models.loading import LoadedModel, restore_params
 

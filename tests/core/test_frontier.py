@@ -47,7 +47,7 @@ def test_random_palettes_reference(reference_rewards):
   np.testing.assert_array_equal(np.asarray(cands.keep)[clear], want_keep[clear])
   assert 0 < want_keep.sum() < 64 and (margins < 0).any()
   # Kept palettes are reached (KKT in NumPy), so they improve every value: efficiency 1.
-  palettes, solution = frontier.kept(cands)
+  palettes, solution = frontier.feasible_palettes(cands)
   assert palettes.shape == (int(cands.keep.sum()), 6)
   assert solution.lam.shape == palettes.shape
   for ck, lk in zip(np.asarray(palettes), np.asarray(solution.lam)):

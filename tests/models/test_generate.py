@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from map_jax import generate as G
+from map_jax import sampling as G
 from map_jax.models.tokenizer import chat_prompt
 
 torch = pytest.importorskip("torch")

@@ -110,7 +110,7 @@ def test_token_logprob_gradients_match_torch_autograd_with_remat(tmp_path):
     import flax.linen as nn
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from map_jax.generate import token_logprobs
+    from map_jax.sampling import token_logprobs
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(

@@ -152,7 +152,7 @@ def test_bfloat16_params_and_compute(tiny_dir):
     b = cfg16.module().apply({"params": p16}, ids).logits
     assert b.dtype == jnp.float32 and a.shape == b.shape
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=0.05 * float(jnp.abs(a).max()))
-    from map_jax.generate import generate  # the bf16 KV cache and sampler path
+    from map_jax.sampling import generate  # the bf16 KV cache and sampler path
     out = generate(cfg16.module(), p16, None, [[1, 2, 3], [4]], key=jax.random.key(0), max_new_tokens=4,
                    top_k=8, eos_ids=())
     assert out.tokens.shape == (2, 4) and np.isfinite(out.logprobs).all() and (out.logprobs < 0).all()
@@ -203,7 +203,7 @@ def test_gguf_errors_name_the_file_and_problem(tmp_path):
 
 def test_logical_axes_map_to_mesh_shardings_and_sharded_params_run(tiny_dir):
     """The boxes' logical names turn into NamedShardings over a mesh; sampling runs on the sharded params."""
-    from map_jax.generate import sample
+    from map_jax.sampling import sample
 
     cfg, params, _ = loading.load_model(tiny_dir, tokenizer=False)
     # Auto axes: XLA propagates shardings through the model (Explicit axes would need out_sharding on gathers).
