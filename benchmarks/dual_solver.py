@@ -16,8 +16,7 @@ examples/map_reference (n = 2,312, m = 6).
 import os
 import time
 
-from absl import app
-from absl import flags
+from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,8 +26,7 @@ from scipy import special
 from map_jax.core.dual import solve_dual
 from map_jax.data.pilot import load_pilot
 
-_DEFAULT = os.path.join(os.path.dirname(__file__), "..", "examples", "map_reference",
-                        "opt1.3b-Anthropic-harmless.json")
+_DEFAULT = os.path.join(os.path.dirname(__file__), "..", "examples", "map_reference", "opt1.3b-Anthropic-harmless.json")
 _REWARDS = flags.DEFINE_string("rewards", _DEFAULT, "Pilot table.")
 _NUM = flags.DEFINE_integer("num_palettes", 10_000, "Palettes in the batched run.")
 _SINGLE = flags.DEFINE_integer("num_single", 20, "Palettes timed one at a time.")
@@ -56,6 +54,7 @@ def adam150(rewards: jax.Array, palette: jax.Array) -> jax.Array:
 
 def torch_adam150(rewards: np.ndarray, palette: np.ndarray) -> np.ndarray:
   import torch  # Only for this reference timing.
+
   r = torch.tensor(rewards, dtype=torch.float32)
   c = torch.tensor(palette, dtype=torch.float32)
   tau = torch.zeros(r.shape[1], requires_grad=True)
@@ -103,7 +102,7 @@ def time_single(fn, palettes, repeats) -> tuple[float, list]:
 
 
 def time_batched(fn, palettes, chunk) -> tuple[float, list]:
-  chunks = [palettes[i:i + chunk] for i in range(0, len(palettes), chunk)]
+  chunks = [palettes[i : i + chunk] for i in range(0, len(palettes), chunk)]
   if len(chunks[-1]) != chunk:
     chunks[-1] = np.concatenate([chunks[-1], np.repeat(chunks[-1][-1:], chunk - len(chunks[-1]), 0)])
   jax.block_until_ready(fn(chunks[0]))  # compile
@@ -116,8 +115,7 @@ def time_batched(fn, palettes, chunk) -> tuple[float, list]:
 def main(argv):
   del argv
   names = ["humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "perplexity"]
-  rewards64, names = load_pilot(_REWARDS.value, names if "map_reference" in _REWARDS.value
-                                else None)
+  rewards64, names = load_pilot(_REWARDS.value, names if "map_reference" in _REWARDS.value else None)
   rewards32 = rewards64.astype(np.float32)
   n, m = rewards64.shape
   rng = np.random.default_rng(0)
@@ -128,8 +126,7 @@ def main(argv):
   u = rng.uniform(size=(_NUM.value, m))
   u[: _NUM.value // 2] *= 0.25
   palettes = (c0 + u * (upper - c0)).astype(np.float32)
-  print(f"pilot set: n = {n}, m = {m}; {jax.devices()[0].platform} ({os.cpu_count()} cores), "
-        f"jax {jax.__version__}")
+  print(f"pilot set: n = {n}, m = {m}; {jax.devices()[0].platform} ({os.cpu_count()} cores), jax {jax.__version__}")
 
   r32 = jnp.asarray(rewards32)
   ours = jax.jit(lambda c: solve_dual(r32, c))
@@ -138,12 +135,13 @@ def main(argv):
   single = palettes[: _SINGLE.value]
   t_ours, out_ours = time_single(ours, single, _REPEATS.value)
   t_theirs, out_theirs = time_single(theirs, single, _REPEATS.value)
-  res_ours = [kkt_residual(rewards64, c, np.asarray(o.lam)) for c, o in zip(single, out_ours)
-              if bool(o.feasible)]
+  res_ours = [kkt_residual(rewards64, c, np.asarray(o.lam)) for c, o in zip(single, out_ours) if bool(o.feasible)]
   res_theirs = [kkt_residual(rewards64, c, np.asarray(o)) for c, o in zip(single, out_theirs)]
   print("\n== single palette (float32) ==")
-  rows = [("Adam-150, jax.jit (authors' algorithm)", t_theirs, np.median(res_theirs)),
-          ("map-jax solve_dual (Newton + exact LP)", t_ours, np.median(res_ours))]
+  rows = [
+    ("Adam-150, jax.jit (authors' algorithm)", t_theirs, np.median(res_theirs)),
+    ("map-jax solve_dual (Newton + exact LP)", t_ours, np.median(res_ours)),
+  ]
   if _has_torch():
     t_torch = time.perf_counter()
     for c in single[:5]:
@@ -152,10 +150,12 @@ def main(argv):
     rows.insert(0, ("Adam-150, PyTorch eager (authors' code)", t_torch, float("nan")))
   for name, t, res in rows:
     print(f"{name:42s} {t * 1e3:9.2f} ms/palette   median KKT residual {res:.2e}")
-  print(f"speed-up vs Adam-150 (jit): {t_theirs / t_ours:.1f}x wall clock, "
-        f"{_CPU[theirs] / _CPU[ours]:.1f}x CPU time ({_CPU[ours] * 1e3:.2f} vs "
-        f"{_CPU[theirs] * 1e3:.2f} ms); KKT residual "
-        f"{np.median(res_theirs) / max(np.median(res_ours), 1e-300):.1e}x smaller")
+  print(
+    f"speed-up vs Adam-150 (jit): {t_theirs / t_ours:.1f}x wall clock, "
+    f"{_CPU[theirs] / _CPU[ours]:.1f}x CPU time ({_CPU[ours] * 1e3:.2f} vs "
+    f"{_CPU[theirs] * 1e3:.2f} ms); KKT residual "
+    f"{np.median(res_theirs) / max(np.median(res_ours), 1e-300):.1e}x smaller"
+  )
 
   print(f"\n== batched over {len(palettes)} palettes (vmap, chunks of {_CHUNK.value}) ==")
   b_ours = jax.jit(jax.vmap(lambda c: solve_dual(r32, c)))
@@ -170,17 +170,25 @@ def main(argv):
   res_b = [kkt_residual(rewards64, palettes[i], lam[i]) for i in sample]
   res_b_theirs = [kkt_residual(rewards64, palettes[i], lam_theirs[i]) for i in sample]
   nan_theirs = ~np.all(np.isfinite(lam_theirs), axis=1)
-  print(f"{'Adam-150, jax.jit + vmap':42s} {len(palettes) / t_b_theirs:9.0f} palettes/s   "
-        f"median KKT residual {np.median(res_b_theirs):.2e}")
-  print(f"{'map-jax solve_dual + vmap':42s} {len(palettes) / t_b_ours:9.0f} palettes/s   "
-        f"median KKT residual {np.median(res_b):.2e}")
-  print(f"speed-up vs Adam-150 (jit + vmap): {t_b_theirs / t_b_ours:.2f}x wall clock; by CPU "
-        f"time {len(palettes) / _CPU[b_ours]:.0f} vs {len(palettes) / _CPU[b_theirs]:.0f} "
-        f"palettes/s, {_CPU[b_theirs] / _CPU[b_ours]:.2f}x")
-  print(f"verdicts: {feasible.mean():.1%} feasible by the exact LP; Adam-150 returned NaN "
-        f"('infeasible') for {nan_theirs.mean():.1%}, of which {np.mean(feasible[nan_theirs]):.1%} "
-        f"are feasible; Newton steps: median {np.median(steps[feasible]):.0f}, "
-        f"max {steps[feasible].max()}")
+  print(
+    f"{'Adam-150, jax.jit + vmap':42s} {len(palettes) / t_b_theirs:9.0f} palettes/s   "
+    f"median KKT residual {np.median(res_b_theirs):.2e}"
+  )
+  print(
+    f"{'map-jax solve_dual + vmap':42s} {len(palettes) / t_b_ours:9.0f} palettes/s   "
+    f"median KKT residual {np.median(res_b):.2e}"
+  )
+  print(
+    f"speed-up vs Adam-150 (jit + vmap): {t_b_theirs / t_b_ours:.2f}x wall clock; by CPU "
+    f"time {len(palettes) / _CPU[b_ours]:.0f} vs {len(palettes) / _CPU[b_theirs]:.0f} "
+    f"palettes/s, {_CPU[b_theirs] / _CPU[b_ours]:.2f}x"
+  )
+  print(
+    f"verdicts: {feasible.mean():.1%} feasible by the exact LP; Adam-150 returned NaN "
+    f"('infeasible') for {nan_theirs.mean():.1%}, of which {np.mean(feasible[nan_theirs]):.1%} "
+    f"are feasible; Newton steps: median {np.median(steps[feasible]):.0f}, "
+    f"max {steps[feasible].max()}"
+  )
 
 
 def _has_torch() -> bool:

@@ -15,14 +15,13 @@ import json
 import os
 import time
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 import numpy as np
 
 FLAGS = flags.FLAGS
-REFERENCE = os.path.join(os.path.dirname(__file__), "..", "examples", "map_reference",
-                         "opt1.3b-Anthropic-harmless.json")
+REFERENCE = os.path.join(
+  os.path.dirname(__file__), "..", "examples", "map_reference", "opt1.3b-Anthropic-harmless.json"
+)
 ALL = ["diversity", "length", "positiveness", "harmlessness", "coherence", "humor", "interesting", "perplexity"]
 
 
@@ -41,7 +40,7 @@ def pilot_rows(path, n):
       rows = json.load(f) if path.endswith(".json") else [json.loads(line) for line in f]
     rows = rows[:n]
     prompts = [r["prompt"] for r in rows]
-    return prompts, [r["generated"][len(r["prompt"]):] for r in rows], path
+    return prompts, [r["generated"][len(r["prompt"]) :] for r in rows], path
   rng = np.random.default_rng(0)
   words = "the a cat dog sat ran happy sad tell me about why how what is good bad day night food trip".split()
   prompts = [" ".join(rng.choice(words, 12)) + "?" for _ in range(n)]
@@ -50,6 +49,7 @@ def pilot_rows(path, n):
 
 def time_value(name, prompts, responses, batch_size):
   from map_jax.rewards import get_reward
+
   kw = {"batch_size": batch_size} if name in ("coherence", "humor", "interesting", "upbeat") else {}
   t = time.perf_counter()
   value = get_reward(name, **kw)
@@ -67,10 +67,13 @@ def time_value(name, prompts, responses, batch_size):
 def torch_coherence(prompts, responses, batch_size):
   """Rows/s of the PyTorch reference for coherence; returns (label, seconds, cosines)."""
   import torch
+
   texts = list(prompts) + list(responses)
   try:
     from sentence_transformers import SentenceTransformer
+
     from map_jax.models.loading import builtin_path
+
     model = SentenceTransformer(os.path.dirname(builtin_path("all-minilm-l6-v2")), device="cpu")
     model.encode(texts[:batch_size], batch_size=batch_size)
     t = time.perf_counter()
@@ -78,7 +81,9 @@ def torch_coherence(prompts, responses, batch_size):
     secs, label = time.perf_counter() - t, "sentence-transformers (PyTorch)"
   except ImportError:
     from transformers import AutoTokenizer, BertModel
+
     from map_jax.models.loading import builtin_path
+
     d = os.path.dirname(builtin_path("all-minilm-l6-v2"))
     tok, model = AutoTokenizer.from_pretrained(d), BertModel.from_pretrained(d).eval()
     lengths = [len(i) for i in tok(texts, truncation=True, max_length=256)["input_ids"]]
@@ -95,11 +100,13 @@ def torch_coherence(prompts, responses, batch_size):
     e = np.zeros((len(texts), 384), np.float32)
     t = time.perf_counter()
     for s in range(0, len(texts), batch_size):
-      idx = order[s:s + batch_size]
+      idx = order[s : s + batch_size]
       e[idx] = run(idx)
     secs = time.perf_counter() - t
-    label = ("transformers BertModel + mean pooling (PyTorch, sentence-transformers not installed), "
-             f"{torch.get_num_threads()} threads")
+    label = (
+      "transformers BertModel + mean pooling (PyTorch, sentence-transformers not installed), "
+      f"{torch.get_num_threads()} threads"
+    )
   n = len(prompts)
   return label, secs, np.sum(e[:n] * e[n:], -1)
 
@@ -116,13 +123,17 @@ def main(argv):
     print(f"{name:>14} {n:>6} {load:>8.2f} {warm:>10.2f} {run:>8.2f} {n / run:>10.1f}", flush=True)
     if name == "coherence":
       from map_jax.rewards import get_reward
+
       label, secs, ref = torch_coherence(prompts, responses, FLAGS.batch_size)
       ours = get_reward("coherence", batch_size=FLAGS.batch_size)(prompts, responses)
       nonempty = np.array([r.strip() != "" for r in responses])
       err = np.abs(ours - ref)[nonempty].max()
-      print(f"{'  reference':>14} {len(prompts):>6} {'':>8} {'':>10} {secs:>8.2f} {len(prompts) / secs:>10.1f}"
-            f"   <- {label}; max |Δ cosine| vs map-jax {err:.1e}; map-jax/reference speed "
-            f"{secs / run:.2f}x", flush=True)
+      print(
+        f"{'  reference':>14} {len(prompts):>6} {'':>8} {'':>10} {secs:>8.2f} {len(prompts) / secs:>10.1f}"
+        f"   <- {label}; max |Δ cosine| vs map-jax {err:.1e}; map-jax/reference speed "
+        f"{secs / run:.2f}x",
+        flush=True,
+      )
 
 
 if __name__ == "__main__":

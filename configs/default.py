@@ -19,32 +19,32 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.plugins = ""                       # modules that register values/models/methods: "my_pkg.values,..."
-  c.model = "smollm2-135m-instruct"   # built-in name, HF directory, .gguf file or hub id
+  c.plugins = ""  # modules that register values/models/methods: "my_pkg.values,..."
+  c.model = "smollm2-135m-instruct"  # built-in name, HF directory, .gguf file or hub id
   c.dtype = "float32"
-  c.chat = True                        # wrap prompts in the model's chat template
+  c.chat = True  # wrap prompts in the model's chat template
   c.seed = 0
 
   c.prompts = ml_collections.ConfigDict()
-  c.prompts.source = "chitchat"        # chitchat | hh-rlhf | imdb | NAME:PATH | a .jsonl/.parquet/.csv file
+  c.prompts.source = "chitchat"  # chitchat | hh-rlhf | imdb | NAME:PATH | a .jsonl/.parquet/.csv file
   c.prompts.split = "train"
   c.prompts.field = ml_collections.FieldReference(None, field_type=str)
   c.prompts.data_files = ml_collections.FieldReference(None, field_type=str)
-  c.prompts.max_chars = 200            # a few openers run to thousands of characters
+  c.prompts.max_chars = 200  # a few openers run to thousands of characters
   c.prompts.num_pilot = 512
   c.prompts.num_test = 48
   c.prompts.seed = 0
 
-  c.generation = ml_collections.ConfigDict()   # sampling from p0, as the paper: top-k 50, temperature 1
+  c.generation = ml_collections.ConfigDict()  # sampling from p0, as the paper: top-k 50, temperature 1
   c.generation.max_new_tokens = 32
   c.generation.temperature = 1.0
   c.generation.top_k = 50
   c.generation.top_p = ml_collections.FieldReference(None, field_type=float)
-  c.generation.batch_size = 16         # prompts per generate call (x samples per prompt rows)
-  c.generation.min_bucket = 16         # prompts pad to power-of-two-ish lengths >= this: one compile each
+  c.generation.batch_size = 16  # prompts per generate call (x samples per prompt rows)
+  c.generation.min_bucket = 16  # prompts pad to power-of-two-ish lengths >= this: one compile each
 
   c.pilot = ml_collections.ConfigDict()
-  c.pilot.samples_per_prompt = 1       # n = num_pilot x samples_per_prompt
+  c.pilot.samples_per_prompt = 1  # n = num_pilot x samples_per_prompt
 
   c.targeted = "humor,positiveness,harmlessness"
   c.kept = "coherence,diversity,perplexity"
@@ -54,16 +54,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ';'-separated: GROUP-Q% (HHH = every targeted value), VALUE-Q%, or LABEL=VALUE:Q,VALUE:Q
   c.palettes = "HHH-50%;HHH-60%;HHH-70%;humor-80%;positiveness-80%"
-  c.adjust = "interpolate"             # infeasible palettes: interpolate | greedy | None (report only)
+  c.adjust = "interpolate"  # infeasible palettes: interpolate | greedy | None (report only)
 
   c.decode = ml_collections.ConfigDict()
-  c.decode.num_candidates = 12         # k
-  c.decode.mode = "sample"             # sample (MAP-D) | argmax (best-of-k on λᵀr)
+  c.decode.num_candidates = 12  # k
+  c.decode.mode = "sample"  # sample (MAP-D) | argmax (best-of-k on λᵀr)
 
   # A MAP-F run to compare with: the workdir of experiments.train_ppo (its run.json); None for none.
   c.map_f = ml_collections.FieldReference(None, field_type=str)
 
   c.report = ml_collections.ConfigDict()
   c.report.confidence = 0.95
-  c.report.num_samples = 4             # sample generations shown per palette
+  c.report.num_samples = 4  # sample generations shown per palette
   return c

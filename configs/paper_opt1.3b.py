@@ -18,9 +18,9 @@ def get_config():
   c = default.get_config()
   c.model = "facebook/opt-1.3b"
   c.dtype = "bfloat16"
-  c.chat = False                       # a base model: prompts are continued as they are
+  c.chat = False  # a base model: prompts are continued as they are
 
-  c.prompts.source = "hh-rlhf"         # first human turns of Anthropic/hh-rlhf, harmless-base
+  c.prompts.source = "hh-rlhf"  # first human turns of Anthropic/hh-rlhf, harmless-base
   c.prompts.max_chars = 1000
   c.prompts.num_pilot = 2000
   c.prompts.num_test = 500
@@ -28,13 +28,15 @@ def get_config():
   c.generation.max_new_tokens = 50
   c.generation.batch_size = 64
 
-  c.targeted = ",".join([
+  c.targeted = ",".join(
+    [
       "humor=classifier:mohameddhiab/humor-no-humor:1",
       "gpt2-helpful=reward_model:Ray2333/gpt2-large-helpful-reward_model",
       "gpt2-harmless=reward_model:Ray2333/gpt2-large-harmless-reward_model",
-  ])
+    ]
+  )
   c.kept = "diversity,coherence,perplexity"
-  c.value_options = {"perplexity": {"model": "facebook/opt-1.3b"}}   # perplexity under the base model
+  c.value_options = {"perplexity": {"model": "facebook/opt-1.3b"}}  # perplexity under the base model
 
   c.palettes = "HHH-50%;HHH-60%;HHH-70%;HHH-80%"
   c.decode.num_candidates = 16

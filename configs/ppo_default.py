@@ -37,12 +37,25 @@ def get_config() -> ml_collections.ConfigDict:
   config.pilot = ml_collections.ConfigDict(dict(num_prompts=32, samples=4, seed=1))
   # Sequential alignment (one value at a time, only its reward model loaded) when rounds > 0.
   config.sequential = ml_collections.ConfigDict(dict(rounds=0, order=()))
-  config.ppo = ml_collections.ConfigDict(dataclasses.asdict(PPOConfig(
-      max_new_tokens=16, kl_estimator="exact", learning_rate=1e-5, warmup_steps=16, ppo_epochs=2,
-      num_minibatches=4, value_coef=0.1)))
+  config.ppo = ml_collections.ConfigDict(
+    dataclasses.asdict(
+      PPOConfig(
+        max_new_tokens=16,
+        kl_estimator="exact",
+        learning_rate=1e-5,
+        warmup_steps=16,
+        ppo_epochs=2,
+        num_minibatches=4,
+        value_coef=0.1,
+      )
+    )
+  )
   # Typed placeholders (None until set), so `--config.ppo.top_k=50` can override them.
   config.ppo.top_k = ml_collections.config_dict.placeholder(int)
   config.ppo.top_p = ml_collections.config_dict.placeholder(float)
-  config.run = ml_collections.ConfigDict(dataclasses.asdict(RunConfig(
-      num_steps=50, batch_size=32, max_prompt_tokens=64, chat=True, checkpoint_every=10, progress=True)))
+  config.run = ml_collections.ConfigDict(
+    dataclasses.asdict(
+      RunConfig(num_steps=50, batch_size=32, max_prompt_tokens=64, chat=True, checkpoint_every=10, progress=True)
+    )
+  )
   return config

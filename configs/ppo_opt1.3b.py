@@ -27,7 +27,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.rewards = ("humor", "positiveness", "harmlessness", "diversity", "coherence", "perplexity")
   config.palette.quantiles = (0.6, 0.6, 0.6, None, None, None)
   config.pilot.num_prompts = 500
-  config.ppo.update(max_new_tokens=50, kl_estimator="sample", learning_rate=1e-6, warmup_steps=0, ppo_epochs=4,
-                    num_minibatches=1, grad_accum=4)
+  config.ppo.update(
+    max_new_tokens=50,
+    kl_estimator="sample",
+    learning_rate=1e-6,
+    warmup_steps=0,
+    ppo_epochs=4,
+    num_minibatches=1,
+    grad_accum=4,
+  )
   config.run.update(num_steps=100, batch_size=20, max_prompt_tokens=128, chat=False, checkpoint_every=20)
   return config

@@ -9,17 +9,19 @@ Set MAP_JAX_TRACEBACK=1 for the full traceback instead. Logging is at WARNING un
 import os
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
 
 
 def define_flags():
-  config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Run config (configs/*.py); override fields as "
-                                  "--config.prompts.num_test=16.", lock_config=True)
+  config_flags.DEFINE_config_file(
+    "config",
+    DEFAULT_CONFIG,
+    "Run config (configs/*.py); override fields as --config.prompts.num_test=16.",
+    lock_config=True,
+  )
   flags.DEFINE_string("workdir", None, "Run directory: stage outputs, the report; a rerun resumes there.")
   flags.DEFINE_list("force", [], "Stages to rerun even if done (e.g. decode,report).")
 
@@ -63,7 +65,8 @@ def launch(until: str, done_message=None):
     if not FLAGS.workdir:
       raise app.UsageError("--workdir is required")
     announce = lambda stage, skipped: print(  # noqa: E731
-        f"stage {stage}: {'done before, skipped' if skipped else 'running'}", flush=True)
+      f"stage {stage}: {'done before, skipped' if skipped else 'running'}", flush=True
+    )
     timings = pipeline.run(FLAGS.config, FLAGS.workdir, until=until, force=FLAGS.force, on_stage=announce)
     for stage, t in timings.items():
       print(f"{stage:<20} {'skipped (done)' if t['skipped'] else 'ran'} {t.get('seconds', 0.0):8.1f} s")

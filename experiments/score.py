@@ -21,11 +21,9 @@ Values: `python -c "from map_jax.rewards import available_rewards; print(availab
 
 import os
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from experiments import _launch
-
 from map_jax.plugins import load_plugins
 from map_jax.rewards.scoring import score_table
 
@@ -39,8 +37,7 @@ def define_flags():
   flags.DEFINE_list("values", None, "Values to score: built-in names or specs, NAME=SPEC to rename.")
   flags.DEFINE_string("prompt_field", "prompt", "Column of the prompt.")
   flags.DEFINE_string("response_field", "response", "Column of the response.")
-  flags.DEFINE_bool("strip_prompt", False,
-      "The response column starts with the prompt (e.g. `generated`): strip it.")
+  flags.DEFINE_bool("strip_prompt", False, "The response column starts with the prompt (e.g. `generated`): strip it.")
   flags.DEFINE_integer("chunk", 256, "Rows scored (and saved for resuming) at a time.")
   flags.DEFINE_integer("batch_size", None, "Batch size passed to model-backed values.")
   flags.DEFINE_integer("limit", None, "Score only the first N rows.")
@@ -54,8 +51,17 @@ def main(argv):
   output = FLAGS.output or os.path.splitext(FLAGS.input)[0] + ".rewards.jsonl"
   load_plugins(FLAGS.plugins)
   kw = {"batch_size": FLAGS.batch_size} if FLAGS.batch_size else None
-  score_table(FLAGS.input, output, FLAGS.values, prompt_field=FLAGS.prompt_field, response_field=FLAGS.response_field,
-              strip_prompt=FLAGS.strip_prompt, chunk=FLAGS.chunk, limit=FLAGS.limit, value_kwargs=kw)
+  score_table(
+    FLAGS.input,
+    output,
+    FLAGS.values,
+    prompt_field=FLAGS.prompt_field,
+    response_field=FLAGS.response_field,
+    strip_prompt=FLAGS.strip_prompt,
+    chunk=FLAGS.chunk,
+    limit=FLAGS.limit,
+    value_kwargs=kw,
+  )
   print(f"wrote {output}")
 
 

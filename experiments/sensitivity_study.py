@@ -24,10 +24,10 @@ import os
 import time
 
 from absl import flags
-
-from experiments import _launch
 import jax
 import matplotlib
+
+from experiments import _launch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -39,30 +39,40 @@ from map_jax.eval import study as study_lib  # noqa: E402
 VALUES = ("humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "perplexity")
 
 _REWARDS = flags.DEFINE_string(
-    "rewards", os.path.join(os.path.dirname(__file__), "..", "examples",
-                            "map_reference", "opt1.3b-Anthropic-harmless.json"),
-    "Pilot table (.json, .jsonl, .csv, .npy).")
+  "rewards",
+  os.path.join(os.path.dirname(__file__), "..", "examples", "map_reference", "opt1.3b-Anthropic-harmless.json"),
+  "Pilot table (.json, .jsonl, .csv, .npy).",
+)
 _VALUES = flags.DEFINE_list("values", list(VALUES), "Value columns, in order.")
-_TARGETED = flags.DEFINE_list("targeted", ["0", "1", "2"],
-                              "Indices of the values raised in the HHH path and the cloud.")
+_TARGETED = flags.DEFINE_list(
+  "targeted", ["0", "1", "2"], "Indices of the values raised in the HHH path and the cloud."
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
 _NUM = flags.DEFINE_integer("num_palettes", 10_000, "Palettes solved (about).")
-_BATCH = flags.DEFINE_integer("batch_size", 256,
-                                "Palettes per vmapped solver call (0: all in one call).")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Palettes per vmapped solver call (0: all in one call).")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of the cloud and the MORL λ.")
 
 
-def run(rewards_path: str, values, workdir: str, num_palettes: int, *, targeted=(0, 1, 2),
-        batch_size: int | None = 256, seed: int = 0) -> dict:
+def run(
+  rewards_path: str,
+  values,
+  workdir: str,
+  num_palettes: int,
+  *,
+  targeted=(0, 1, 2),
+  batch_size: int | None = 256,
+  seed: int = 0,
+) -> dict:
   """Runs the study and writes its figures, CSV and summary into ``workdir``."""
   jax.config.update("jax_enable_x64", True)
   os.makedirs(workdir, exist_ok=True)
   rewards, names = load_pilot(rewards_path, values)
   targeted = tuple(int(t) for t in targeted)
-  pairs = [(a, b) for k, a in enumerate(targeted) for b in targeted[k + 1:]]
+  pairs = [(a, b) for k, a in enumerate(targeted) for b in targeted[k + 1 :]]
   start = time.perf_counter()
-  res = study_lib.sensitivity_study(rewards, num_palettes, key=jax.random.key(seed),
-                                    pairs=pairs, targeted=targeted, batch_size=batch_size)
+  res = study_lib.sensitivity_study(
+    rewards, num_palettes, key=jax.random.key(seed), pairs=pairs, targeted=targeted, batch_size=batch_size
+  )
   total = time.perf_counter() - start
 
   figures = {}
@@ -70,14 +80,13 @@ def run(rewards_path: str, values, workdir: str, num_palettes: int, *, targeted=
     figures[f"slice_{names[i]}_{names[j]}"] = plots.slice_figure(s, x, y, i, j, names, rewards)
   figures["hhh_path"] = plots.path_figure(res.path_q, res.path, names, targeted)
   c, _, d_real = res.trade_off
-  figures["trade_off"] = plots.trade_off_figure(d_real, names,
-                                                "Trade-off matrix d realized / d c at HHH-60%")
+  figures["trade_off"] = plots.trade_off_figure(d_real, names, "Trade-off matrix d realized / d c at HHH-60%")
   from map_jax.core import frontier
+
   map_q = frontier.quantile_levels(rewards, res.cloud.solution.realized[res.cloud_kept])
   morl_q = frontier.quantile_levels(rewards, frontier.realized_levels(rewards, res.morl_lam))
   base_q = frontier.quantile_levels(rewards, rewards.mean(axis=0))
-  figures["navigation"] = plots.navigation_figure(map_q, morl_q, names, pairs, res.efficiency,
-                                                  base_q)
+  figures["navigation"] = plots.navigation_figure(map_q, morl_q, names, pairs, res.efficiency, base_q)
   for name, fig in figures.items():
     fig.savefig(os.path.join(workdir, f"{name}.png"), dpi=110)
     plt.close(fig)
@@ -88,11 +97,16 @@ def run(rewards_path: str, values, workdir: str, num_palettes: int, *, targeted=
     writer.writeheader()
     writer.writerows(rows)
   summary = {
-      "rewards": rewards_path, "n": int(rewards.shape[0]), "values": names,
-      "num_palettes": res.num_palettes, "feasible": int(sum(r["feasible"] for r in rows)),
-      "cloud_kept": int(res.cloud_kept.sum()), "navigation_efficiency": res.efficiency,
-      "solve_seconds_incl_compile": res.seconds, "study_seconds": total,
-      "figures": sorted(f"{k}.png" for k in figures),
+    "rewards": rewards_path,
+    "n": int(rewards.shape[0]),
+    "values": names,
+    "num_palettes": res.num_palettes,
+    "feasible": int(sum(r["feasible"] for r in rows)),
+    "cloud_kept": int(res.cloud_kept.sum()),
+    "navigation_efficiency": res.efficiency,
+    "solve_seconds_incl_compile": res.seconds,
+    "study_seconds": total,
+    "figures": sorted(f"{k}.png" for k in figures),
   }
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
@@ -101,8 +115,15 @@ def run(rewards_path: str, values, workdir: str, num_palettes: int, *, targeted=
 
 def main(argv):
   del argv
-  summary = run(_REWARDS.value, _VALUES.value, _WORKDIR.value, _NUM.value,
-                targeted=_TARGETED.value, batch_size=_BATCH.value or None, seed=_SEED.value)
+  summary = run(
+    _REWARDS.value,
+    _VALUES.value,
+    _WORKDIR.value,
+    _NUM.value,
+    targeted=_TARGETED.value,
+    batch_size=_BATCH.value or None,
+    seed=_SEED.value,
+  )
   print(json.dumps(summary, indent=2))
 
 

@@ -18,14 +18,12 @@ Runs in about a second, most of it compilation.
 
 import os
 
-from absl import app
-from absl import flags
-
-from experiments import _launch
+from absl import app, flags
 import jax
 import numpy as np
 from tabulate import tabulate
 
+from experiments import _launch
 from map_jax.core.dual import solve_dual
 from map_jax.core.palette import adjust_palette, classifier_palette, quantile_palette
 from map_jax.data.pilot import load_pilot
@@ -34,35 +32,37 @@ from map_jax.store import write_json
 
 _REWARDS = flags.DEFINE_string("rewards", None, "Pilot table: .json, .jsonl, .csv or .npy.")
 _VALUES = flags.DEFINE_list("values", None, "Value columns to use, in order (default: all).")
-_QUANTILES = flags.DEFINE_list(
-    "quantiles", None, "One quantile in [0, 1] per value not in --keep (c = max(mean, q)).")
-_KAPPA = flags.DEFINE_list(
-    "kappa", None, "One κ per value not in --keep: c = mean + log(1 + κ) (log-prob rewards).")
+_QUANTILES = flags.DEFINE_list("quantiles", None, "One quantile in [0, 1] per value not in --keep (c = max(mean, q)).")
+_KAPPA = flags.DEFINE_list("kappa", None, "One κ per value not in --keep: c = mean + log(1 + κ) (log-prob rewards).")
 _PALETTE = flags.DEFINE_list("palette", None, "Explicit levels, one per value not in --keep.")
 _KEEP = flags.DEFINE_list("keep", [], "Values kept at their pilot mean.")
-_ADJUST = flags.DEFINE_enum("adjust", None, ["interpolate", "greedy"],
-                            "How to adjust an infeasible palette.")
+_ADJUST = flags.DEFINE_enum("adjust", None, ["interpolate", "greedy"], "How to adjust an infeasible palette.")
 _PRIORITY = flags.DEFINE_list("priority", None, "Value order for --adjust=greedy.")
 _OUTPUT = flags.DEFINE_string("output", None, "Write the result as JSON here.")
 _FLOAT64 = flags.DEFINE_bool("float64", True, "Solve in float64.")
 
 
-def build_palette(rewards: np.ndarray, names: list[str], keep: list[str], *, quantiles=None,
-                  kappa=None, levels=None) -> np.ndarray:
+def build_palette(
+  rewards: np.ndarray, names: list[str], keep: list[str], *, quantiles=None, kappa=None, levels=None
+) -> np.ndarray:
   """The palette given per targeted value (those not in ``keep``), in ``names`` order."""
   unknown = [k for k in keep if k not in names]
   if unknown:
     raise ValueError(f"--keep names unknown value {unknown[0]!r}; values are {', '.join(names)}.")
   targeted = [v for v in names if v not in keep]
-  given = [(flag, spec) for flag, spec in
-           (("quantiles", quantiles), ("kappa", kappa), ("palette", levels)) if spec is not None]
+  given = [
+    (flag, spec) for flag, spec in (("quantiles", quantiles), ("kappa", kappa), ("palette", levels)) if spec is not None
+  ]
   if len(given) != 1:
-    raise ValueError("give exactly one of --quantiles, --kappa or --palette "
-                     f"(got {', '.join(f for f, _ in given) or 'none'}).")
+    raise ValueError(
+      f"give exactly one of --quantiles, --kappa or --palette (got {', '.join(f for f, _ in given) or 'none'})."
+    )
   flag, spec = given[0]
   if len(spec) != len(targeted):
-    raise ValueError(f"--{flag} has {len(spec)} entries but {len(targeted)} values are "
-                     f"targeted ({', '.join(targeted)}; the others are in --keep).")
+    raise ValueError(
+      f"--{flag} has {len(spec)} entries but {len(targeted)} values are "
+      f"targeted ({', '.join(targeted)}; the others are in --keep)."
+    )
   per_value = {}
   for v, x in zip(targeted, spec):
     try:
@@ -81,29 +81,40 @@ def build_palette(rewards: np.ndarray, names: list[str], keep: list[str], *, qua
 
 
 def format_table(record: dict) -> str:
-  rows = [[name, c, lam, real, q, mean, ub] for name, c, lam, real, q, mean, ub in zip(
-      record["values"], record["palette"], record["lambda"], record["realized"],
-      record["realized_quantile"], record["pilot_mean"], record["upper_bound"])]
-  table = tabulate(rows, headers=["value", "palette c", "λ", "realized", "quantile",
-                                  "pilot mean", "upper bound"], floatfmt=".4f")
+  rows = [
+    [name, c, lam, real, q, mean, ub]
+    for name, c, lam, real, q, mean, ub in zip(
+      record["values"],
+      record["palette"],
+      record["lambda"],
+      record["realized"],
+      record["realized_quantile"],
+      record["pilot_mean"],
+      record["upper_bound"],
+    )
+  ]
+  table = tabulate(
+    rows, headers=["value", "palette c", "λ", "realized", "quantile", "pilot mean", "upper bound"], floatfmt=".4f"
+  )
   verdict = "feasible" if record["feasible"] else "INFEASIBLE"
-  summary = (f"{verdict}: margin {record['margin']:+.4g}, ESS {record['ess']:.1f} of "
-             f"{record['n']}, KL(p_λ||p0) {record['kl']:.4f}, KKT residual "
-             f"{record['kkt_residual']:.1e} after {record['num_steps']} Newton steps")
+  summary = (
+    f"{verdict}: margin {record['margin']:+.4g}, ESS {record['ess']:.1f} of "
+    f"{record['n']}, KL(p_λ||p0) {record['kl']:.4f}, KKT residual "
+    f"{record['kkt_residual']:.1e} after {record['num_steps']} Newton steps"
+  )
   if not record["feasible"]:
-    cert = " + ".join(f"{d:.3f}·{v}" for d, v in zip(record["certificate"], record["values"])
-                     if d > 1e-6)
+    cert = " + ".join(f"{d:.3f}·{v}" for d, v in zip(record["certificate"], record["values"]) if d > 1e-6)
     summary += f"\ncertificate: no pilot sample has {cert} above this palette's"
   return f"{table}\n{summary}"
 
 
-def run(argv_rewards, values, keep, *, quantiles=None, kappa=None, levels=None, adjust=None,
-        priority=None, float64=True) -> dict:
+def run(
+  argv_rewards, values, keep, *, quantiles=None, kappa=None, levels=None, adjust=None, priority=None, float64=True
+) -> dict:
   """Reads the table, solves the palette (and its adjustment) and returns the record."""
   rewards, names = load_pilot(argv_rewards, values)
   with jax.enable_x64(float64):
-    palette = build_palette(rewards, names, keep, quantiles=quantiles, kappa=kappa,
-                            levels=levels)
+    palette = build_palette(rewards, names, keep, quantiles=quantiles, kappa=kappa, levels=levels)
     sol = solve_dual(rewards, palette)
     record = summarize(rewards, names, palette, sol)
     record["n"] = int(rewards.shape[0])
@@ -116,8 +127,7 @@ def run(argv_rewards, values, keep, *, quantiles=None, kappa=None, levels=None, 
           raise ValueError(f"--priority names unknown value {missing[0]!r}.")
         order = [names.index(p) for p in priority]
       adj = adjust_palette(rewards, palette, method=adjust, priority=order)
-      adjusted = summarize(rewards, names, np.asarray(adj.palette),
-                           solve_dual(rewards, adj.palette))
+      adjusted = summarize(rewards, names, np.asarray(adj.palette), solve_dual(rewards, adj.palette))
       adjusted.update(n=record["n"], method=adjust, rho=float(adj.rho))
       record["adjusted"] = adjusted
   return record
@@ -131,9 +141,17 @@ def main(argv):
   out_dir = os.path.dirname(os.path.abspath(_OUTPUT.value)) if _OUTPUT.value else None
   if out_dir and not (os.path.isdir(out_dir) and os.access(out_dir, os.W_OK)):
     raise ValueError(f"--output={_OUTPUT.value}: {out_dir} is not a writable directory.")
-  record = run(_REWARDS.value, _VALUES.value, _KEEP.value, quantiles=_QUANTILES.value,
-               kappa=_KAPPA.value, levels=_PALETTE.value, adjust=_ADJUST.value,
-               priority=_PRIORITY.value, float64=_FLOAT64.value)
+  record = run(
+    _REWARDS.value,
+    _VALUES.value,
+    _KEEP.value,
+    quantiles=_QUANTILES.value,
+    kappa=_KAPPA.value,
+    levels=_PALETTE.value,
+    adjust=_ADJUST.value,
+    priority=_PRIORITY.value,
+    float64=_FLOAT64.value,
+  )
   print(format_table(record))
   if "adjusted" in record:
     adj = record["adjusted"]

@@ -30,18 +30,16 @@ import dataclasses
 import json
 import os
 
-from absl import app
-from absl import flags
+from absl import app, flags, logging
 
 from experiments import _launch
-from absl import logging
 
 
 def define_flags():
   """Define the launcher's flags (only when run as a program, so launchers can be imported together)."""
   from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/ppo_*.py).",
-                                  lock_config=True)
+
+  config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/ppo_*.py).", lock_config=True)
   flags.DEFINE_string("workdir", None, "Output directory (metrics, checkpoints, params).")
 
 
@@ -50,6 +48,7 @@ def build(config):
   from map_jax.align.ppo import PPOConfig
   from map_jax.align.trainer import RunConfig
   from map_jax.plugins import load_plugins
+
   load_plugins(config.get("plugins"))
   cfg = PPOConfig(**_plain(config.ppo))
   run_cfg = RunConfig(**_plain(config.run))
@@ -58,6 +57,7 @@ def build(config):
   if not values:
     raise ValueError("config.rewards is empty")
   from map_jax.rewards import available_rewards
+
   known = available_rewards()
   unknown = [v for v in values if v not in known and v.split(":", 1)[0] + ":..." not in known]
   if unknown:
@@ -65,8 +65,7 @@ def build(config):
   if config.lam and len(config.lam) != len(values):
     raise ValueError(f"config.lam has {len(config.lam)} entries for {len(values)} values")
   if not config.lam and len(config.palette.quantiles) != len(values):
-    raise ValueError(f"config.palette.quantiles has {len(config.palette.quantiles)} entries for "
-                     f"{len(values)} values")
+    raise ValueError(f"config.palette.quantiles has {len(config.palette.quantiles)} entries for {len(values)} values")
   if config.sequential.rounds and config.lam:
     raise ValueError("sequential alignment follows the solver's schedule on a pilot: leave config.lam empty")
   return cfg, run_cfg
@@ -85,21 +84,31 @@ def pilot(model, prompts, values, config, cfg, run_cfg):
   """
   import jax
   import numpy as np
+
   from map_jax.align.decode import score_candidates
+  from map_jax.align.trainer import encode_prompts
   from map_jax.core.dual import solve_dual
   from map_jax.core.palette import quantile_palette
-  from map_jax.sampling import generate
-  from map_jax.align.trainer import encode_prompts
   from map_jax.rewards import get_reward
+  from map_jax.sampling import generate
 
   p = config.pilot
-  pilot_prompts = prompts[:p.num_prompts]
+  pilot_prompts = prompts[: p.num_prompts]
   k = p.samples
   ids = encode_prompts(model.tokenizer, pilot_prompts, run_cfg.chat, run_cfg.max_prompt_tokens)  # as PPO sees them
-  out = generate(model.module, model.params, model.tokenizer, ids, key=jax.random.key(p.seed),
-                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                 top_p=cfg.top_p, num_return_sequences=k)
-  candidates = [out.text[i:i + k] for i in range(0, len(out.text), k)]
+  out = generate(
+    model.module,
+    model.params,
+    model.tokenizer,
+    ids,
+    key=jax.random.key(p.seed),
+    max_new_tokens=cfg.max_new_tokens,
+    temperature=cfg.temperature,
+    top_k=cfg.top_k,
+    top_p=cfg.top_p,
+    num_return_sequences=k,
+  )
+  candidates = [out.text[i : i + k] for i in range(0, len(out.text), k)]
   columns = []
   for v in values:
     fn = get_reward(v) if isinstance(v, str) else v
@@ -112,14 +121,17 @@ def pilot(model, prompts, values, config, cfg, run_cfg):
     sol = solve_dual(R, c)
     lam, feasible = np.asarray(sol.lam), bool(sol.feasible)
   if not feasible:
-    raise ValueError(f"palette {c.round(4).tolist()} is infeasible on the pilot set; lower its quantiles "
-                     "(map_jax.adjust_palette finds the nearest feasible one)")
+    raise ValueError(
+      f"palette {c.round(4).tolist()} is infeasible on the pilot set; lower its quantiles "
+      "(map_jax.adjust_palette finds the nearest feasible one)"
+    )
   return R, c, lam
 
 
 def run(config, workdir: str) -> dict:
   """Runs the experiment into `workdir`; returns the run.json record."""
   import numpy as np
+
   from map_jax.align import trainer
   from map_jax.data.prompts import load_prompts
   from map_jax.models.loading import load_model
@@ -143,27 +155,52 @@ def run(config, workdir: str) -> dict:
     else:
       R, palette, lam = pilot(model, prompts, values, config, cfg, run_cfg)
       with open(os.path.join(workdir, "pilot.json"), "w") as f:
-        json.dump({"values": names, "n": int(R.shape[0]), "mean": R.mean(0).tolist(),
-                   "palette": palette.tolist(), "lam": lam.tolist()}, f, indent=2)
+        json.dump(
+          {
+            "values": names,
+            "n": int(R.shape[0]),
+            "mean": R.mean(0).tolist(),
+            "palette": palette.tolist(),
+            "lam": lam.tolist(),
+          },
+          f,
+          indent=2,
+        )
       logging.info("pilot: palette %s, λ %s", palette, lam)
     if config.sequential.rounds:
       order = list(config.sequential.order) or None
       stages = trainer.sequential_stages(R, palette, rounds=config.sequential.rounds, order=order)
-      result = trainer.fine_tune_sequential(model, prompts, names, stages, cfg, run_cfg, workdir,
-                                        config_record=record)
+      result = trainer.fine_tune_sequential(model, prompts, names, stages, cfg, run_cfg, workdir, config_record=record)
     else:
-      result = trainer.fine_tune(model, prompts, values, lam, cfg, run_cfg, workdir,
-                             config_record=dict(record, lam_source="config" if config.lam else "pilot"))
+      result = trainer.fine_tune(
+        model,
+        prompts,
+        values,
+        lam,
+        cfg,
+        run_cfg,
+        workdir,
+        config_record=dict(record, lam_source="config" if config.lam else "pilot"),
+      )
   finally:
     for v in values:
       if not isinstance(v, str):
         v.close()
-  out = {"method": "MAP-F", "model": config.model, "dtype": config.dtype, "param_dtype": config.param_dtype,
-         "params": result.params_dir, "values": names, "lam": [float(x) for x in lam],
-         "palette": None if palette is None else [float(x) for x in palette],
-         "sequential_rounds": int(config.sequential.rounds), "ppo": dataclasses.asdict(cfg),
-         "steps": run_cfg.num_steps, "chat": run_cfg.chat,
-         "restore": "map_jax.models.loading.restore_params(params, load_model(model).config)"}
+  out = {
+    "method": "MAP-F",
+    "model": config.model,
+    "dtype": config.dtype,
+    "param_dtype": config.param_dtype,
+    "params": result.params_dir,
+    "values": names,
+    "lam": [float(x) for x in lam],
+    "palette": None if palette is None else [float(x) for x in palette],
+    "sequential_rounds": int(config.sequential.rounds),
+    "ppo": dataclasses.asdict(cfg),
+    "steps": run_cfg.num_steps,
+    "chat": run_cfg.chat,
+    "restore": "map_jax.models.loading.restore_params(params, load_model(model).config)",
+  }
   with open(os.path.join(workdir, "run.json"), "w") as f:
     json.dump(out, f, indent=2)
   return out

@@ -33,10 +33,15 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """Define the launcher's flags (only when run as a program, so launchers can be imported together)."""
-  flags.DEFINE_string("data", "chitchat:witty",
-      "chitchat:{witty,upbeat,interesting}, or a .jsonl/.json/.csv/.parquet table.")
-  flags.DEFINE_enum("loss", "regression", ["regression", "bradley_terry"],
-      "Regression on ratings, or Bradley-Terry on (chosen, rejected) pairs.")
+  flags.DEFINE_string(
+    "data", "chitchat:witty", "chitchat:{witty,upbeat,interesting}, or a .jsonl/.json/.csv/.parquet table."
+  )
+  flags.DEFINE_enum(
+    "loss",
+    "regression",
+    ["regression", "bradley_terry"],
+    "Regression on ratings, or Bradley-Terry on (chosen, rejected) pairs.",
+  )
   flags.DEFINE_string("text_field", "text", "Column of the rated text (regression).")
   flags.DEFINE_string("rating_field", "rating", "Column of the rating (regression).")
   flags.DEFINE_string("chosen_field", "chosen", "Column of the preferred response (Bradley-Terry).")
@@ -56,35 +61,55 @@ def define_flags():
 
 def train(argv_data: str | None = None):
   """Train as the flags say; returns the `TrainedHead`."""
-  from map_jax.rewards import heads
   from map_jax.data.tables import column, read_table
+  from map_jax.rewards import heads
 
   data = argv_data or FLAGS.data
-  config = heads.HeadConfig(loss=FLAGS.loss, hidden=tuple(int(h) for h in FLAGS.hidden),
-                            learning_rate=FLAGS.learning_rate, weight_decay=FLAGS.weight_decay,
-                            batch_size=FLAGS.head_batch_size,
-                            max_epochs=FLAGS.max_epochs, patience=FLAGS.patience, seed=FLAGS.seed)
+  config = heads.HeadConfig(
+    loss=FLAGS.loss,
+    hidden=tuple(int(h) for h in FLAGS.hidden),
+    learning_rate=FLAGS.learning_rate,
+    weight_decay=FLAGS.weight_decay,
+    batch_size=FLAGS.head_batch_size,
+    max_epochs=FLAGS.max_epochs,
+    patience=FLAGS.patience,
+    seed=FLAGS.seed,
+  )
   if data.startswith("chitchat:"):
     rating = data.split(":", 1)[1]
     if rating not in heads.CHITCHAT_RATINGS:
       raise ValueError(f"--data={data}: unknown chitchat rating; known: {', '.join(heads.CHITCHAT_RATINGS)}")
     texts, ratings = heads.chitchat_conversations()
     n = FLAGS.limit or len(texts)
-    head = heads.train_rating_head(texts[:n], ratings[rating][:n], encoder=FLAGS.encoder,
-                                   max_tokens=FLAGS.max_tokens, config=config,
-                                   tag=f"chitchat{FLAGS.limit or ''}")
+    head = heads.train_rating_head(
+      texts[:n],
+      ratings[rating][:n],
+      encoder=FLAGS.encoder,
+      max_tokens=FLAGS.max_tokens,
+      config=config,
+      tag=f"chitchat{FLAGS.limit or ''}",
+    )
   else:
-    rows = read_table(data)[:FLAGS.limit]
+    rows = read_table(data)[: FLAGS.limit]
     tag = os.path.splitext(os.path.basename(data))[0]
     if config.loss == "regression":
-      head = heads.train_rating_head(column(rows, FLAGS.text_field, data),
-                                     column(rows, FLAGS.rating_field, data, float),
-                                     encoder=FLAGS.encoder, max_tokens=FLAGS.max_tokens, config=config,
-                                     tag=tag)
+      head = heads.train_rating_head(
+        column(rows, FLAGS.text_field, data),
+        column(rows, FLAGS.rating_field, data, float),
+        encoder=FLAGS.encoder,
+        max_tokens=FLAGS.max_tokens,
+        config=config,
+        tag=tag,
+      )
     else:
-      head = heads.train_preference_head(column(rows, FLAGS.chosen_field, data),
-                                         column(rows, FLAGS.rejected_field, data), encoder=FLAGS.encoder,
-                                         max_tokens=FLAGS.max_tokens, config=config, tag=tag)
+      head = heads.train_preference_head(
+        column(rows, FLAGS.chosen_field, data),
+        column(rows, FLAGS.rejected_field, data),
+        encoder=FLAGS.encoder,
+        max_tokens=FLAGS.max_tokens,
+        config=config,
+        tag=tag,
+      )
   head.meta["data"] = data
   return head
 

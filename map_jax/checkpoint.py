@@ -77,8 +77,12 @@ def config_diff(saved: dict[str, Any], current: dict[str, Any], resumable: Itera
 
 def _state_tree(state) -> dict:
   """TrainState -> dict of arrays orbax can write (the typed PRNG key as its raw uint32 data)."""
-  return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-          "key": jax.random.key_data(state.key)}
+  return {
+    "step": state.step,
+    "params": state.params,
+    "opt_state": state.opt_state,
+    "key": jax.random.key_data(state.key),
+  }
 
 
 class Checkpointer:
@@ -92,9 +96,9 @@ class Checkpointer:
     max_to_keep: how many of the newest checkpoints to keep.
   """
 
-  def __init__(self, directory: str, *, every: int, config: dict, resumable: Iterable[str] = (),
-               max_to_keep: int = 2):
+  def __init__(self, directory: str, *, every: int, config: dict, resumable: Iterable[str] = (), max_to_keep: int = 2):
     import orbax.checkpoint as ocp
+
     self._ocp = ocp
     self.directory = os.path.abspath(directory)
     self.every = int(every)
@@ -102,8 +106,10 @@ class Checkpointer:
     self.resumable = tuple(resumable)
     # Saves are synchronous: the trainer donates the state to the next update, and a fault must find the
     # last checkpoint complete on disk. At one save per `every` steps the wait is small next to the steps.
-    self._mgr = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False))
+    self._mgr = ocp.CheckpointManager(
+      self.directory,
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False),
+    )
 
   def latest_step(self) -> int | None:
     """The newest complete checkpoint's step, or None."""
@@ -121,8 +127,9 @@ class Checkpointer:
       return False
     meta = dict(extra, step=int(step), data_position=int(data_position), config=self.config)
     args = self._ocp.args
-    self._mgr.save(step, args=args.Composite(state=args.StandardSave(_state_tree(state)),
-                                             meta=args.JsonSave(meta)), force=True)
+    self._mgr.save(
+      step, args=args.Composite(state=args.StandardSave(_state_tree(state)), meta=args.JsonSave(meta)), force=True
+    )
     self._mgr.wait_until_finished()
     return True
 
@@ -138,9 +145,11 @@ class Checkpointer:
     diff = config_diff(meta.get("config", {}), self.config, self.resumable)
     if diff:
       raise ConfigMismatchError(
-          f"{self.directory}: checkpoint at step {meta.get('step')} was written under a different config; "
-          "refusing to resume. Differing fields:\n  " + "\n  ".join(diff) +
-          "\nUse a new workdir, or restore the config it was run with.")
+        f"{self.directory}: checkpoint at step {meta.get('step')} was written under a different config; "
+        "refusing to resume. Differing fields:\n  "
+        + "\n  ".join(diff)
+        + "\nUse a new workdir, or restore the config it was run with."
+      )
 
   def restore(self, like, shardings=None, step: int | None = None):
     """Restore the TrainState at `step` (default: the latest) after checking the config.
@@ -164,14 +173,17 @@ class Checkpointer:
     target = {"step": like.step, "params": like.params, "opt_state": like.opt_state, "key": key_like}
     shard_tree = None if shardings is None else _state_tree_shardings(shardings)
     abstract = jax.tree.map(
-        lambda x, s=None: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), target,
-        *(() if shard_tree is None else (shard_tree,)))
+      lambda x, s=None: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s),
+      target,
+      *(() if shard_tree is None else (shard_tree,)),
+    )
     args = self._ocp.args
     got = self._mgr.restore(step, args=args.Composite(state=args.StandardRestore(abstract))).state
     # Orbax gives back plain containers (tuples for optax's named tuples): refill the target's tree.
     tree = jax.tree.unflatten(jax.tree.structure(target), jax.tree.leaves(got))
-    state = like.replace(step=tree["step"], params=tree["params"], opt_state=tree["opt_state"],
-                         key=jax.random.wrap_key_data(tree["key"]))  # the default (threefry) key impl
+    state = like.replace(
+      step=tree["step"], params=tree["params"], opt_state=tree["opt_state"], key=jax.random.wrap_key_data(tree["key"])
+    )  # the default (threefry) key impl
     return state, meta
 
   def close(self) -> None:
@@ -181,5 +193,4 @@ class Checkpointer:
 
 
 def _state_tree_shardings(shardings) -> dict:
-  return {"step": shardings.step, "params": shardings.params, "opt_state": shardings.opt_state,
-          "key": shardings.key}
+  return {"step": shardings.step, "params": shardings.params, "opt_state": shardings.opt_state, "key": shardings.key}

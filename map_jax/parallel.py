@@ -33,9 +33,10 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA, FSDP = "data", "fsdp"
 BATCH_AXES = (DATA, FSDP)
@@ -43,8 +44,16 @@ BATCH_AXES = (DATA, FSDP)
 # Logical axis (see map_jax/models/layers.py) -> mesh axis. FSDP splits each weight along its embedding
 # dimension only: every decoder weight has one, and the gathered slices stay contiguous in memory.
 RULES: tuple[tuple[str, str | None], ...] = (
-    ("embed", FSDP), ("mlp", None), ("heads", None), ("kv_heads", None), ("head_dim", None),
-    ("vocab", None), ("layers", None), ("norm", None), ("positions", None))
+  ("embed", FSDP),
+  ("mlp", None),
+  ("heads", None),
+  ("kv_heads", None),
+  ("head_dim", None),
+  ("vocab", None),
+  ("layers", None),
+  ("norm", None),
+  ("positions", None),
+)
 
 
 def initialize_distributed(**kwargs: Any) -> None:
@@ -100,8 +109,10 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch size") -> N
   """Raise a clear error unless `batch_size` rows split evenly over the mesh's batch axes."""
   n = batch_devices(mesh)
   if batch_size % n:
-    raise ValueError(f"{what} {batch_size} is not a multiple of the {n} devices that split the batch "
-                     f"(mesh data={mesh.shape[DATA]} × fsdp={mesh.shape[FSDP]})")
+    raise ValueError(
+      f"{what} {batch_size} is not a multiple of the {n} devices that split the batch "
+      f"(mesh data={mesh.shape[DATA]} × fsdp={mesh.shape[FSDP]})"
+    )
 
 
 def _divisible_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
@@ -136,12 +147,12 @@ def param_shardings(params: Any, mesh: Mesh, rules: Sequence[tuple[str, str | No
   return jax.tree.map(one, specs, plain, is_leaf=lambda x: isinstance(x, P))
 
 
-def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state: Any, shardings: Any,
-                        mesh: Mesh) -> Any:
+def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state: Any, shardings: Any, mesh: Mesh) -> Any:
   """Shardings for an optimizer state: every copy of the param tree in it (Adam's moments) is laid out as
   the params are (`shardings`); its other leaves (step counts) are replicated."""
-  return optax.tree_map_params(tx, lambda _, s: s, abstract_opt_state, shardings,
-                               transform_non_params=lambda _: replicated(mesh))
+  return optax.tree_map_params(
+    tx, lambda _, s: s, abstract_opt_state, shardings, transform_non_params=lambda _: replicated(mesh)
+  )
 
 
 def shard(tree: Any, shardings: Any) -> Any:

@@ -42,13 +42,30 @@ from map_jax.plugins import load_plugins
 from map_jax.store import ChunkStore, content_key, plain, write_jsonl, write_text
 from map_jax.workdir import Workdir
 
-STAGES = ("prompts", "generate_pilot", "score_pilot", "solve", "generate_candidates", "score_candidates",
-          "decode", "generate_map_f", "score_map_f", "report")
-DEPENDS = {"prompts": (), "generate_pilot": ("prompts",), "score_pilot": ("generate_pilot",),
-           "solve": ("score_pilot",), "generate_candidates": ("prompts",),
-           "score_candidates": ("generate_candidates",), "decode": ("solve", "score_candidates"),
-           "generate_map_f": ("prompts",), "score_map_f": ("generate_map_f",),
-           "report": ("decode", "score_map_f")}
+STAGES = (
+  "prompts",
+  "generate_pilot",
+  "score_pilot",
+  "solve",
+  "generate_candidates",
+  "score_candidates",
+  "decode",
+  "generate_map_f",
+  "score_map_f",
+  "report",
+)
+DEPENDS = {
+  "prompts": (),
+  "generate_pilot": ("prompts",),
+  "score_pilot": ("generate_pilot",),
+  "solve": ("score_pilot",),
+  "generate_candidates": ("prompts",),
+  "score_candidates": ("generate_candidates",),
+  "decode": ("solve", "score_candidates"),
+  "generate_map_f": ("prompts",),
+  "score_map_f": ("generate_map_f",),
+  "report": ("decode", "score_map_f"),
+}
 
 
 def upstream(stage: str) -> list[str]:
@@ -79,6 +96,7 @@ def value_specs(config) -> tuple[list[str], list[str]]:
 def value_names(config) -> tuple[list[str], list[str]]:
   """(targeted, kept) column names of the values (NAME in NAME=SPEC), checked for clashes."""
   from map_jax.rewards.scoring import value_name
+
   targeted, kept = ([value_name(v) for v in group] for group in value_specs(config))
   both = sorted(set(targeted) & set(kept))
   if both:
@@ -122,8 +140,7 @@ def parse_palettes(spec: str, targeted: Sequence[str], kept: Sequence[str]) -> l
     else:
       m = _SHORTHAND.match(item)
       if not m:
-        raise ValueError(f"palette {item!r}: expected GROUP-Q% (e.g. HHH-70%, humor-80%) or "
-                         "LABEL=VALUE:Q,...")
+        raise ValueError(f"palette {item!r}: expected GROUP-Q% (e.g. HHH-70%, humor-80%) or LABEL=VALUE:Q,...")
       label, who, q = item, m.group("who"), float(m.group("q"))
       q = q / 100.0 if q > 1 else q
       qs = {v: q for v in targeted} if who.lower() in ("hhh", "all") else {who: q}
@@ -156,6 +173,7 @@ def validate(config) -> None:
   if int(config.decode.num_candidates) < 1:
     raise ValueError("config.decode.num_candidates must be >= 1")
   from map_jax.align.decode import MODES
+
   if config.decode.mode not in MODES:
     raise ValueError(f"config.decode.mode must be one of {MODES}, got {config.decode.mode!r}")
   if config.adjust not in (None, "interpolate", "greedy"):
@@ -212,27 +230,42 @@ def map_f_run(config) -> dict | None:
 
 def _map_f_loader(config):
   """Load the fine-tuned policy: the base model's config and tokenizer with the PPO run's params."""
+
   def load():
     from map_jax.models.loading import load_model, restore_params
+
     run = map_f_run(config)
     base = load_model(run["model"], dtype=run.get("dtype", config.dtype))
     return base._replace(params=restore_params(run["params"], base.config))
+
   return load
 
 
 def make_prompts(config, wd: Workdir) -> dict:
   from map_jax.data.prompts import load_prompts, split_prompts
+
   p = config.prompts
-  prompts = load_prompts(p.source, split=p.split, field=p.field, data_files=p.data_files,
-                         max_chars=p.max_chars, seed=p.seed)
+  prompts = load_prompts(
+    p.source, split=p.split, field=p.field, data_files=p.data_files, max_chars=p.max_chars, seed=p.seed
+  )
   pilot, test = split_prompts(prompts, int(p.num_pilot), int(p.num_test), seed=p.seed)
   out = {"pilot": pilot, "test": test}
   wd.write_json(wd.path("prompts.json"), out)
   return {"pilot": len(pilot), "test": len(test)}
 
 
-def sample_table(config, prompts: Sequence[str], samples_per_prompt: int, output: str, *, stream: int,
-                 desc: str, load: Callable[[], Any], model_key: Any, chat: bool | None = None) -> int:
+def sample_table(
+  config,
+  prompts: Sequence[str],
+  samples_per_prompt: int,
+  output: str,
+  *,
+  stream: int,
+  desc: str,
+  load: Callable[[], Any],
+  model_key: Any,
+  chat: bool | None = None,
+) -> int:
   """`samples_per_prompt` samples from p0 per prompt into `output` (JSONL), in batches, resumable.
 
   Prompts are generated in batches of `config.generation.batch_size`, grouped by length so a batch pads
@@ -251,10 +284,12 @@ def sample_table(config, prompts: Sequence[str], samples_per_prompt: int, output
   g = config.generation
   B = int(g.batch_size)
   order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
-  batches = [order[s:s + B] for s in range(0, len(order), B)]
+  batches = [order[s : s + B] for s in range(0, len(order), B)]
   chat = bool(config.chat if chat is None else chat)
-  store = ChunkStore(output + ".parts", content_key(list(prompts), samples_per_prompt, stream, model_key, chat,
-                                                    config.generation, config.seed))
+  store = ChunkStore(
+    output + ".parts",
+    content_key(list(prompts), samples_per_prompt, stream, model_key, chat, config.generation, config.seed),
+  )
   done = store.chunks
   todo = [b for b in range(len(batches)) if b not in store]
   if todo:
@@ -265,18 +300,31 @@ def sample_table(config, prompts: Sequence[str], samples_per_prompt: int, output
     with tqdm(total=len(prompts) * k, initial=initial, desc=desc, unit="sample") as bar:
       for b in todo:
         idx = batches[b]
-        out = generate(model.module, model.params, model.tokenizer, [prompts[i] for i in idx],
-                       key=jax.random.fold_in(base, b), max_new_tokens=int(g.max_new_tokens),
-                       temperature=float(g.temperature), top_k=g.top_k, top_p=g.top_p,
-                       num_return_sequences=k, chat=chat, min_bucket=int(g.min_bucket))
-        rows = [{"prompt_index": idx[r // k], "sample": r % k, "response": out.text[r],
-                 "num_tokens": int(out.lengths[r])} for r in range(len(idx) * k)]
+        out = generate(
+          model.module,
+          model.params,
+          model.tokenizer,
+          [prompts[i] for i in idx],
+          key=jax.random.fold_in(base, b),
+          max_new_tokens=int(g.max_new_tokens),
+          temperature=float(g.temperature),
+          top_k=g.top_k,
+          top_p=g.top_p,
+          num_return_sequences=k,
+          chat=chat,
+          min_bucket=int(g.min_bucket),
+        )
+        rows = [
+          {"prompt_index": idx[r // k], "sample": r % k, "response": out.text[r], "num_tokens": int(out.lengths[r])}
+          for r in range(len(idx) * k)
+        ]
         store.append(b, rows)
         bar.update(len(rows))
   rows = sorted((r for b in done.values() for r in b), key=lambda r: (r["prompt_index"], r["sample"]))
   if len(rows) != len(prompts) * samples_per_prompt:
-    raise RuntimeError(f"{store.path}: {len(rows)} rows for {len(prompts)} prompts x {samples_per_prompt}; "
-                       "delete it to regenerate")
+    raise RuntimeError(
+      f"{store.path}: {len(rows)} rows for {len(prompts)} prompts x {samples_per_prompt}; delete it to regenerate"
+    )
   write_jsonl(output, ({"prompt": prompts[r["prompt_index"]], **r} for r in rows))
   store.finish()
   return len(rows)
@@ -284,6 +332,7 @@ def sample_table(config, prompts: Sequence[str], samples_per_prompt: int, output
 
 def score(config, wd: Workdir, table: str) -> str:
   from map_jax.rewards.scoring import score_table, value_name
+
   targeted, kept = value_specs(config)
   out = wd.path(table.replace(".jsonl", ".rewards.jsonl"))
   options = plain(config.value_options)
@@ -295,6 +344,7 @@ def score(config, wd: Workdir, table: str) -> str:
 
 def _rewards(wd: Workdir, table: str, names: Sequence[str]) -> np.ndarray:
   from map_jax.data.pilot import load_pilot
+
   R, _ = load_pilot(wd.path(table), list(names))
   return np.asarray(R, np.float64)
 
@@ -322,8 +372,10 @@ def solve(config, wd: Workdir) -> dict:
         arec.update(method=config.adjust, rho=float(adj.rho))
         rec.update(adjusted=arec, use="adjusted")
       records.append(rec)
-  wd.write_json(wd.path("palettes.json"), {"values": names, "targeted": targeted, "kept": kept,
-                                           "n": int(R.shape[0]), "palettes": records})
+  wd.write_json(
+    wd.path("palettes.json"),
+    {"values": names, "targeted": targeted, "kept": kept, "n": int(R.shape[0]), "palettes": records},
+  )
   return {"palettes": len(records), "infeasible": sum(not r["feasible"] for r in records)}
 
 
@@ -339,6 +391,7 @@ def palette_key(seed: int, label: str):
   """The resampling key of one palette: a function of the seed and its label only, so adding or reordering
   palettes leaves every other palette's draw unchanged."""
   import jax
+
   label_id = int(hashlib.sha1(label.encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
   return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2), label_id)
 
@@ -356,11 +409,21 @@ def decode(config, wd: Workdir) -> dict:
   out = []
   for rec in pal["palettes"]:
     lam = (rec["adjusted"] if rec["use"] == "adjusted" else rec)["lambda"]
-    sel = select(palette_key(int(config.seed), rec["label"]), jnp.asarray(R[:, 1:], jnp.float32), jnp.asarray(lam, jnp.float32),
-                 mode=config.decode.mode)
+    sel = select(
+      palette_key(int(config.seed), rec["label"]),
+      jnp.asarray(R[:, 1:], jnp.float32),
+      jnp.asarray(lam, jnp.float32),
+      mode=config.decode.mode,
+    )
     probs = np.asarray(sel.probs, np.float64)
-    out.append({"label": rec["label"], "lambda": lam, "index": (np.asarray(sel.index) + 1).tolist(),
-                "candidate_ess": (1.0 / (probs ** 2).sum(-1)).tolist()})
+    out.append(
+      {
+        "label": rec["label"],
+        "lambda": lam,
+        "index": (np.asarray(sel.index) + 1).tolist(),
+        "candidate_ess": (1.0 / (probs**2).sum(-1)).tolist(),
+      }
+    )
   wd.write_json(wd.path("decoded.json"), {"mode": config.decode.mode, "palettes": out})
   return {"palettes": len(out)}
 
@@ -381,16 +444,28 @@ def report(config, wd: Workdir, timings: dict) -> dict:
   map_f = None
   run = map_f_run(config)
   if run is not None:
-    map_f = {"run": run, "workdir": config.map_f, "rewards": _rewards(wd, "map_f.rewards.jsonl", names),
-             "texts": _responses(wd, "map_f.jsonl")}
+    map_f = {
+      "run": run,
+      "workdir": config.map_f,
+      "rewards": _rewards(wd, "map_f.rewards.jsonl", names),
+      "texts": _responses(wd, "map_f.jsonl"),
+    }
   rep, figures = report_lib.decoding_report(
-      palettes=pal, decoded=wd.read_json("decoded.json"), test_prompts=prompts["test"],
-      pilot=_rewards(wd, "pilot.rewards.jsonl", names),
-      candidates=candidate_rewards(wd, names, len(prompts["test"]), k + 1),
-      texts=_responses(wd, "candidates.jsonl"), map_f=map_f, model=config.model,
-      prompts_source=config.prompts.source, confidence=float(config.report.confidence),
-      num_samples=int(config.report.num_samples), seed=int(config.seed), timings=timings,
-      num_pilot_samples=len(prompts["pilot"]) * int(config.pilot.samples_per_prompt))
+    palettes=pal,
+    decoded=wd.read_json("decoded.json"),
+    test_prompts=prompts["test"],
+    pilot=_rewards(wd, "pilot.rewards.jsonl", names),
+    candidates=candidate_rewards(wd, names, len(prompts["test"]), k + 1),
+    texts=_responses(wd, "candidates.jsonl"),
+    map_f=map_f,
+    model=config.model,
+    prompts_source=config.prompts.source,
+    confidence=float(config.report.confidence),
+    num_samples=int(config.report.num_samples),
+    seed=int(config.seed),
+    timings=timings,
+    num_pilot_samples=len(prompts["pilot"]) * int(config.pilot.samples_per_prompt),
+  )
   for name, draw in figures.items():
     draw(wd.path(name))
   wd.write_json(wd.path("report.json"), rep)
@@ -410,6 +485,7 @@ def _loaded_model(config):
   def load():
     if "m" not in cache:
       from map_jax.models.loading import load_model
+
       logging.info("loading %s", config.model)
       cache["m"] = load_model(config.model, dtype=config.dtype)
     return cache["m"]
@@ -418,8 +494,14 @@ def _loaded_model(config):
   cache.clear()
 
 
-def run(config, workdir: str, *, until: str = "report", force: Sequence[str] = (),
-        on_stage: Callable[[str, bool], None] | None = None) -> dict:
+def run(
+  config,
+  workdir: str,
+  *,
+  until: str = "report",
+  force: Sequence[str] = (),
+  on_stage: Callable[[str, bool], None] | None = None,
+) -> dict:
   """Run the stages up to and including `until`, skipping those already done with the same key.
 
   Args:
@@ -470,8 +552,16 @@ def _run_stage(stage, config, wd, load, timings):
     return make_prompts(config, wd)
   if stage == "generate_pilot":
     prompts = wd.read_json("prompts.json")["pilot"]
-    n = sample_table(config, prompts, int(config.pilot.samples_per_prompt), wd.path("pilot.jsonl"), stream=0,
-                     desc="pilot samples from p0", load=load, model_key=(config.model, config.dtype))
+    n = sample_table(
+      config,
+      prompts,
+      int(config.pilot.samples_per_prompt),
+      wd.path("pilot.jsonl"),
+      stream=0,
+      desc="pilot samples from p0",
+      load=load,
+      model_key=(config.model, config.dtype),
+    )
     return {"rows": n}
   if stage == "score_pilot":
     score(config, wd, "pilot.jsonl")
@@ -480,9 +570,16 @@ def _run_stage(stage, config, wd, load, timings):
     return solve(config, wd)
   if stage == "generate_candidates":
     prompts = wd.read_json("prompts.json")["test"]
-    n = sample_table(config, prompts, int(config.decode.num_candidates) + 1, wd.path("candidates.jsonl"),
-                     stream=1, desc="test samples (original + candidates)", load=load,
-                     model_key=(config.model, config.dtype))
+    n = sample_table(
+      config,
+      prompts,
+      int(config.decode.num_candidates) + 1,
+      wd.path("candidates.jsonl"),
+      stream=1,
+      desc="test samples (original + candidates)",
+      load=load,
+      model_key=(config.model, config.dtype),
+    )
     return {"rows": n}
   if stage == "score_candidates":
     score(config, wd, "candidates.jsonl")
@@ -494,8 +591,17 @@ def _run_stage(stage, config, wd, load, timings):
     if run is None:
       return {"map_f": None}
     prompts = wd.read_json("prompts.json")["test"]
-    n = sample_table(config, prompts, 1, wd.path("map_f.jsonl"), stream=3, desc="test answers of MAP-F",
-                     load=_map_f_loader(config), model_key=run, chat=run.get("chat", config.chat))
+    n = sample_table(
+      config,
+      prompts,
+      1,
+      wd.path("map_f.jsonl"),
+      stream=3,
+      desc="test answers of MAP-F",
+      load=_map_f_loader(config),
+      model_key=run,
+      chat=run.get("chat", config.chat),
+    )
     return {"rows": n, "map_f": config.map_f}
   if stage == "score_map_f":
     if map_f_run(config) is None:
@@ -505,5 +611,4 @@ def _run_stage(stage, config, wd, load, timings):
   return report(config, wd, timings)
 
 
-__all__ = ["STAGES", "parse_palettes", "run", "sample_table", "stage_keys", "validate", "value_names",
-           "value_specs"]
+__all__ = ["STAGES", "parse_palettes", "run", "sample_table", "stage_keys", "validate", "value_names", "value_specs"]

@@ -142,11 +142,11 @@ def _load_entry_points() -> None:
     try:
       obj = ep.load()
     except Exception as e:  # noqa: BLE001 (reported with the entry point's name)
-      raise PluginError(f"entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP!r} failed to load "
-                        f"({type(e).__name__}: {e})") from e
+      raise PluginError(
+        f"entry point {ep.name!r} ({ep.value}) of group {ENTRY_POINT_GROUP!r} failed to load ({type(e).__name__}: {e})"
+      ) from e
     if callable(obj) and not isinstance(obj, type):
       obj()  # an entry point may name a function that registers, instead of a module that does on import
 
 
-__all__ = ["ENTRY_POINT_GROUP", "Entry", "KINDS", "PluginError", "entries", "get", "load_plugins", "lookup",
-           "register"]
+__all__ = ["ENTRY_POINT_GROUP", "Entry", "KINDS", "PluginError", "entries", "get", "load_plugins", "lookup", "register"]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import functools
-from absl import logging
 from typing import NamedTuple, Sequence
 
+from absl import logging
 import chex
 import flax.linen as nn
 import jax
@@ -16,252 +16,314 @@ from map_jax.models import tokenizer as tok_lib
 from map_jax.models.layers import KVCache, positions_from_mask
 
 
-
 class SampleOutput(NamedTuple):
-    """Arrays from `sample`; rows are prompt-major: row r continues prompt r // num_return_sequences.
+  """Arrays from `sample`; rows are prompt-major: row r continues prompt r // num_return_sequences.
 
-    tokens:      [B*k, N] int32 sampled tokens, `pad_id` after a row's EOS.
-    logprobs:    [B*k, N] float32 log p(token | prefix) under the model itself (temperature 1, no top-k/p),
-                 the quantity MAP needs for KL terms and perplexity rewards; 0 after the end.
-    sample_logprobs: [B*k, N] log-probability under the distribution actually sampled from (after
-                 temperature / top-k / top-p); 0 for greedy decoding and after the end.
-    lengths:     [B*k] number of generated tokens, EOS included.
-    """
+  tokens:      [B*k, N] int32 sampled tokens, `pad_id` after a row's EOS.
+  logprobs:    [B*k, N] float32 log p(token | prefix) under the model itself (temperature 1, no top-k/p),
+               the quantity MAP needs for KL terms and perplexity rewards; 0 after the end.
+  sample_logprobs: [B*k, N] log-probability under the distribution actually sampled from (after
+               temperature / top-k / top-p); 0 for greedy decoding and after the end.
+  lengths:     [B*k] number of generated tokens, EOS included.
+  """
 
-    tokens: jax.Array
-    logprobs: jax.Array
-    sample_logprobs: jax.Array
-    lengths: jax.Array
+  tokens: jax.Array
+  logprobs: jax.Array
+  sample_logprobs: jax.Array
+  lengths: jax.Array
 
 
 def _choose(logits, key, temperature, top_k, top_p):
-    """Pick one token per row from float32 logits [R, V]; returns (token, model logprob, sampling logprob)."""
-    if top_k is not None:
-        vals, idx = jax.lax.top_k(logits, top_k)  # sorted descending, so the greedy pick is column 0
-    elif top_p is not None:
-        idx = jnp.argsort(-logits, axis=-1)
-        vals = jnp.take_along_axis(logits, idx, axis=-1)
-    else:
-        vals, idx = logits, None
-    scaled = vals / jnp.maximum(temperature, 1e-6)
-    if top_p is not None:
-        probs = jax.nn.softmax(scaled, axis=-1)
-        # Keep the smallest prefix of the sorted tokens whose mass reaches top_p (always the first token).
-        keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
-        scaled = jnp.where(keep, scaled, -jnp.inf)
-    pick = jnp.where(temperature > 0, jax.random.categorical(key, scaled, axis=-1),
-                     jnp.argmax(vals, axis=-1))
-    sample_lp = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), pick[:, None], axis=-1)[:, 0]
-    sample_lp = jnp.where(temperature > 0, sample_lp, 0.0)
-    token = pick if idx is None else jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0]
-    model_lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
-    return token.astype(jnp.int32), model_lp, sample_lp
+  """Pick one token per row from float32 logits [R, V]; returns (token, model logprob, sampling logprob)."""
+  if top_k is not None:
+    vals, idx = jax.lax.top_k(logits, top_k)  # sorted descending, so the greedy pick is column 0
+  elif top_p is not None:
+    idx = jnp.argsort(-logits, axis=-1)
+    vals = jnp.take_along_axis(logits, idx, axis=-1)
+  else:
+    vals, idx = logits, None
+  scaled = vals / jnp.maximum(temperature, 1e-6)
+  if top_p is not None:
+    probs = jax.nn.softmax(scaled, axis=-1)
+    # Keep the smallest prefix of the sorted tokens whose mass reaches top_p (always the first token).
+    keep = (jnp.cumsum(probs, axis=-1) - probs) < top_p
+    scaled = jnp.where(keep, scaled, -jnp.inf)
+  pick = jnp.where(temperature > 0, jax.random.categorical(key, scaled, axis=-1), jnp.argmax(vals, axis=-1))
+  sample_lp = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), pick[:, None], axis=-1)[:, 0]
+  sample_lp = jnp.where(temperature > 0, sample_lp, 0.0)
+  token = pick if idx is None else jnp.take_along_axis(idx, pick[:, None], axis=-1)[:, 0]
+  model_lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
+  return token.astype(jnp.int32), model_lp, sample_lp
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "module", "max_new_tokens", "top_k", "top_p", "num_return_sequences", "eos_ids", "pad_id"))
-def sample(module: nn.Module, params, prompt_tokens: jax.Array, prompt_mask: jax.Array, key: jax.Array,
-           temperature: float | jax.Array = 1.0, *, max_new_tokens: int, top_k: int | None = None,
-           top_p: float | None = None, num_return_sequences: int = 1, eos_ids: tuple[int, ...] = (),
-           pad_id: int = 0) -> SampleOutput:
-    """Sample continuations of left-padded prompts with a preallocated KV cache; one jit for the whole loop.
+@functools.partial(
+  jax.jit, static_argnames=("module", "max_new_tokens", "top_k", "top_p", "num_return_sequences", "eos_ids", "pad_id")
+)
+def sample(
+  module: nn.Module,
+  params,
+  prompt_tokens: jax.Array,
+  prompt_mask: jax.Array,
+  key: jax.Array,
+  temperature: float | jax.Array = 1.0,
+  *,
+  max_new_tokens: int,
+  top_k: int | None = None,
+  top_p: float | None = None,
+  num_return_sequences: int = 1,
+  eos_ids: tuple[int, ...] = (),
+  pad_id: int = 0,
+) -> SampleOutput:
+  """Sample continuations of left-padded prompts with a preallocated KV cache; one jit for the whole loop.
 
-    The prompt bucket [B, T] is prefilled once; its cache is then repeated `num_return_sequences` times and
-    decoded with a `lax.while_loop` that writes one token per step at cache slot T + i, stopping early once
-    every row has emitted one of `eos_ids`. Compiles once per (module, B, T, static options); `temperature`
-    is traced (0 means greedy). Deterministic given `key`.
+  The prompt bucket [B, T] is prefilled once; its cache is then repeated `num_return_sequences` times and
+  decoded with a `lax.while_loop` that writes one token per step at cache slot T + i, stopping early once
+  every row has emitted one of `eos_ids`. Compiles once per (module, B, T, static options); `temperature`
+  is traced (0 means greedy). Deterministic given `key`.
 
-    Args:
-      module: a decoder module (`Llama`, `GPT2`, `OPT`); its config gives the cache shape.
-      params: its params (boxed or plain).
-      prompt_tokens, prompt_mask: [B, T] left-padded prompts and their real-token mask.
-      key: PRNG key; step i uses `fold_in(key, i)`.
-      temperature: softmax temperature; 0 for greedy.
-      max_new_tokens: N, the decode budget.
-      top_k, top_p: optional truncation of the sampling distribution (top-k first, then nucleus).
-      num_return_sequences: k samples per prompt.
-      eos_ids: tokens that end a row; pad_id fills the rest of it.
+  Args:
+    module: a decoder module (`Llama`, `GPT2`, `OPT`); its config gives the cache shape.
+    params: its params (boxed or plain).
+    prompt_tokens, prompt_mask: [B, T] left-padded prompts and their real-token mask.
+    key: PRNG key; step i uses `fold_in(key, i)`.
+    temperature: softmax temperature; 0 for greedy.
+    max_new_tokens: N, the decode budget.
+    top_k, top_p: optional truncation of the sampling distribution (top-k first, then nucleus).
+    num_return_sequences: k samples per prompt.
+    eos_ids: tokens that end a row; pad_id fills the rest of it.
 
-    Returns:
-      `SampleOutput` with B*k rows.
-    """
-    chex.assert_rank(prompt_tokens, 2)
-    chex.assert_equal_shape([prompt_tokens, prompt_mask])
-    B, T = prompt_tokens.shape
-    N, k, cfg = max_new_tokens, num_return_sequences, module.config
-    logging.info("compiling sample: batch=%d prompt_len=%d new=%d k=%d", B, T, N, k)  # runs at trace time only
-    apply = functools.partial(module.apply, {"params": params}, last_only=True)
-    cache = KVCache.zeros(cfg.num_layers, B, T + N, cfg.num_kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype))
-    kv_mask = jnp.zeros((B, T + N), bool).at[:, :T].set(prompt_mask.astype(bool))
-    out = apply(prompt_tokens, positions_from_mask(prompt_mask), kv_mask, cache, 0)
-    rep = lambda x, axis=0: jnp.repeat(x, k, axis=axis)  # noqa: E731  prompt-major copies
-    cache = KVCache(rep(out.cache.k, 1), rep(out.cache.v, 1))
-    R = B * k
-    state = dict(
-        i=jnp.int32(0), cache=cache, kv_mask=rep(kv_mask), logits=rep(out.logits[:, 0]),
-        pos=rep(prompt_mask.astype(jnp.int32).sum(-1)), done=jnp.zeros((R,), bool),
-        tokens=jnp.full((R, N), pad_id, jnp.int32), lp=jnp.zeros((R, N)), slp=jnp.zeros((R, N)),
-        lengths=jnp.zeros((R,), jnp.int32))
-    eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+  Returns:
+    `SampleOutput` with B*k rows.
+  """
+  chex.assert_rank(prompt_tokens, 2)
+  chex.assert_equal_shape([prompt_tokens, prompt_mask])
+  B, T = prompt_tokens.shape
+  N, k, cfg = max_new_tokens, num_return_sequences, module.config
+  logging.info("compiling sample: batch=%d prompt_len=%d new=%d k=%d", B, T, N, k)  # runs at trace time only
+  apply = functools.partial(module.apply, {"params": params}, last_only=True)
+  cache = KVCache.zeros(cfg.num_layers, B, T + N, cfg.num_kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype))
+  kv_mask = jnp.zeros((B, T + N), bool).at[:, :T].set(prompt_mask.astype(bool))
+  out = apply(prompt_tokens, positions_from_mask(prompt_mask), kv_mask, cache, 0)
+  rep = lambda x, axis=0: jnp.repeat(x, k, axis=axis)  # noqa: E731  prompt-major copies
+  cache = KVCache(rep(out.cache.k, 1), rep(out.cache.v, 1))
+  R = B * k
+  state = dict(
+    i=jnp.int32(0),
+    cache=cache,
+    kv_mask=rep(kv_mask),
+    logits=rep(out.logits[:, 0]),
+    pos=rep(prompt_mask.astype(jnp.int32).sum(-1)),
+    done=jnp.zeros((R,), bool),
+    tokens=jnp.full((R, N), pad_id, jnp.int32),
+    lp=jnp.zeros((R, N)),
+    slp=jnp.zeros((R, N)),
+    lengths=jnp.zeros((R,), jnp.int32),
+  )
+  eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
 
-    def pick(s):  # sample token i from the current logits and record it
-        i = s["i"]
-        tok, lp, slp = _choose(s["logits"], jax.random.fold_in(key, i), temperature, top_k, top_p)
-        live = ~s["done"]
-        tok = jnp.where(live, tok, pad_id)
-        col = lambda a, v: jax.lax.dynamic_update_slice(a, v[:, None].astype(a.dtype), (0, i))  # noqa: E731
-        return dict(s, tok=tok, done=s["done"] | jnp.isin(tok, eos), tokens=col(s["tokens"], tok),
-                    lp=col(s["lp"], jnp.where(live, lp, 0.0)), slp=col(s["slp"], jnp.where(live, slp, 0.0)),
-                    lengths=s["lengths"] + live)
+  def pick(s):  # sample token i from the current logits and record it
+    i = s["i"]
+    tok, lp, slp = _choose(s["logits"], jax.random.fold_in(key, i), temperature, top_k, top_p)
+    live = ~s["done"]
+    tok = jnp.where(live, tok, pad_id)
+    col = lambda a, v: jax.lax.dynamic_update_slice(a, v[:, None].astype(a.dtype), (0, i))  # noqa: E731
+    return dict(
+      s,
+      tok=tok,
+      done=s["done"] | jnp.isin(tok, eos),
+      tokens=col(s["tokens"], tok),
+      lp=col(s["lp"], jnp.where(live, lp, 0.0)),
+      slp=col(s["slp"], jnp.where(live, slp, 0.0)),
+      lengths=s["lengths"] + live,
+    )
 
-    def advance(s):  # feed token i through the model at cache slot T + i: logits for token i + 1
-        i = s["i"]
-        kv_mask = s["kv_mask"].at[:, T + i].set(True)
-        o = apply(s["tok"][:, None], s["pos"][:, None], kv_mask, s["cache"], T + i)
-        return dict(s, i=i + 1, cache=o.cache, kv_mask=kv_mask, logits=o.logits[:, 0], pos=s["pos"] + 1)
+  def advance(s):  # feed token i through the model at cache slot T + i: logits for token i + 1
+    i = s["i"]
+    kv_mask = s["kv_mask"].at[:, T + i].set(True)
+    o = apply(s["tok"][:, None], s["pos"][:, None], kv_mask, s["cache"], T + i)
+    return dict(s, i=i + 1, cache=o.cache, kv_mask=kv_mask, logits=o.logits[:, 0], pos=s["pos"] + 1)
 
-    # N - 1 (pick, forward) steps in the loop and a last pick outside it: the last token needs no forward pass.
-    state["tok"] = jnp.full((R,), pad_id, jnp.int32)
-    s = jax.lax.while_loop(lambda s: (s["i"] < N - 1) & ~jnp.all(s["done"]), lambda s: advance(pick(s)), state)
-    s = pick(s)  # rows that were all done already just write padding
-    return SampleOutput(s["tokens"], s["lp"], s["slp"], s["lengths"])
+  # N - 1 (pick, forward) steps in the loop and a last pick outside it: the last token needs no forward pass.
+  state["tok"] = jnp.full((R,), pad_id, jnp.int32)
+  s = jax.lax.while_loop(lambda s: (s["i"] < N - 1) & ~jnp.all(s["done"]), lambda s: advance(pick(s)), state)
+  s = pick(s)  # rows that were all done already just write padding
+  return SampleOutput(s["tokens"], s["lp"], s["slp"], s["lengths"])
 
 
 class GenerationOutput(NamedTuple):
-    """Host-side result of `generate` (numpy), rows prompt-major (row r continues prompt r // k).
+  """Host-side result of `generate` (numpy), rows prompt-major (row r continues prompt r // k).
 
-    tokens [B*k, N], logprobs [B*k, N] (model log-probs of the sampled tokens, 0 after the end),
-    lengths [B*k] (generated tokens incl. EOS), text (decoded continuations without special tokens),
-    prompt_index [B*k].
-    """
+  tokens [B*k, N], logprobs [B*k, N] (model log-probs of the sampled tokens, 0 after the end),
+  lengths [B*k] (generated tokens incl. EOS), text (decoded continuations without special tokens),
+  prompt_index [B*k].
+  """
 
-    tokens: np.ndarray
-    text: list[str]
-    logprobs: np.ndarray
-    lengths: np.ndarray
-    prompt_index: np.ndarray
+  tokens: np.ndarray
+  text: list[str]
+  logprobs: np.ndarray
+  lengths: np.ndarray
+  prompt_index: np.ndarray
 
 
 def _pad_batch(tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pad the batch up to its bucket (1, 2, 3, 4, 6, 8, 12, 16, ...) with copies of row 0, so a last, smaller
-    batch reuses a compiled shape; callers drop the extra rows."""
-    B = tokens.shape[0]
-    extra = tok_lib.bucket(B, 1) - B
-    if extra == 0:
-        return tokens, mask
-    return (np.concatenate([tokens, np.repeat(tokens[:1], extra, 0)]),
-            np.concatenate([mask, np.repeat(mask[:1], extra, 0)]))
+  """Pad the batch up to its bucket (1, 2, 3, 4, 6, 8, 12, 16, ...) with copies of row 0, so a last, smaller
+  batch reuses a compiled shape; callers drop the extra rows."""
+  B = tokens.shape[0]
+  extra = tok_lib.bucket(B, 1) - B
+  if extra == 0:
+    return tokens, mask
+  return (
+    np.concatenate([tokens, np.repeat(tokens[:1], extra, 0)]),
+    np.concatenate([mask, np.repeat(mask[:1], extra, 0)]),
+  )
 
 
 def _eos_ids(module, tokenizer, eos_ids):
-    if eos_ids is not None:
-        return tuple(int(e) for e in eos_ids)
-    ids = set(getattr(module.config, "eos_token_ids", ()) or ())
-    if tokenizer is not None and tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return tuple(sorted(ids))
+  if eos_ids is not None:
+    return tuple(int(e) for e in eos_ids)
+  ids = set(getattr(module.config, "eos_token_ids", ()) or ())
+  if tokenizer is not None and tokenizer.eos_token_id is not None:
+    ids.add(int(tokenizer.eos_token_id))
+  return tuple(sorted(ids))
 
 
 def _prompt_ids(tokenizer, prompts, chat):
-    if len(prompts) and isinstance(prompts[0], str):
-        if tokenizer is None:
-            raise ValueError("text prompts need a tokenizer; pass token-id lists otherwise")
-        texts = [tok_lib.chat_prompt(tokenizer, p) for p in prompts] if chat else list(prompts)
-        return tok_lib.encode(tokenizer, texts)
-    return [list(map(int, p)) for p in prompts]
+  if len(prompts) and isinstance(prompts[0], str):
+    if tokenizer is None:
+      raise ValueError("text prompts need a tokenizer; pass token-id lists otherwise")
+    texts = [tok_lib.chat_prompt(tokenizer, p) for p in prompts] if chat else list(prompts)
+    return tok_lib.encode(tokenizer, texts)
+  return [list(map(int, p)) for p in prompts]
 
 
-def generate(module: nn.Module, params, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]], *,
-             key: jax.Array, max_new_tokens: int = 64, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, num_return_sequences: int = 1, eos_ids: Sequence[int] | None = None,
-             chat: bool = False, min_bucket: int = 16) -> GenerationOutput:
-    """Generate continuations for text (or token-id) prompts: tokenize, left-pad to a bucket, `sample`, decode.
+def generate(
+  module: nn.Module,
+  params,
+  tokenizer,
+  prompts: Sequence[str] | Sequence[Sequence[int]],
+  *,
+  key: jax.Array,
+  max_new_tokens: int = 64,
+  temperature: float = 1.0,
+  top_k: int | None = None,
+  top_p: float | None = None,
+  num_return_sequences: int = 1,
+  eos_ids: Sequence[int] | None = None,
+  chat: bool = False,
+  min_bucket: int = 16,
+) -> GenerationOutput:
+  """Generate continuations for text (or token-id) prompts: tokenize, left-pad to a bucket, `sample`, decode.
 
-    Prompt lengths are rounded up to a power of two (at least `min_bucket`), so a stream of batches of one
-    size compiles `sample` once per length bucket. `chat=True` wraps each prompt in the chat template.
+  Prompt lengths are rounded up to a power of two (at least `min_bucket`), so a stream of batches of one
+  size compiles `sample` once per length bucket. `chat=True` wraps each prompt in the chat template.
 
-    Example:
-      >>> cfg, params, tok = map_jax.models.load_model("smollm2-135m-instruct")
-      >>> out = generate(cfg.module(), params, tok, ["Tell me a joke."], key=jax.random.key(0),
-      ...                max_new_tokens=32, top_k=50, num_return_sequences=4, chat=True)
-      >>> out.text[:4], out.logprobs.sum(-1)
-    """
-    ids = _prompt_ids(tokenizer, prompts, chat)
-    if not ids or min(len(p) for p in ids) == 0:
-        raise ValueError("generate needs at least one prompt, each with at least one token")
-    context = module.config.max_position_embeddings
-    longest = max(len(p) for p in ids)
-    if longest + max_new_tokens > context:
-        raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
-                         f"context of {context} positions")
-    pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
-    tokens, mask = _pad_batch(*tok_lib.pad_left(ids, pad_id, min_bucket=min_bucket))
-    out = sample(module, params, tokens, mask, key, jnp.float32(temperature), max_new_tokens=max_new_tokens,
-                 top_k=top_k, top_p=top_p, num_return_sequences=num_return_sequences,
-                 eos_ids=_eos_ids(module, tokenizer, eos_ids), pad_id=int(pad_id))
-    R = len(ids) * num_return_sequences  # drop the rows that only padded the batch to its bucket
-    toks, lps, lens = (np.asarray(x)[:R] for x in (out.tokens, out.logprobs, out.lengths))
-    text = [] if tokenizer is None else tokenizer.batch_decode(
-        [t[:n].tolist() for t, n in zip(toks, lens)], skip_special_tokens=True)
-    return GenerationOutput(toks, text, lps, lens, np.repeat(np.arange(len(ids)), num_return_sequences))
+  Example:
+    >>> cfg, params, tok = map_jax.models.load_model("smollm2-135m-instruct")
+    >>> out = generate(cfg.module(), params, tok, ["Tell me a joke."], key=jax.random.key(0),
+    ...                max_new_tokens=32, top_k=50, num_return_sequences=4, chat=True)
+    >>> out.text[:4], out.logprobs.sum(-1)
+  """
+  ids = _prompt_ids(tokenizer, prompts, chat)
+  if not ids or min(len(p) for p in ids) == 0:
+    raise ValueError("generate needs at least one prompt, each with at least one token")
+  context = module.config.max_position_embeddings
+  longest = max(len(p) for p in ids)
+  if longest + max_new_tokens > context:
+    raise ValueError(
+      f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's context of {context} positions"
+    )
+  pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+  tokens, mask = _pad_batch(*tok_lib.pad_left(ids, pad_id, min_bucket=min_bucket))
+  out = sample(
+    module,
+    params,
+    tokens,
+    mask,
+    key,
+    jnp.float32(temperature),
+    max_new_tokens=max_new_tokens,
+    top_k=top_k,
+    top_p=top_p,
+    num_return_sequences=num_return_sequences,
+    eos_ids=_eos_ids(module, tokenizer, eos_ids),
+    pad_id=int(pad_id),
+  )
+  R = len(ids) * num_return_sequences  # drop the rows that only padded the batch to its bucket
+  toks, lps, lens = (np.asarray(x)[:R] for x in (out.tokens, out.logprobs, out.lengths))
+  text = (
+    []
+    if tokenizer is None
+    else tokenizer.batch_decode([t[:n].tolist() for t, n in zip(toks, lens)], skip_special_tokens=True)
+  )
+  return GenerationOutput(toks, text, lps, lens, np.repeat(np.arange(len(ids)), num_return_sequences))
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
 def token_logprobs(module: nn.Module, params, prompt_tokens, prompt_mask, cont_tokens, cont_mask):
-    """Log-probs of continuation tokens given prompts, one forward pass; pure and differentiable.
+  """Log-probs of continuation tokens given prompts, one forward pass; pure and differentiable.
 
-    Args:
-      prompt_tokens, prompt_mask: [B, T] left-padded prompts (each with at least one real token).
-      cont_tokens, cont_mask: [B, C] right-padded continuations.
+  Args:
+    prompt_tokens, prompt_mask: [B, T] left-padded prompts (each with at least one real token).
+    cont_tokens, cont_mask: [B, C] right-padded continuations.
 
-    Returns:
-      (total [B], per_token [B, C]) with per_token = log p(y_t | x, y_<t), 0 on padding.
-    """
-    chex.assert_rank([prompt_tokens, cont_tokens], 2)
-    chex.assert_equal_shape([prompt_tokens, prompt_mask])
-    chex.assert_equal_shape([cont_tokens, cont_mask])
-    chex.assert_equal_shape_prefix([prompt_tokens, cont_tokens], 1)
-    T = prompt_tokens.shape[1]
-    C = cont_tokens.shape[1]
-    tokens = jnp.concatenate([prompt_tokens, cont_tokens], axis=1)
-    mask = jnp.concatenate([prompt_mask, cont_mask], axis=1).astype(bool)
-    out = module.apply({"params": params}, tokens, positions_from_mask(mask), mask)
-    # Only the hidden states that predict continuation tokens go through the vocabulary projection.
-    logits = module.apply({"params": params}, out.hidden[:, T - 1: T + C - 1], method="logits")
-    lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), cont_tokens[..., None], axis=-1)[..., 0]
-    lp = jnp.where(cont_mask, lp, 0.0)
-    return lp.sum(-1), lp
+  Returns:
+    (total [B], per_token [B, C]) with per_token = log p(y_t | x, y_<t), 0 on padding.
+  """
+  chex.assert_rank([prompt_tokens, cont_tokens], 2)
+  chex.assert_equal_shape([prompt_tokens, prompt_mask])
+  chex.assert_equal_shape([cont_tokens, cont_mask])
+  chex.assert_equal_shape_prefix([prompt_tokens, cont_tokens], 1)
+  T = prompt_tokens.shape[1]
+  C = cont_tokens.shape[1]
+  tokens = jnp.concatenate([prompt_tokens, cont_tokens], axis=1)
+  mask = jnp.concatenate([prompt_mask, cont_mask], axis=1).astype(bool)
+  out = module.apply({"params": params}, tokens, positions_from_mask(mask), mask)
+  # Only the hidden states that predict continuation tokens go through the vocabulary projection.
+  logits = module.apply({"params": params}, out.hidden[:, T - 1 : T + C - 1], method="logits")
+  lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), cont_tokens[..., None], axis=-1)[..., 0]
+  lp = jnp.where(cont_mask, lp, 0.0)
+  return lp.sum(-1), lp
 
 
 class ScoreOutput(NamedTuple):
-    """total [B] summed log-prob of each continuation; per_token [B, C] (0 on padding); mask [B, C]."""
+  """total [B] summed log-prob of each continuation; per_token [B, C] (0 on padding); mask [B, C]."""
 
-    total: np.ndarray
-    per_token: np.ndarray
-    mask: np.ndarray
+  total: np.ndarray
+  per_token: np.ndarray
+  mask: np.ndarray
 
 
-def score(module: nn.Module, params, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
-          continuations: Sequence[str] | Sequence[Sequence[int]], *, chat: bool = False,
-          min_bucket: int = 16) -> ScoreOutput:
-    """Summed and per-token log p(continuation | prompt), batched and jitted (one compile per length bucket).
+def score(
+  module: nn.Module,
+  params,
+  tokenizer,
+  prompts: Sequence[str] | Sequence[Sequence[int]],
+  continuations: Sequence[str] | Sequence[Sequence[int]],
+  *,
+  chat: bool = False,
+  min_bucket: int = 16,
+) -> ScoreOutput:
+  """Summed and per-token log p(continuation | prompt), batched and jitted (one compile per length bucket).
 
-    Text is tokenized prompt and continuation separately (continuations without special tokens) and the ids
-    concatenated, which is how `generate`'s outputs line up with their prompts.
-    """
-    if len(prompts) != len(continuations):
-        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
-    p_ids = _prompt_ids(tokenizer, prompts, chat)
-    if any(len(p) == 0 for p in p_ids):
-        raise ValueError("score needs at least one prompt token per row (e.g. BOS) to predict the first token")
-    c_ids = (tok_lib.encode(tokenizer, continuations, add_special_tokens=False)
-             if len(continuations) and isinstance(continuations[0], str) else [list(c) for c in continuations])
-    context = module.config.max_position_embeddings
-    if max(len(p) for p in p_ids) + max(len(c) for c in c_ids) > context:
-        raise ValueError(f"prompt + continuation longer than the model's context of {context} positions")
-    pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
-    pt, pm = _pad_batch(*tok_lib.pad_left(p_ids, pad_id, min_bucket=min_bucket))
-    ct, cm = _pad_batch(*tok_lib.pad_right(c_ids, pad_id, min_bucket=min_bucket))
-    total, per = token_logprobs(module, params, pt, pm, ct, cm)
-    B = len(p_ids)
-    return ScoreOutput(np.asarray(total)[:B], np.asarray(per)[:B], cm[:B])
+  Text is tokenized prompt and continuation separately (continuations without special tokens) and the ids
+  concatenated, which is how `generate`'s outputs line up with their prompts.
+  """
+  if len(prompts) != len(continuations):
+    raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+  p_ids = _prompt_ids(tokenizer, prompts, chat)
+  if any(len(p) == 0 for p in p_ids):
+    raise ValueError("score needs at least one prompt token per row (e.g. BOS) to predict the first token")
+  c_ids = (
+    tok_lib.encode(tokenizer, continuations, add_special_tokens=False)
+    if len(continuations) and isinstance(continuations[0], str)
+    else [list(c) for c in continuations]
+  )
+  context = module.config.max_position_embeddings
+  if max(len(p) for p in p_ids) + max(len(c) for c in c_ids) > context:
+    raise ValueError(f"prompt + continuation longer than the model's context of {context} positions")
+  pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+  pt, pm = _pad_batch(*tok_lib.pad_left(p_ids, pad_id, min_bucket=min_bucket))
+  ct, cm = _pad_batch(*tok_lib.pad_right(c_ids, pad_id, min_bucket=min_bucket))
+  total, per = token_logprobs(module, params, pt, pm, ct, cm)
+  B = len(p_ids)
+  return ScoreOutput(np.asarray(total)[:B], np.asarray(per)[:B], cm[:B])

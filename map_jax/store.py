@@ -109,8 +109,12 @@ class ChunkStore:
           rec = json.loads(line)
           if i == 0:
             if not isinstance(rec, dict) or rec.get("key") != self.key:
-              logging.info("%s: chunks of another run (key %s, now %s) are discarded", self.path,
-                           rec.get("key") if isinstance(rec, dict) else None, self.key)
+              logging.info(
+                "%s: chunks of another run (key %s, now %s) are discarded",
+                self.path,
+                rec.get("key") if isinstance(rec, dict) else None,
+                self.key,
+              )
               return False
           else:
             chunks[rec["chunk"]] = rec["data"]

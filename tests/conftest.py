@@ -18,8 +18,10 @@ import pathlib
 if hasattr(os, "sched_setaffinity"):
   # The controller records the cores before pinning itself; workers inherit its environment (and its pin,
   # which they widen again to their own core).
-  _cores = [int(c) for c in os.environ.setdefault(
-      "MAP_JAX_TEST_CORES", ",".join(map(str, sorted(os.sched_getaffinity(0))))).split(",")]
+  _cores = [
+    int(c)
+    for c in os.environ.setdefault("MAP_JAX_TEST_CORES", ",".join(map(str, sorted(os.sched_getaffinity(0))))).split(",")
+  ]
   _worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
   os.sched_setaffinity(0, {_cores[int(_worker[2:] or 0) % len(_cores)]})
 
@@ -46,10 +48,20 @@ def tiny_smollm_dir(tmp_path_factory):
 
   d = tmp_path_factory.mktemp("tiny_smollm")
   torch.manual_seed(0)
-  transformers.LlamaForCausalLM(transformers.LlamaConfig(
-      vocab_size=49152, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
-      num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True, bos_token_id=1,
-      eos_token_id=2)).save_pretrained(d)
+  transformers.LlamaForCausalLM(
+    transformers.LlamaConfig(
+      vocab_size=49152,
+      hidden_size=32,
+      intermediate_size=48,
+      num_hidden_layers=1,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      max_position_embeddings=128,
+      tie_word_embeddings=True,
+      bos_token_id=1,
+      eos_token_id=2,
+    )
+  ).save_pretrained(d)
   path = loading.builtin_path("smollm2-135m-instruct")
   tok_lib.load_tokenizer(os.path.dirname(path), gguf_file=os.path.basename(path)).save_pretrained(d)
   return str(d)

@@ -27,7 +27,7 @@ def import_graph() -> dict[str, set[str]]:
       elif isinstance(node, ast.ImportFrom):
         base = node.module or ""
         if node.level:
-          up = package.split(".")[:len(package.split(".")) - node.level + 1]
+          up = package.split(".")[: len(package.split(".")) - node.level + 1]
           base = ".".join(up + ([base] if base else []))
         for a in node.names:
           edges.add(f"{base}.{a.name}" if f"{base}.{a.name}" in files else base)
@@ -102,6 +102,7 @@ def test_public_names_are_callables_not_submodules():
   import types
 
   import map_jax
+
   for module in ("map_jax.sampling", "map_jax.rewards", "map_jax.align.decode", "map_jax.core.frontier"):
     importlib.import_module(module)
   submodules = {p.stem for p in (ROOT / "map_jax").iterdir()}

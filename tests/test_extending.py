@@ -43,6 +43,7 @@ def user_dir(tmp_path_factory):
 
 def test_a_reward_value_from_a_user_module(user_dir, tmp_path):
   from map_jax.rewards import available_rewards, get_reward
+
   assert plugins.load_plugins("my_values") == ["my_values"]
   assert available_rewards()["brevity"] == "scale / (1 + words in the response)"
   value = get_reward("brevity", scale=2.0)
@@ -53,9 +54,22 @@ def test_a_reward_value_from_a_user_module(user_dir, tmp_path):
   src = tmp_path / "pilot.jsonl"
   src.write_text("".join(json.dumps(r) + "\n" for r in rows))
   env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(user_dir), str(ROOT)])}
-  proc = subprocess.run([sys.executable, "-m", "experiments.score", "--plugins=my_values", f"--input={src}",
-                         "--values=brevity,length", f"--output={tmp_path / 'out.jsonl'}"],
-                        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.score",
+      "--plugins=my_values",
+      f"--input={src}",
+      "--values=brevity,length",
+      f"--output={tmp_path / 'out.jsonl'}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
+    env=env,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
   assert [r["brevity"] for r in out] == [1 / 3, 1 / 2]
@@ -83,9 +97,18 @@ def test_a_model_family_from_a_user_module_matches_transformers(user_dir, tmp_pa
   from map_jax.models.family import CausalLM
 
   torch.manual_seed(0)
-  hf = transformers.MistralForCausalLM(transformers.MistralConfig(
-      vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-      num_key_value_heads=2, max_position_embeddings=64, sliding_window=None)).eval()
+  hf = transformers.MistralForCausalLM(
+    transformers.MistralConfig(
+      vocab_size=97,
+      hidden_size=32,
+      intermediate_size=48,
+      num_hidden_layers=2,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      max_position_embeddings=64,
+      sliding_window=None,
+    )
+  ).eval()
   hf.save_pretrained(tmp_path)
   with pytest.raises(loading.CheckpointError, match="unsupported architecture model_type='mistral'"):
     loading.load_hf(str(tmp_path), tokenizer=False)

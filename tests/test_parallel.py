@@ -8,9 +8,9 @@ import sys
 import textwrap
 
 import jax
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from map_jax import parallel
 from map_jax.align import ppo
@@ -39,9 +39,16 @@ def _batch(rows=16, prompt=4, new=8):
   prompt_mask = np.arange(prompt)[None] >= rng.integers(0, prompt, rows)[:, None]
   mask = np.arange(new)[None] < rng.integers(1, new + 1, rows)[:, None]
   f = lambda x: np.where(mask, x, 0).astype(np.float32)  # noqa: E731
-  return ppo.Batch(rng.integers(3, 64, (rows, prompt)).astype(np.int32), prompt_mask,
-                   rng.integers(3, 64, (rows, new)).astype(np.int32), mask, f(rng.normal(-4.16, 0.1, mask.shape)),
-                   f(rng.normal(size=mask.shape)), f(rng.normal(size=mask.shape)), f(rng.normal(size=mask.shape)))
+  return ppo.Batch(
+    rng.integers(3, 64, (rows, prompt)).astype(np.int32),
+    prompt_mask,
+    rng.integers(3, 64, (rows, new)).astype(np.int32),
+    mask,
+    f(rng.normal(-4.16, 0.1, mask.shape)),
+    f(rng.normal(size=mask.shape)),
+    f(rng.normal(size=mask.shape)),
+    f(rng.normal(size=mask.shape)),
+  )
 
 
 # Adam's step m / (sqrt(v) + eps) is ~sign(g) for |g| >> eps: with the default eps = 1e-8, a gradient entry
@@ -94,12 +101,21 @@ def test_sharded_update_on_8_devices_equals_one_device(tmp_path):
   state = ppo.compile_init(TINY.module(), SHARDED_PPO, mesh)(tiny_model().params, jax.random.key(3))
   batch = _batch()
   plain = state.replace(key=0)
-  np.savez(tmp_path / "in.npz", key=np.asarray(jax.random.key_data(state.key)),
-           **{f"s{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(plain))},
-           **{f"b_{k}": x for k, x in batch._asdict().items() if x is not None})
+  np.savez(
+    tmp_path / "in.npz",
+    key=np.asarray(jax.random.key_data(state.key)),
+    **{f"s{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(plain))},
+    **{f"b_{k}": x for k, x in batch._asdict().items() if x is not None},
+  )
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(ROOT))
-  proc = subprocess.run([sys.executable, "-c", _SHARDED, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+  proc = subprocess.run(
+    [sys.executable, "-c", _SHARDED, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
+    env=env,
+  )
   assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
 
   before = [np.asarray(x) for x in jax.tree.leaves(plain.params)]  # the update donates the state

@@ -18,10 +18,21 @@ def default_config():
   return configs.load("default")
 
 
-PROMPTS = ["How was your weekend?", "What do you do for fun?", "Any plans for the summer?", "Do you like dogs?",
-           "What is your favorite food?", "Tell me about your job.", "Seen any good movies lately?",
-           "Where did you grow up?", "What music do you like?", "Do you play any sports?",
-           "What's the best book you read?", "Coffee or tea?", "x" * 300]
+PROMPTS = [
+  "How was your weekend?",
+  "What do you do for fun?",
+  "Any plans for the summer?",
+  "Do you like dogs?",
+  "What is your favorite food?",
+  "Tell me about your job.",
+  "Seen any good movies lately?",
+  "Where did you grow up?",
+  "What music do you like?",
+  "Do you play any sports?",
+  "What's the best book you read?",
+  "Coffee or tea?",
+  "x" * 300,
+]
 
 
 @pytest.fixture
@@ -47,11 +58,19 @@ def tiny_config(model, prompt_file):
 def test_palette_specs():
   t, k = ["humor", "gpt2-helpful"], ["coherence"]
   assert pipeline.parse_palettes("HHH-70%; gpt2-helpful-80% ;x=humor:0.9", t, k) == [
-      ("HHH-70%", {"humor": 0.7, "gpt2-helpful": 0.7}), ("gpt2-helpful-80%", {"gpt2-helpful": 0.8}),
-      ("x", {"humor": 0.9})]
-  for bad, msg in [("coherence-80%", "kept at its mean"), ("wit-80%", "not a targeted value"),
-                   ("x=humor:1.5", "outside"), ("x=humor", "VALUE:QUANTILE"), ("HHH", "GROUP-Q%"),
-                   ("", "no palette"), ("a=humor:0.5;a=humor:0.6", "repeat")]:
+    ("HHH-70%", {"humor": 0.7, "gpt2-helpful": 0.7}),
+    ("gpt2-helpful-80%", {"gpt2-helpful": 0.8}),
+    ("x", {"humor": 0.9}),
+  ]
+  for bad, msg in [
+    ("coherence-80%", "kept at its mean"),
+    ("wit-80%", "not a targeted value"),
+    ("x=humor:1.5", "outside"),
+    ("x=humor", "VALUE:QUANTILE"),
+    ("HHH", "GROUP-Q%"),
+    ("", "no palette"),
+    ("a=humor:0.5;a=humor:0.6", "repeat"),
+  ]:
     with pytest.raises(ValueError, match=msg):
       pipeline.parse_palettes(bad, t, k)
 
@@ -65,8 +84,12 @@ def test_config_validation_and_stage_keys():
   assert changed == {"solve", "decode", "report"}
   c.generation.max_new_tokens = 10
   assert {s for s, v in pipeline.stage_keys(c).items() if v == keys[s]} == {"prompts"}
-  for field, value, msg in [("targeted", "humor,coherence", "both targeted and kept"), ("targeted", "", "no value"),
-                            ("adjust", "scale", "adjust"), ("palettes", "coherence-50%", "kept")]:
+  for field, value, msg in [
+    ("targeted", "humor,coherence", "both targeted and kept"),
+    ("targeted", "", "no value"),
+    ("adjust", "scale", "adjust"),
+    ("palettes", "coherence-50%", "kept"),
+  ]:
     bad = default_config()
     setattr(bad, field, value)
     with pytest.raises(ValueError, match=msg):
@@ -126,11 +149,22 @@ def test_tiny_run_end_to_end_cache_and_rerun(tiny_smollm_dir, prompt_file, tmp_p
 
   # a MAP-F run (the layout experiments.train_ppo writes) joins the report as one more row
   from map_jax.models.loading import load_model, save_params
+
   tiny = load_model(tiny_smollm_dir)
   mapf = tmp_path / "mapf"
   save_params(str(mapf / "params"), jax.tree.map(lambda x: 1.5 * x, tiny.params))
-  (mapf / "run.json").write_text(json.dumps({"method": "MAP-F", "model": tiny_smollm_dir, "params": str(mapf / "params"),
-                                             "chat": True, "values": ["diversity", "length"], "lam": [2.0, 0.0]}))
+  (mapf / "run.json").write_text(
+    json.dumps(
+      {
+        "method": "MAP-F",
+        "model": tiny_smollm_dir,
+        "params": str(mapf / "params"),
+        "chat": True,
+        "values": ["diversity", "length"],
+        "lam": [2.0, 0.0],
+      }
+    )
+  )
   c.map_f = str(mapf)
   t = pipeline.run(c, str(wd))
   assert {s for s, v in t.items() if not v["skipped"]} == {"generate_map_f", "score_map_f", "report"}
@@ -151,6 +185,7 @@ def test_generation_resumes_after_a_kill_to_the_same_samples(tiny_smollm_dir, pr
   pipeline.run(c, str(tmp_path / "whole"), until="generate_pilot")
 
   import map_jax.sampling as gen
+
   real, calls = gen.generate, []
 
   def dying(*a, **kw):
@@ -177,10 +212,12 @@ def test_generation_resumes_after_a_kill_to_the_same_samples(tiny_smollm_dir, pr
 
 
 @pytest.mark.parametrize("change", ["seed", "prompts"])
-def test_a_killed_generation_rerun_under_another_config_equals_a_clean_run(tiny_smollm_dir, prompt_file, tmp_path,
-                                                                          monkeypatch, change):
+def test_a_killed_generation_rerun_under_another_config_equals_a_clean_run(
+  tiny_smollm_dir, prompt_file, tmp_path, monkeypatch, change
+):
   c = tiny_config(tiny_smollm_dir, prompt_file)
   import map_jax.sampling as gen
+
   real, calls = gen.generate, []
 
   def dying(*a, **kw):
@@ -230,11 +267,21 @@ def test_paper_configs_build_and_validate():
   opt, llama = configs.load("paper_opt1.3b"), configs.load("paper_llama2_7b")
   for c in (opt, llama):
     pipeline.validate(c)
-    assert pipeline.value_names(c) == (["humor", "gpt2-helpful", "gpt2-harmless"],
-                                       ["diversity", "coherence", "perplexity"])
+    assert pipeline.value_names(c) == (
+      ["humor", "gpt2-helpful", "gpt2-harmless"],
+      ["diversity", "coherence", "perplexity"],
+    )
     assert (c.prompts.source, c.prompts.num_pilot, c.decode.num_candidates) == ("hh-rlhf", 2000, 16)
     assert (c.generation.top_k, c.generation.max_new_tokens, c.generation.temperature) == (50, 50, 1.0)
     assert [lab for lab, _ in pipeline.parse_palettes(c.palettes, *pipeline.value_names(c))] == [
-        "HHH-50%", "HHH-60%", "HHH-70%", "HHH-80%"]
-  assert (opt.model, opt.chat, llama.model, llama.chat) == ("facebook/opt-1.3b", False,
-                                                            "meta-llama/Llama-2-7b-chat-hf", True)
+      "HHH-50%",
+      "HHH-60%",
+      "HHH-70%",
+      "HHH-80%",
+    ]
+  assert (opt.model, opt.chat, llama.model, llama.chat) == (
+    "facebook/opt-1.3b",
+    False,
+    "meta-llama/Llama-2-7b-chat-hf",
+    True,
+  )

@@ -49,6 +49,10 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path):
 def test_content_key_depends_on_every_part():
   base = content_key(["a", "b"], {"seed": 0, "model": "m"}, 3)
   assert base == content_key(["a", "b"], {"model": "m", "seed": 0}, 3)  # key order does not matter
-  for other in ((["b", "a"], {"seed": 0, "model": "m"}, 3), (["a", "b"], {"seed": 1, "model": "m"}, 3),
-                (["a", "b"], {"seed": 0, "model": "m"}, 4), (["a", "b"], {"seed": 0, "model": "m2"}, 3)):
+  for other in (
+    (["b", "a"], {"seed": 0, "model": "m"}, 3),
+    (["a", "b"], {"seed": 1, "model": "m"}, 3),
+    (["a", "b"], {"seed": 0, "model": "m"}, 4),
+    (["a", "b"], {"seed": 0, "model": "m2"}, 3),
+  ):
     assert content_key(*other) != base

@@ -112,13 +112,15 @@ def _as_values(values: Sequence[Any]) -> tuple[list[Callable], list[str]]:
   for v in values:
     if isinstance(v, str):
       from map_jax.rewards import get_reward  # loads the registry only when names are given
+
       v = get_reward(v)
     fns.append(v)
   return fns, [getattr(f, "name", f"value_{i}") for i, f in enumerate(fns)]
 
 
-def score_candidates(prompts: Sequence[str], candidates: Sequence[Sequence[str]],
-                     values: Sequence[Any]) -> tuple[np.ndarray, list[str]]:
+def score_candidates(
+  prompts: Sequence[str], candidates: Sequence[Sequence[str]], values: Sequence[Any]
+) -> tuple[np.ndarray, list[str]]:
   """Rewards [P, k, m] of k candidates per prompt under m values, each value called once on all P·k rows.
 
   Values see the raw prompt (not the chat-templated one), as the pilot tables of `experiments.score` do,
@@ -140,16 +142,29 @@ def score_candidates(prompts: Sequence[str], candidates: Sequence[Sequence[str]]
     bad = np.flatnonzero(~np.isfinite(col))
     if bad.size:
       r = int(bad[0])
-      raise ValueError(f"value {name!r} gave a non-finite reward {col[r]} to prompt {r // k}, candidate "
-                       f"{r % k}: {flat_y[r][:80]!r}")
+      raise ValueError(
+        f"value {name!r} gave a non-finite reward {col[r]} to prompt {r // k}, candidate {r % k}: {flat_y[r][:80]!r}"
+      )
     R[:, j] = col
   return R.reshape(P, k, len(fns)), names
 
 
-def decode(model, prompts: Sequence[str], values: Sequence[Any], lam, *, key: jax.Array,
-           num_candidates: int, max_new_tokens: int = 64, temperature: float = 1.0,
-           top_k: int | None = None, top_p: float | None = None, chat: bool = True,
-           mode: str = "sample", batch_size: int = 16) -> DecodeOutput:
+def decode(
+  model,
+  prompts: Sequence[str],
+  values: Sequence[Any],
+  lam,
+  *,
+  key: jax.Array,
+  num_candidates: int,
+  max_new_tokens: int = 64,
+  temperature: float = 1.0,
+  top_k: int | None = None,
+  top_p: float | None = None,
+  chat: bool = True,
+  mode: str = "sample",
+  batch_size: int = 16,
+) -> DecodeOutput:
   """MAP-D for a list of prompts: generate k candidates each, score them, keep one per prompt.
 
   Args:
@@ -186,16 +201,32 @@ def decode(model, prompts: Sequence[str], values: Sequence[Any], lam, *, key: ja
   module, k = model.module, num_candidates  # one module object, so `sample` compiles once per shape
   candidates: list[list[str]] = []
   for b, start in enumerate(range(0, len(prompts), batch_size)):
-    out = generate(module, model.params, model.tokenizer, prompts[start:start + batch_size],
-                   key=jax.random.fold_in(gen_key, b), max_new_tokens=max_new_tokens, temperature=temperature,
-                   top_k=top_k, top_p=top_p, num_return_sequences=k, chat=chat)
-    candidates += [out.text[i:i + k] for i in range(0, len(out.text), k)]  # rows are prompt-major
+    out = generate(
+      module,
+      model.params,
+      model.tokenizer,
+      prompts[start : start + batch_size],
+      key=jax.random.fold_in(gen_key, b),
+      max_new_tokens=max_new_tokens,
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+      num_return_sequences=k,
+      chat=chat,
+    )
+    candidates += [out.text[i : i + k] for i in range(0, len(out.text), k)]  # rows are prompt-major
   R, names = score_candidates(prompts, candidates, values)
   sel = select(sel_key, jnp.asarray(R, jnp.float32), jnp.asarray(lam, jnp.float32), mode=mode)
   index = np.asarray(sel.index)
-  return DecodeOutput(text=[c[i] for c, i in zip(candidates, index)],
-                      rewards=R[np.arange(len(prompts)), index], index=index, candidates=candidates,
-                      candidate_rewards=R, probs=np.asarray(sel.probs), value_names=names)
+  return DecodeOutput(
+    text=[c[i] for c, i in zip(candidates, index)],
+    rewards=R[np.arange(len(prompts)), index],
+    index=index,
+    candidates=candidates,
+    candidate_rewards=R,
+    probs=np.asarray(sel.probs),
+    value_names=names,
+  )
 
 
 __all__ = ["DecodeOutput", "MODES", "Selection", "decode", "score_candidates", "select"]

@@ -71,10 +71,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from absl import logging
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
+from absl import logging
 import chex
 import flax.linen as nn
 import jax
@@ -83,9 +83,8 @@ import numpy as np
 import optax
 
 from map_jax import parallel
-from map_jax.sampling import SampleOutput, sample, token_logprobs
 from map_jax.models.layers import positions_from_mask
-
+from map_jax.sampling import SampleOutput, sample, token_logprobs
 
 VALUE_MODELS = ("head", "separate")
 KL_ESTIMATORS = ("sample", "exact")
@@ -167,8 +166,10 @@ class PPOConfig:
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
     if batch_size is not None and batch_size % (self.num_minibatches * self.grad_accum):
-      raise ValueError(f"batch size {batch_size} is not a multiple of num_minibatches × grad_accum = "
-                       f"{self.num_minibatches} × {self.grad_accum}")
+      raise ValueError(
+        f"batch size {batch_size} is not a multiple of num_minibatches × grad_accum = "
+        f"{self.num_minibatches} × {self.grad_accum}"
+      )
     return self
 
 
@@ -176,10 +177,10 @@ class PPOConfig:
 class TrainState:
   """Everything an update changes. params = {"policy": LM params, "value": {"head": ..., ["trunk": ...]}}."""
 
-  step: jax.Array       # int32 scalar: updates applied so far
-  params: Any           # plain (unboxed) arrays
-  opt_state: Any        # optax state of the AdamW chain over `params`
-  key: jax.Array        # the run's PRNG key; iteration i uses fold_in(key, i), so resuming needs only (key, i)
+  step: jax.Array  # int32 scalar: updates applied so far
+  params: Any  # plain (unboxed) arrays
+  opt_state: Any  # optax state of the AdamW chain over `params`
+  key: jax.Array  # the run's PRNG key; iteration i uses fold_in(key, i), so resuming needs only (key, i)
 
 
 class Batch(NamedTuple):
@@ -213,6 +214,7 @@ class ValueHead(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- pure math
+
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
   """Mean of x over the positions where mask is True (0 if there are none)."""
@@ -253,8 +255,9 @@ def token_rewards(scores: jax.Array, kl: jax.Array, mask: jax.Array, beta: float
   return jnp.where(mask, -beta * kl + jnp.where(at_last, scores[:, None], 0.0), 0.0)
 
 
-def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[jax.Array, jax.Array]:
+def gae(
+  rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[jax.Array, jax.Array]:
   r"""Generalised advantage estimates over right-padded episodes; the state after the last token is terminal.
 
   .. math::  δ_t = r_t + γ V_{t+1} − V_t, \quad A_t = δ_t + γ λ A_{t+1}, \quad G_t = A_t + V_t,
@@ -280,8 +283,7 @@ def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1
     acc = delta + gamma * lam * jnp.where(live, acc, 0.0)
     return acc, acc
 
-  _, adv = jax.lax.scan(back, jnp.zeros(rewards.shape[:1], rewards.dtype), (deltas.T, live_next.T),
-                        reverse=True)
+  _, adv = jax.lax.scan(back, jnp.zeros(rewards.shape[:1], rewards.dtype), (deltas.T, live_next.T), reverse=True)
   adv = jnp.where(mask, adv.T, 0.0)
   return adv, jnp.where(mask, adv + values, 0.0)
 
@@ -292,8 +294,10 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, clip_ratio) -> tuple[j
   unclipped = -advantages * ratio
   clipped = -advantages * jnp.clip(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio)
   loss = masked_mean(jnp.maximum(unclipped, clipped), mask)
-  stats = {"clip_fraction": masked_mean((clipped > unclipped).astype(jnp.float32), mask),
-           "approx_kl": masked_mean(0.5 * jnp.square(logprobs - old_logprobs), mask)}
+  stats = {
+    "clip_fraction": masked_mean((clipped > unclipped).astype(jnp.float32), mask),
+    "approx_kl": masked_mean(0.5 * jnp.square(logprobs - old_logprobs), mask),
+  }
   return loss, stats
 
 
@@ -305,13 +309,15 @@ def value_loss(values, old_values, returns, mask, clip_value) -> jax.Array:
 
 # ------------------------------------------------------------------------------------------- the model
 
+
 def _hidden(module, params, prompt_tokens, prompt_mask, tokens, mask):
   """Final hidden states at the positions that predict the response tokens: [B, N, E]."""
   T, N = prompt_tokens.shape[1], tokens.shape[1]
   seq_mask = jnp.concatenate([prompt_mask, mask], axis=1).astype(bool)
-  out = module.apply({"params": params}, jnp.concatenate([prompt_tokens, tokens], axis=1),
-                     positions_from_mask(seq_mask), seq_mask)
-  return out.hidden[:, T - 1:T + N - 1]
+  out = module.apply(
+    {"params": params}, jnp.concatenate([prompt_tokens, tokens], axis=1), positions_from_mask(seq_mask), seq_mask
+  )
+  return out.hidden[:, T - 1 : T + N - 1]
 
 
 def vocab_logprobs(module: nn.Module, params, prompt_tokens, prompt_mask, tokens, mask) -> jax.Array:
@@ -320,8 +326,16 @@ def vocab_logprobs(module: nn.Module, params, prompt_tokens, prompt_mask, tokens
   return jax.nn.log_softmax(module.apply({"params": params}, h, method="logits"), axis=-1)
 
 
-def forward(module: nn.Module, params, prompt_tokens, prompt_mask, tokens, mask, value_model: str = "head",
-            ref_logprobs: jax.Array | None = None):
+def forward(
+  module: nn.Module,
+  params,
+  prompt_tokens,
+  prompt_mask,
+  tokens,
+  mask,
+  value_model: str = "head",
+  ref_logprobs: jax.Array | None = None,
+):
   """Policy log-probs, entropies and values of response tokens in one pass (two with a separate value LM).
 
   Args:
@@ -349,8 +363,9 @@ def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
   if cfg.warmup_steps:
     lr = lambda count: cfg.learning_rate * jnp.minimum(1.0, (count + 1) / cfg.warmup_steps)  # noqa: E731
   return optax.chain(
-      optax.clip_by_global_norm(cfg.max_grad_norm),
-      optax.adamw(lr, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps, weight_decay=cfg.weight_decay))
+    optax.clip_by_global_norm(cfg.max_grad_norm),
+    optax.adamw(lr, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps, weight_decay=cfg.weight_decay),
+  )
 
 
 def init_state(module: nn.Module, params, key: jax.Array, cfg: PPOConfig) -> TrainState:
@@ -359,24 +374,44 @@ def init_state(module: nn.Module, params, key: jax.Array, cfg: PPOConfig) -> Tra
   With value_model="separate" the value trunk starts as a copy of the policy. `key` seeds the whole run.
   """
   policy = nn.meta.unbox(params)
-  width = jax.eval_shape(lambda p: module.apply({"params": p}, jnp.zeros((1, 1), jnp.int32)).hidden,
-                         policy).shape[-1]
+  width = jax.eval_shape(lambda p: module.apply({"params": p}, jnp.zeros((1, 1), jnp.int32)).hidden, policy).shape[-1]
   value = {"head": ValueHead().init(jax.random.key(0), jnp.zeros((1, width)))["params"]}
   if cfg.value_model == "separate":
     value["trunk"] = jax.tree.map(jnp.copy, policy)
   all_params = {"policy": policy, "value": value}
-  return TrainState(step=jnp.zeros((), jnp.int32), params=all_params,
-                    opt_state=make_optimizer(cfg).init(all_params), key=key)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32), params=all_params, opt_state=make_optimizer(cfg).init(all_params), key=key
+  )
 
 
 # ------------------------------------------------------------------------------------------- rollout and batch
 
-def rollout(module: nn.Module, state: TrainState, prompt_tokens, prompt_mask, key, cfg: PPOConfig, *,
-            eos_ids: tuple[int, ...] = (), pad_id: int = 0) -> SampleOutput:
+
+def rollout(
+  module: nn.Module,
+  state: TrainState,
+  prompt_tokens,
+  prompt_mask,
+  key,
+  cfg: PPOConfig,
+  *,
+  eos_ids: tuple[int, ...] = (),
+  pad_id: int = 0,
+) -> SampleOutput:
   """Sample one response per prompt from the current policy (`map_jax.sampling.sample`)."""
-  return sample(module, state.params["policy"], prompt_tokens, prompt_mask, key, jnp.float32(cfg.temperature),
-                max_new_tokens=cfg.max_new_tokens, top_k=cfg.top_k, top_p=cfg.top_p, eos_ids=tuple(eos_ids),
-                pad_id=int(pad_id))
+  return sample(
+    module,
+    state.params["policy"],
+    prompt_tokens,
+    prompt_mask,
+    key,
+    jnp.float32(cfg.temperature),
+    max_new_tokens=cfg.max_new_tokens,
+    top_k=cfg.top_k,
+    top_p=cfg.top_p,
+    eos_ids=tuple(eos_ids),
+    pad_id=int(pad_id),
+  )
 
 
 def response_mask(lengths: jax.Array, n: int) -> jax.Array:
@@ -384,8 +419,9 @@ def response_mask(lengths: jax.Array, n: int) -> jax.Array:
   return jnp.arange(n)[None, :] < jnp.asarray(lengths)[:, None]
 
 
-def score_responses(prompts: Sequence[str], responses: Sequence[str], values: Sequence[Any],
-                    lam) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def score_responses(
+  prompts: Sequence[str], responses: Sequence[str], values: Sequence[Any], lam
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
   """Host side: reward values on (prompt, response) text and the sequence score λᵀr.
 
   Each value re-tokenizes the text its own way (reward models have their own tokenizers). A non-finite
@@ -395,13 +431,15 @@ def score_responses(prompts: Sequence[str], responses: Sequence[str], values: Se
     (rewards [B, m] float64, scores [B] = rewards @ λ, value names).
   """
   from map_jax.align.decode import score_candidates
+
   R, names = score_candidates(prompts, [[y] for y in responses], values)
   R = R[:, 0]
   return R, R @ np.asarray(lam, np.float64), names
 
 
-def make_batch(params, ref_params, prompt_tokens, prompt_mask, tokens, mask, scores, *, module: nn.Module,
-               cfg: PPOConfig) -> tuple[Batch, dict]:
+def make_batch(
+  params, ref_params, prompt_tokens, prompt_mask, tokens, mask, scores, *, module: nn.Module, cfg: PPOConfig
+) -> tuple[Batch, dict]:
   """Everything PPO needs from a scored rollout: π_old and p0 log-probs, V_old, token rewards, GAE.
 
   Args:
@@ -418,8 +456,9 @@ def make_batch(params, ref_params, prompt_tokens, prompt_mask, tokens, mask, sco
   ref_all = None
   if cfg.kl_estimator == "exact":
     ref_all = vocab_logprobs(module, ref_params, prompt_tokens, prompt_mask, tokens, mask)
-    logp, entropy, values, kl = forward(module, params, prompt_tokens, prompt_mask, tokens, mask,
-                                        cfg.value_model, ref_all)
+    logp, entropy, values, kl = forward(
+      module, params, prompt_tokens, prompt_mask, tokens, mask, cfg.value_model, ref_all
+    )
   else:
     logp, entropy, values, _ = forward(module, params, prompt_tokens, prompt_mask, tokens, mask, cfg.value_model)
     _, ref_logp = token_logprobs(module, ref_params, prompt_tokens, prompt_mask, tokens, mask)
@@ -430,25 +469,42 @@ def make_batch(params, ref_params, prompt_tokens, prompt_mask, tokens, mask, sco
     reward_std = masked_std(rewards, mask)
     rewards, kl_weight = rewards / reward_std, kl_weight / reward_std
   advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.gae_lambda)
-  stats = {"kl": jnp.mean(jnp.sum(kl, -1)), "entropy": masked_mean(entropy, mask),
-           "value": masked_mean(values, mask), "return": masked_mean(returns, mask),
-           "advantage": masked_mean(advantages, mask), "score": jnp.mean(scores)}
+  stats = {
+    "kl": jnp.mean(jnp.sum(kl, -1)),
+    "entropy": masked_mean(entropy, mask),
+    "value": masked_mean(values, mask),
+    "return": masked_mean(returns, mask),
+    "advantage": masked_mean(advantages, mask),
+    "score": jnp.mean(scores),
+  }
   if cfg.whiten_advantages:
     kl_weight /= masked_std(advantages, mask)
     advantages = whiten(advantages, mask)
   if ref_all is None:
     return Batch(prompt_tokens, prompt_mask, tokens, mask, logp, values, advantages, returns), stats
-  return Batch(prompt_tokens, prompt_mask, tokens, mask, logp, values, advantages, returns, ref_all,
-               jnp.full(tokens.shape[:1], kl_weight)), stats
+  return Batch(
+    prompt_tokens,
+    prompt_mask,
+    tokens,
+    mask,
+    logp,
+    values,
+    advantages,
+    returns,
+    ref_all,
+    jnp.full(tokens.shape[:1], kl_weight),
+  ), stats
 
 
 # ------------------------------------------------------------------------------------------- the update
 
+
 def loss_fn(params, mb: Batch, *, module: nn.Module, cfg: PPOConfig) -> tuple[jax.Array, dict]:
   """PPO loss of one micro-batch: clipped policy loss + value_coef · clipped value loss − entropy bonus
   (+ the direct KL term kl_weight · KL(π ‖ p0) per token with kl_estimator="exact")."""
-  logp, entropy, values, kl = forward(module, params, mb.prompt_tokens, mb.prompt_mask, mb.tokens, mb.mask,
-                                      cfg.value_model, mb.ref_logprobs)
+  logp, entropy, values, kl = forward(
+    module, params, mb.prompt_tokens, mb.prompt_mask, mb.tokens, mb.mask, cfg.value_model, mb.ref_logprobs
+  )
   pg, stats = policy_loss(logp, mb.logprobs, mb.advantages, mb.mask, cfg.clip_ratio)
   vf = value_loss(values, mb.values, mb.returns, mb.mask, cfg.clip_value)
   ent = masked_mean(entropy, mb.mask)
@@ -460,8 +516,9 @@ def loss_fn(params, mb: Batch, *, module: nn.Module, cfg: PPOConfig) -> tuple[ja
   return loss, dict(stats, loss=loss, policy_loss=pg, value_loss=vf)
 
 
-def update(state: TrainState, batch: Batch, key: jax.Array, *, module: nn.Module,
-           cfg: PPOConfig) -> tuple[TrainState, dict]:
+def update(
+  state: TrainState, batch: Batch, key: jax.Array, *, module: nn.Module, cfg: PPOConfig
+) -> tuple[TrainState, dict]:
   """PPO on one rollout: `ppo_epochs` shuffled passes, `num_minibatches` AdamW steps each.
 
   Each minibatch's gradient is the mean over `grad_accum` micro-batches, accumulated in a `lax.scan` so only
@@ -474,8 +531,14 @@ def update(state: TrainState, batch: Batch, key: jax.Array, *, module: nn.Module
   B = batch.tokens.shape[0]
   nm, ga = cfg.num_minibatches, cfg.grad_accum
   micro = B // (nm * ga)
-  logging.info("compiling PPO update: batch=%d = %d minibatches × %d micro-batches × %d rows, %d epochs",
-           B, nm, ga, micro, cfg.ppo_epochs)  # runs at trace time only: a second line means a recompile
+  logging.info(
+    "compiling PPO update: batch=%d = %d minibatches × %d micro-batches × %d rows, %d epochs",
+    B,
+    nm,
+    ga,
+    micro,
+    cfg.ppo_epochs,
+  )  # runs at trace time only: a second line means a recompile
   tx = make_optimizer(cfg)
   grad_fn = jax.grad(functools.partial(loss_fn, module=module, cfg=cfg), has_aux=True)
 
@@ -498,17 +561,19 @@ def update(state: TrainState, batch: Batch, key: jax.Array, *, module: nn.Module
     return jax.lax.scan(minibatch, carry, mbs)
 
   (params, opt_state), metrics = jax.lax.scan(
-      epoch, (state.params, state.opt_state), jax.random.split(key, cfg.ppo_epochs))
-  return (state.replace(step=state.step + 1, params=params, opt_state=opt_state),
-          jax.tree.map(jnp.mean, metrics))
+    epoch, (state.params, state.opt_state), jax.random.split(key, cfg.ppo_epochs)
+  )
+  return (state.replace(step=state.step + 1, params=params, opt_state=opt_state), jax.tree.map(jnp.mean, metrics))
 
 
 # ------------------------------------------------------------------------------------------- sharding and jit
+
 
 @functools.lru_cache(maxsize=None)
 def abstract_state(module: nn.Module, cfg: PPOConfig) -> TrainState:
   """Shapes and dtypes of the TrainState, without allocating it (cached: tracing the model is not free)."""
   from map_jax.models.loading import abstract_params
+
   return jax.eval_shape(lambda p: init_state(module, p, jax.random.key(0), cfg), abstract_params(module.config))
 
 
@@ -517,6 +582,7 @@ def state_shardings(module: nn.Module, cfg: PPOConfig, mesh) -> TrainState:
   """NamedShardings of the TrainState: LM weights (policy, value trunk) and their Adam moments FSDP-sharded
   by their logical axes; the value head, step and key replicated."""
   from map_jax.models.loading import abstract_params
+
   lm = parallel.param_shardings(abstract_params(module.config), mesh)
   abstract = abstract_state(module, cfg)
   value = {"head": jax.tree.map(lambda _: parallel.replicated(mesh), abstract.params["value"]["head"])}
@@ -529,16 +595,20 @@ def state_shardings(module: nn.Module, cfg: PPOConfig, mesh) -> TrainState:
 
 
 @functools.lru_cache(maxsize=None)
-def compile_update(module: nn.Module, cfg: PPOConfig, mesh) -> Callable[[TrainState, Batch, jax.Array],
-                                                                        tuple[TrainState, dict]]:
+def compile_update(
+  module: nn.Module, cfg: PPOConfig, mesh
+) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
   """`update` as one `jax.jit` with the state's shardings in and out, the batch split over the mesh's batch
   axes, and the input state donated (its buffers are reused for the new state). Cached per
   (module, cfg, mesh), so trainers in one process share the compiled program."""
   shardings = state_shardings(module, cfg, mesh)
   rep = parallel.replicated(mesh)
-  return jax.jit(functools.partial(update, module=module, cfg=cfg),
-                 in_shardings=(shardings, parallel.batch_sharding(mesh), rep),
-                 out_shardings=(shardings, rep), donate_argnums=(0,))
+  return jax.jit(
+    functools.partial(update, module=module, cfg=cfg),
+    in_shardings=(shardings, parallel.batch_sharding(mesh), rep),
+    out_shardings=(shardings, rep),
+    donate_argnums=(0,),
+  )
 
 
 @functools.lru_cache(maxsize=None)
@@ -546,9 +616,11 @@ def compile_make_batch(module: nn.Module, cfg: PPOConfig, mesh) -> Callable:
   """`make_batch` jitted with the params' shardings in and the batch split over the mesh on the way out."""
   shardings = state_shardings(module, cfg, mesh)
   rows, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-  return jax.jit(functools.partial(make_batch, module=module, cfg=cfg),
-                 in_shardings=(shardings.params, shardings.params["policy"], rows, rows, rows, rows, rows),
-                 out_shardings=(rows, rep))
+  return jax.jit(
+    functools.partial(make_batch, module=module, cfg=cfg),
+    in_shardings=(shardings.params, shardings.params["policy"], rows, rows, rows, rows, rows),
+    out_shardings=(rows, rep),
+  )
 
 
 @functools.lru_cache(maxsize=None)
@@ -568,6 +640,7 @@ def _to_host(x: jax.Array) -> np.ndarray:
   if x.is_fully_addressable or x.is_fully_replicated:
     return np.asarray(x)
   from jax.experimental import multihost_utils
+
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -580,10 +653,23 @@ class IterationResult(NamedTuple):
   rewards: np.ndarray
 
 
-def iteration(module: nn.Module, state: TrainState, ref_params, prompts: Sequence[str], prompt_tokens,
-              prompt_mask, values: Sequence[Any], lam, cfg: PPOConfig, *, mesh, step: int,
-              detokenize: Callable[[list[list[int]]], list[str]], eos_ids: tuple[int, ...] = (),
-              pad_id: int = 0) -> IterationResult:
+def iteration(
+  module: nn.Module,
+  state: TrainState,
+  ref_params,
+  prompts: Sequence[str],
+  prompt_tokens,
+  prompt_mask,
+  values: Sequence[Any],
+  lam,
+  cfg: PPOConfig,
+  *,
+  mesh,
+  step: int,
+  detokenize: Callable[[list[list[int]]], list[str]],
+  eos_ids: tuple[int, ...] = (),
+  pad_id: int = 0,
+) -> IterationResult:
   """Rollout, reward, make_batch and update for one batch of prompts; times each phase.
 
   Args:
@@ -616,8 +702,12 @@ def iteration(module: nn.Module, state: TrainState, ref_params, prompts: Sequenc
   t2 = time.perf_counter()
   mask = np.asarray(response_mask(lengths, tokens.shape[1]))
   batch, stats = compile_make_batch(module, cfg, mesh)(
-      state.params, ref_params, prompt_tokens, prompt_mask, *jax.device_put(
-          (tokens, mask, scores.astype(np.float32)), rows))
+    state.params,
+    ref_params,
+    prompt_tokens,
+    prompt_mask,
+    *jax.device_put((tokens, mask, scores.astype(np.float32)), rows),
+  )
   stats = jax.tree.map(_to_host, stats)
   t3 = time.perf_counter()
   state, metrics = compile_update(module, cfg, mesh)(state, batch, update_key)
@@ -626,6 +716,13 @@ def iteration(module: nn.Module, state: TrainState, ref_params, prompts: Sequenc
   n_tokens = int(lengths.sum())
   metrics.update({k: float(v) for k, v in stats.items()})
   metrics.update({f"reward/{n}": float(R[:, j].mean()) for j, n in enumerate(names)})
-  metrics.update(tokens=n_tokens, response_length=float(lengths.mean()), tokens_per_s=n_tokens / (t4 - t0),
-                 time_generate=t1 - t0, time_reward=t2 - t1, time_score=t3 - t2, time_update=t4 - t3)
+  metrics.update(
+    tokens=n_tokens,
+    response_length=float(lengths.mean()),
+    tokens_per_s=n_tokens / (t4 - t0),
+    time_generate=t1 - t0,
+    time_reward=t2 - t1,
+    time_score=t3 - t2,
+    time_update=t4 - t3,
+  )
   return IterationResult(state, metrics, responses, R)

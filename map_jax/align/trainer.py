@@ -37,8 +37,15 @@ from map_jax.checkpoint import Checkpointer
 
 # Fields that may change when resuming a run: how long it runs, how often it saves and on how many devices
 # (orbax reshards the state onto the new mesh), not what it learns.
-RESUMABLE = ("run.num_steps", "run.checkpoint_every", "run.keep_checkpoints", "run.progress", "run.tensorboard",
-             "run.mesh_data", "run.mesh_fsdp")
+RESUMABLE = (
+  "run.num_steps",
+  "run.checkpoint_every",
+  "run.keep_checkpoints",
+  "run.progress",
+  "run.tensorboard",
+  "run.mesh_data",
+  "run.mesh_fsdp",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +101,7 @@ def prompt_order(num_prompts: int, seed: int, position: int, count: int) -> np.n
   while len(out) < count:
     epoch, offset = divmod(position, num_prompts)
     perm = np.random.default_rng((seed, epoch)).permutation(num_prompts)
-    take = perm[offset:offset + count - len(out)]
+    take = perm[offset : offset + count - len(out)]
     out.extend(take.tolist())
     position += len(take)
   return np.asarray(out, np.int64)
@@ -115,6 +122,7 @@ class MetricWriter:
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter
+
       self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1 if start_step else None)
 
   def write(self, step: int, metrics: dict) -> None:
@@ -133,11 +141,13 @@ def _codec(tokenizer, chat: bool):
   """(encode prompts -> id lists, decode id lists -> texts). Without a tokenizer, text is space-separated ids
   ("3 17 5"): tiny random models and synthetic rewards in tests use that."""
   if tokenizer is None:
-    return (lambda ps: [[int(t) for t in p.split()] for p in ps],
-            lambda ids: [" ".join(map(str, t)) for t in ids])
+    return (lambda ps: [[int(t) for t in p.split()] for p in ps], lambda ids: [" ".join(map(str, t)) for t in ids])
   from map_jax.sampling import _prompt_ids
-  return (lambda ps: _prompt_ids(tokenizer, list(ps), chat),
-          lambda ids: tokenizer.batch_decode(ids, skip_special_tokens=True))
+
+  return (
+    lambda ps: _prompt_ids(tokenizer, list(ps), chat),
+    lambda ids: tokenizer.batch_decode(ids, skip_special_tokens=True),
+  )
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str], chat: bool, max_tokens: int) -> list[list[int]]:
@@ -153,9 +163,18 @@ def _value_names(values) -> list[str]:
   return [v if isinstance(v, str) else getattr(v, "name", f"value_{i}") for i, v in enumerate(values)]
 
 
-def fine_tune(model, prompts: Sequence[str], values: Sequence[Any], lam, cfg: ppo.PPOConfig, run: RunConfig,
-              workdir: str | None = None, *, config_record: dict | None = None,
-              on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+def fine_tune(
+  model,
+  prompts: Sequence[str],
+  values: Sequence[Any],
+  lam,
+  cfg: ppo.PPOConfig,
+  run: RunConfig,
+  workdir: str | None = None,
+  *,
+  config_record: dict | None = None,
+  on_step: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
   """Fine-tune `model` toward λᵀr with PPO (KL to the model as given), resuming from `workdir` if it has a run.
 
   Args:
@@ -186,23 +205,41 @@ def fine_tune(model, prompts: Sequence[str], values: Sequence[Any], lam, cfg: pp
   cfg.validate(run.batch_size)
   context = module.config.max_position_embeddings
   if run.max_prompt_tokens + cfg.max_new_tokens > context:
-    raise ValueError(f"max_prompt_tokens={run.max_prompt_tokens} + max_new_tokens={cfg.max_new_tokens} exceeds "
-                     f"the model's context of {context}")
+    raise ValueError(
+      f"max_prompt_tokens={run.max_prompt_tokens} + max_new_tokens={cfg.max_new_tokens} exceeds "
+      f"the model's context of {context}"
+    )
   prompts = list(prompts)
   ids = encode_prompts(tokenizer, prompts, run.chat, run.max_prompt_tokens)
   decode = _codec(tokenizer, run.chat)[1]
-  from map_jax.sampling import _eos_ids
   from map_jax.models import tokenizer as tok_lib
+  from map_jax.sampling import _eos_ids
+
   eos = _eos_ids(module, tokenizer, None)
   pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
 
-  record = {"ppo": dataclasses.asdict(cfg), "run": dataclasses.asdict(run), "lam": lam,
-            "values": _value_names(values), "num_prompts": len(prompts),
-            "prompts_hash": _hash(prompts), **(config_record or {})}
+  record = {
+    "ppo": dataclasses.asdict(cfg),
+    "run": dataclasses.asdict(run),
+    "lam": lam,
+    "values": _value_names(values),
+    "num_prompts": len(prompts),
+    "prompts_hash": _hash(prompts),
+    **(config_record or {}),
+  }
   shardings = ppo.state_shardings(module, cfg, mesh)
   ref = parallel.shard(nn.meta.unbox(model.params), shardings.params["policy"])
-  ckpt = (Checkpointer(os.path.join(workdir, "checkpoints"), every=run.checkpoint_every, config=record,
-                       resumable=RESUMABLE, max_to_keep=run.keep_checkpoints) if workdir else None)
+  ckpt = (
+    Checkpointer(
+      os.path.join(workdir, "checkpoints"),
+      every=run.checkpoint_every,
+      config=record,
+      resumable=RESUMABLE,
+      max_to_keep=run.keep_checkpoints,
+    )
+    if workdir
+    else None
+  )
   step, position = 0, 0
   if ckpt is not None and ckpt.latest_step() is not None:
     state, meta = ckpt.restore(ppo.abstract_state(module, cfg), shardings)
@@ -211,27 +248,42 @@ def fine_tune(model, prompts: Sequence[str], values: Sequence[Any], lam, cfg: pp
     state = ppo.compile_init(module, cfg, mesh)(nn.meta.unbox(model.params), jax.random.key(run.seed))
   writer = MetricWriter(workdir, step, run.tensorboard) if workdir else None
   from map_jax.rewards import get_reward
+
   fns = [get_reward(v) if isinstance(v, str) else v for v in values]
   history: list[dict] = []
   steps = range(step, run.num_steps)
   if run.progress:
     from tqdm.auto import tqdm
+
     steps = tqdm(steps, desc="PPO", unit="step", initial=step, total=run.num_steps)
   try:
     for step in steps:
       idx = prompt_order(len(prompts), run.seed, position, run.batch_size)
       tokens, mask = tok_lib.pad_left([ids[i] for i in idx], pad_id, length=run.max_prompt_tokens)
       try:
-        res = ppo.iteration(module, state, ref, [prompts[i] for i in idx], tokens, mask, fns, lam, cfg,
-                            mesh=mesh, step=step, detokenize=decode, eos_ids=eos, pad_id=pad_id)
+        res = ppo.iteration(
+          module,
+          state,
+          ref,
+          [prompts[i] for i in idx],
+          tokens,
+          mask,
+          fns,
+          lam,
+          cfg,
+          mesh=mesh,
+          step=step,
+          detokenize=decode,
+          eos_ids=eos,
+          pad_id=pad_id,
+        )
       except ValueError as e:
         if "non-finite" not in str(e):
           raise
         raise TrainingError(_stopped(step + 1, str(e), ckpt)) from e
       bad = sorted(k for k, v in res.metrics.items() if isinstance(v, float) and not math.isfinite(v))
       if bad:
-        raise TrainingError(_stopped(step + 1, f"non-finite {', '.join(bad)} (loss {res.metrics['loss']})",
-                                     ckpt))
+        raise TrainingError(_stopped(step + 1, f"non-finite {', '.join(bad)} (loss {res.metrics['loss']})", ckpt))
       state, position = res.state, position + run.batch_size
       history.append(res.metrics)
       if writer:
@@ -256,6 +308,7 @@ def fine_tune(model, prompts: Sequence[str], values: Sequence[Any], lam, cfg: pp
   params_dir = None
   if workdir:
     from map_jax.models.loading import save_params
+
     params_dir = os.path.join(os.path.abspath(workdir), "params")
     if os.path.isdir(params_dir):
       shutil.rmtree(params_dir)
@@ -272,12 +325,16 @@ def _hash(texts: Sequence[str]) -> str:
 
 def _stopped(step: int, cause: str, ckpt: Checkpointer | None) -> str:
   last = ckpt.latest_step() if ckpt is not None else None
-  where = (f"the newest checkpoint, step {last} in {ckpt.directory}, is the last good state" if last is not None
-           else "no checkpoint was written before it")
+  where = (
+    f"the newest checkpoint, step {last} in {ckpt.directory}, is the last good state"
+    if last is not None
+    else "no checkpoint was written before it"
+  )
   return f"PPO step {step} stopped: {cause}. Nothing of this step was saved; {where}."
 
 
 # ------------------------------------------------------------------------------------------------ sequential
+
 
 class Stage(NamedTuple):
   """One stage of sequential alignment: fine-tune toward `lam_step` · r_value, KL to the previous stage's model.
@@ -292,8 +349,9 @@ class Stage(NamedTuple):
   lam: np.ndarray
 
 
-def sequential_stages(rewards, palette, *, rounds: int, order: Sequence[int] | None = None,
-                      min_step: float = 1e-8) -> list[Stage]:
+def sequential_stages(
+  rewards, palette, *, rounds: int, order: Sequence[int] | None = None, min_step: float = 1e-8
+) -> list[Stage]:
   r"""The sequential λ schedule of `map_jax.core.sequential.sequential_solve`, as fine-tuning stages.
 
   Step k of the solver moves one coordinate: λ_k = λ_{k−1} + Δ e_i. Since
@@ -309,6 +367,7 @@ def sequential_stages(rewards, palette, *, rounds: int, order: Sequence[int] | N
     The stages in order.
   """
   from map_jax.core.sequential import sequential_solve
+
   R = np.asarray(rewards, np.float64)
   order = list(range(R.shape[1])) if order is None else [int(i) for i in order]
   with jax.enable_x64(True):
@@ -324,9 +383,17 @@ def sequential_stages(rewards, palette, *, rounds: int, order: Sequence[int] | N
   return stages
 
 
-def fine_tune_sequential(model, prompts: Sequence[str], values: Sequence[Any], stages: Sequence[Stage],
-                         cfg: ppo.PPOConfig, run: RunConfig, workdir: str, *,
-                         config_record: dict | None = None) -> TrainResult:
+def fine_tune_sequential(
+  model,
+  prompts: Sequence[str],
+  values: Sequence[Any],
+  stages: Sequence[Stage],
+  cfg: ppo.PPOConfig,
+  run: RunConfig,
+  workdir: str,
+  *,
+  config_record: dict | None = None,
+) -> TrainResult:
   """Align one value at a time: each stage runs `fine_tune` with a single value, its λ step and, as both start
   and KL reference, the previous stage's model; only that value's reward model is loaded meanwhile.
 
@@ -341,6 +408,7 @@ def fine_tune_sequential(model, prompts: Sequence[str], values: Sequence[Any], s
     The last stage's `TrainResult` (params_dir: workdir/params).
   """
   from map_jax.models.loading import restore_params, save_params
+
   names = _value_names(values)
   result = None
   for s, stage in enumerate(stages):
@@ -349,11 +417,17 @@ def fine_tune_sequential(model, prompts: Sequence[str], values: Sequence[Any], s
     if os.path.isdir(done) and result is None and os.path.exists(os.path.join(stage_dir, "done")):
       model = model._replace(params=restore_params(done, model.config))
       continue
-    record = dict(config_record or {}, stage=s, stage_round=stage.round, stage_value=names[stage.value],
-                  stage_lam=[float(x) for x in stage.lam])
+    record = dict(
+      config_record or {},
+      stage=s,
+      stage_round=stage.round,
+      stage_value=names[stage.value],
+      stage_lam=[float(x) for x in stage.lam],
+    )
     # A value given by name is loaded by `fine_tune` and freed when the stage ends, before the next loads.
-    result = fine_tune(model, prompts, [values[stage.value]], [stage.lam_step], cfg, run, stage_dir,
-                       config_record=record)
+    result = fine_tune(
+      model, prompts, [values[stage.value]], [stage.lam_step], cfg, run, stage_dir, config_record=record
+    )
     open(os.path.join(stage_dir, "done"), "w").close()
     model = model._replace(params=result.params)
   params = nn.meta.unbox(model.params)

@@ -34,9 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from map_jax.core import feasibility as feas
-from map_jax.core import implicit
-from map_jax.core import loops
-from map_jax.core import validation
+from map_jax.core import implicit, loops, validation
 
 
 class DualSolution(NamedTuple):
@@ -59,6 +57,7 @@ class DualSolution(NamedTuple):
     converged: ``kkt_residual <= tol`` (for infeasible palettes: the LP converged).
     num_steps: accepted Newton steps.
   """
+
   lam: jax.Array
   realized: jax.Array
   feasible: jax.Array
@@ -80,14 +79,15 @@ def dual_objective(rewards: jax.Array, palette: jax.Array, lam: jax.Array) -> ja
 
 class _Standardized(NamedTuple):
   """The pilot set in standardized units, shared by every palette."""
-  r: jax.Array       # (n, m): (R − μ) / σ
-  rt: jax.Array      # (m, n): rᵀ, so that logits λᵀrᵀ of a batch of palettes come out
-                     # (batch, n) with no transpose
-  moments: jax.Array  # (m + m(m+1)/2, n): the columns of r, then the upper triangle
-                      # of the rows' outer products (transposed: XLA:CPU runs
-                      # moments @ weights several times faster than weights @ momentsᵀ)
-  mean: jax.Array    # μ (m,)
-  scale: jax.Array   # σ (m,), 1 for constant columns
+
+  r: jax.Array  # (n, m): (R − μ) / σ
+  # rt: (m, n): rᵀ, so that logits λᵀrᵀ of a batch of palettes come out (batch, n) with no transpose
+  rt: jax.Array
+  # moments: (m + m(m+1)/2, n): the columns of r, then the upper triangle of the rows' outer products
+  # (transposed: XLA:CPU runs moments @ weights several times faster than weights @ momentsᵀ)
+  moments: jax.Array
+  mean: jax.Array  # μ (m,)
+  scale: jax.Array  # σ (m,), 1 for constant columns
 
 
 def _standardize(rewards: jax.Array) -> _Standardized:
@@ -105,12 +105,12 @@ def _standardize(rewards: jax.Array) -> _Standardized:
 
 
 class _NewtonState(NamedTuple):
-  lam: jax.Array       # current iterate (standardized units)
-  f: jax.Array         # −g at lam
-  grad: jax.Array      # ∇(−g) = realized − c at lam
-  step: jax.Array      # −(Newton direction): lam(α) = max(lam − α step, 0)
-  active: jax.Array    # coordinates held at their bound in this direction
-  alpha: jax.Array     # current step length on the projection arc
+  lam: jax.Array  # current iterate (standardized units)
+  f: jax.Array  # −g at lam
+  grad: jax.Array  # ∇(−g) = realized − c at lam
+  step: jax.Array  # −(Newton direction): lam(α) = max(lam − α step, 0)
+  active: jax.Array  # coordinates held at their bound in this direction
+  alpha: jax.Array  # current step length on the projection arc
   num_steps: jax.Array
   num_evals: jax.Array
   residual: jax.Array
@@ -163,8 +163,7 @@ def _newton_step(lam, grad, hess, residual, ridge):
   # diagonally scaled gradient step stands in.
   chol = jax.lax.linalg.cholesky(reduced, symmetrize_input=False)
   half = jax.lax.linalg.triangular_solve(chol, grad[:, None], left_side=True, lower=True)
-  step = jax.lax.linalg.triangular_solve(chol, half, left_side=True, lower=True,
-                                         transpose_a=True)[:, 0]
+  step = jax.lax.linalg.triangular_solve(chol, half, left_side=True, lower=True, transpose_a=True)[:, 0]
   fallback = grad / (diag + ridge * (1.0 + diag))
   step = jnp.where(jnp.all(jnp.isfinite(step)), step, fallback)
   return step, active
@@ -180,12 +179,12 @@ def _newton(std: _Standardized, c: jax.Array, *, tol, max_iter, max_evals, ridge
   f0, g0, h0 = _evaluate(std, c, lam0)
   res0 = _kkt_residual(lam0, g0)
   step0, active0 = _newton_step(lam0, g0, h0, res0, ridge)
-  state = _NewtonState(lam0, f0, g0, step0, active0, jnp.ones((), dtype),
-                       jnp.zeros((), jnp.int32), jnp.ones((), jnp.int32), res0)
+  state = _NewtonState(
+    lam0, f0, g0, step0, active0, jnp.ones((), dtype), jnp.zeros((), jnp.int32), jnp.ones((), jnp.int32), res0
+  )
 
   def cond(consts, s):
-    return ((s.residual > tol) & (s.num_steps < max_iter) & (s.num_evals < max_evals)
-            & (s.alpha > 1e-12))
+    return (s.residual > tol) & (s.num_steps < max_iter) & (s.num_evals < max_evals) & (s.alpha > 1e-12)
 
   def body(consts, s):
     std, c = consts
@@ -193,14 +192,14 @@ def _newton(std: _Standardized, c: jax.Array, *, tol, max_iter, max_evals, ridge
     f_t, g_t, h_t = _evaluate(std, c, trial)
     # Armijo along the projection arc: predicted decrease from the free coordinates'
     # Newton step plus the held ones' actual movement.
-    predicted = (s.alpha * jnp.sum(jnp.where(s.active, 0.0, s.grad * s.step))
-                 + jnp.sum(jnp.where(s.active, s.grad * (s.lam - trial), 0.0)))
+    predicted = s.alpha * jnp.sum(jnp.where(s.active, 0.0, s.grad * s.step)) + jnp.sum(
+      jnp.where(s.active, s.grad * (s.lam - trial), 0.0)
+    )
     accept = f_t <= s.f - sigma * predicted + slack * (1.0 + jnp.abs(s.f))
     accept = accept & jnp.isfinite(f_t)
     res_t = _kkt_residual(trial, g_t)
     step_t, active_t = _newton_step(trial, g_t, h_t, res_t, ridge)
-    new = _NewtonState(trial, f_t, g_t, step_t, active_t, jnp.ones((), dtype),
-                       s.num_steps + 1, s.num_evals + 1, res_t)
+    new = _NewtonState(trial, f_t, g_t, step_t, active_t, jnp.ones((), dtype), s.num_steps + 1, s.num_evals + 1, res_t)
     old = s._replace(alpha=0.5 * s.alpha, num_evals=s.num_evals + 1)
     return jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
 
@@ -210,14 +209,14 @@ def _newton(std: _Standardized, c: jax.Array, *, tol, max_iter, max_evals, ridge
 
 
 def solve_dual(
-    rewards: jax.Array,
-    palette: jax.Array,
-    *,
-    tol: float | None = None,
-    max_iter: int = 50,
-    ridge: float | None = None,
-    lp_tol: float | None = None,
-    lp_max_iter: int = 100,
+  rewards: jax.Array,
+  palette: jax.Array,
+  *,
+  tol: float | None = None,
+  max_iter: int = 50,
+  ridge: float | None = None,
+  lp_tol: float | None = None,
+  lp_max_iter: int = 100,
 ) -> DualSolution:
   """Solves the MAP dual exactly for one palette.
 
@@ -249,14 +248,12 @@ def solve_dual(
   if validation.is_concrete(rewards, palette):
     r_np = validation.check_rewards(rewards)
     validation.check_palette(palette, r_np.shape[1])
-  return _solve_dual(rewards, palette, tol=tol, max_iter=max_iter, ridge=ridge, lp_tol=lp_tol,
-                     lp_max_iter=lp_max_iter)
+  return _solve_dual(rewards, palette, tol=tol, max_iter=max_iter, ridge=ridge, lp_tol=lp_tol, lp_max_iter=lp_max_iter)
 
 
 # Compiled once per shape, dtype and options, so eager calls are fast too; inside an
 # outer jit or vmap this inlines.
-@functools.partial(jax.jit, static_argnames=("tol", "max_iter", "ridge", "lp_tol",
-                                             "lp_max_iter"))
+@functools.partial(jax.jit, static_argnames=("tol", "max_iter", "ridge", "lp_tol", "lp_max_iter"))
 def _solve_dual(rewards, palette, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
   rewards = jnp.asarray(rewards)
   if not jnp.issubdtype(rewards.dtype, jnp.floating):
@@ -264,8 +261,7 @@ def _solve_dual(rewards, palette, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
   dtype = rewards.dtype
   palette = jnp.asarray(palette, dtype)
   if rewards.ndim != 2 or palette.shape != rewards.shape[1:]:
-    raise ValueError(f"solve_dual expects rewards (n, m) and palette (m,); got "
-                     f"{rewards.shape} and {palette.shape}.")
+    raise ValueError(f"solve_dual expects rewards (n, m) and palette (m,); got {rewards.shape} and {palette.shape}.")
   f64 = dtype == jnp.float64
   if tol is None:
     tol = 1e-12 if f64 else 1e-6
@@ -280,8 +276,7 @@ def _solve_dual(rewards, palette, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
   # batch stays finite; their λ is reported as 0.
   c_solve = jnp.where(lp.feasible, c_sg, std.mean)
   c_std = (c_solve - std.mean) / std.scale
-  state = _newton(std, c_std, tol=tol, max_iter=max_iter, max_evals=4 * max_iter,
-                  ridge=ridge)
+  state = _newton(std, c_std, tol=tol, max_iter=max_iter, max_evals=4 * max_iter, ridge=ridge)
   lam = jnp.where(lp.feasible, state.lam / std.scale, 0.0)
   lam = implicit.attach_implicit_grad(rewards, palette, lam)
 
@@ -298,15 +293,15 @@ def _solve_dual(rewards, palette, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
   margin = lp.margin - jnp.dot(lp.certificate, palette - c_sg)  # d margin / dc = −d
   converged = jnp.where(lp.feasible, state.residual <= tol, lp.converged)
   return DualSolution(
-      lam=lam,
-      realized=realized,
-      feasible=lp.feasible,
-      margin=margin,
-      certificate=lp.certificate,
-      ess=feas.effective_sample_size(w),
-      kl=kl,
-      dual_value=jnp.dot(lam, palette) - (lse - jnp.log(n)),  # dual_objective, sharing lse
-      kkt_residual=state.residual,
-      converged=converged,
-      num_steps=state.num_steps,
+    lam=lam,
+    realized=realized,
+    feasible=lp.feasible,
+    margin=margin,
+    certificate=lp.certificate,
+    ess=feas.effective_sample_size(w),
+    kl=kl,
+    dual_value=jnp.dot(lam, palette) - (lse - jnp.log(n)),  # dual_objective, sharing lse
+    kkt_residual=state.residual,
+    converged=converged,
+    num_steps=state.num_steps,
   )

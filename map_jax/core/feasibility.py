@@ -54,6 +54,7 @@ class Feasibility(NamedTuple):
     num_steps: simplex pivots used.
     converged: whether ``upper − lower`` reached the tolerance.
   """
+
   feasible: jax.Array
   margin: jax.Array
   certificate: jax.Array
@@ -75,20 +76,20 @@ def effective_sample_size(weights: jax.Array) -> jax.Array:
 
 
 class _Simplex(NamedTuple):
-  basis: jax.Array   # (m + 1,) column of each basic variable: row j < n, slack n + i;
-                     # position 0 holds t, which is free and never leaves
-  inv: jax.Array     # (m + 1, m + 1) inverse of the basis matrix
-  x: jax.Array       # (m + 1,) values of the basic variables (x[0] = t)
-  k: jax.Array       # pivots so far
-  done: jax.Array    # no column prices out (optimal), or no pivot is possible
+  # basis: (m + 1,) column of each basic variable: row j < n, slack n + i; position 0 holds t, which is free
+  # and never leaves
+  basis: jax.Array
+  inv: jax.Array  # (m + 1, m + 1) inverse of the basis matrix
+  x: jax.Array  # (m + 1,) values of the basic variables (x[0] = t)
+  k: jax.Array  # pivots so far
+  done: jax.Array  # no column prices out (optimal), or no pivot is possible
 
 
 def _columns(S: jax.Array, ids: jax.Array) -> jax.Array:
   """Constraint columns of the primal LP for column ids (rows j < n, slacks n + i)."""
   n, m = S.shape
   is_row = ids < n
-  row = jnp.concatenate([S[jnp.where(is_row, ids, 0)], jnp.ones(ids.shape + (1,), S.dtype)],
-                        axis=-1)
+  row = jnp.concatenate([S[jnp.where(is_row, ids, 0)], jnp.ones(ids.shape + (1,), S.dtype)], axis=-1)
   slack = -jax.nn.one_hot(ids - n, m + 1, dtype=S.dtype)  # −e_i, and 0 in the last row
   return jnp.where(is_row[..., None], row, slack)
 
@@ -115,7 +116,7 @@ def _most_violated(blocks: jax.Array, ids: jax.Array, d: jax.Array):
   block: XLA:CPU's argmax over all n rows costs about ten times a max (under ``vmap``
   it dominated the whole solve), a max over n rows plus two short argmaxes does not."""
   size = blocks.shape[1]
-  scores = jnp.tensordot(d, blocks, axes=1)            # (size, count): block b is column b
+  scores = jnp.tensordot(d, blocks, axes=1)  # (size, count): block b is column b
   per_block = jnp.max(scores, axis=0)
   b = jnp.argmax(per_block)
   within = jnp.argmax(jax.lax.dynamic_index_in_dim(scores, b, axis=1, keepdims=False))
@@ -136,8 +137,7 @@ def _initial_inverse(row: jax.Array, i0: jax.Array) -> jax.Array:
   return jnp.concatenate([t_row[None], slack_rows])
 
 
-def _simplex(S: jax.Array, c: jax.Array, blocks: jax.Array, ids: jax.Array, *, tol: float,
-             max_iter: int) -> _Simplex:
+def _simplex(S: jax.Array, c: jax.Array, blocks: jax.Array, ids: jax.Array, *, tol: float, max_iter: int) -> _Simplex:
   """Revised primal simplex for max t s.t. Σ_j q_j S_j − t 1 − s = c, 1ᵀq = 1, q, s >= 0.
 
   blocks, ids: ``_row_blocks(S)``, shared with the certificate that follows the loop."""
@@ -156,8 +156,7 @@ def _simplex(S: jax.Array, c: jax.Array, blocks: jax.Array, ids: jax.Array, *, t
   j0 = shortlist[jnp.argmax(jnp.min(S[shortlist] - c, axis=1))]
   i0 = jnp.argmin(S[j0] - c)
   slots = jnp.arange(m)
-  basis = jnp.concatenate([jnp.full((1,), -1, jnp.int32),
-                           jnp.where(slots == i0, j0, n + slots).astype(jnp.int32)])
+  basis = jnp.concatenate([jnp.full((1,), -1, jnp.int32), jnp.where(slots == i0, j0, n + slots).astype(jnp.int32)])
   inv = _initial_inverse(S[j0], i0)
   state = _Simplex(basis, inv, inv @ b, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
 
@@ -187,8 +186,7 @@ def _simplex(S: jax.Array, c: jax.Array, blocks: jax.Array, ids: jax.Array, *, t
     inv = (st.inv - jnp.outer(delta, pivot_row)).at[p].set(pivot_row)
     new = _Simplex(st.basis.at[p].set(enter), inv, x, st.k + 1, jnp.zeros((), bool))
     stop = optimal | stuck
-    return jax.tree.map(lambda a, b: jnp.where(stop, a, b),
-                        st._replace(done=jnp.ones((), bool)), new)
+    return jax.tree.map(lambda a, b: jnp.where(stop, a, b), st._replace(done=jnp.ones((), bool)), new)
 
   def cond(consts, st):
     return ~st.done & (st.k < max_iter)
@@ -218,11 +216,11 @@ def _certified(rewards, palette, blocks, ids, basis, x, y):
 
 @functools.partial(jax.jit, static_argnames=("tol", "max_iter"))
 def feasibility(
-    rewards: jax.Array,
-    palette: jax.Array,
-    *,
-    tol: float | None = None,
-    max_iter: int = 100,
+  rewards: jax.Array,
+  palette: jax.Array,
+  *,
+  tol: float | None = None,
+  max_iter: int = 100,
 ) -> Feasibility:
   """Decides whether ``palette`` is reachable by a mixture of the pilot samples.
 
@@ -261,8 +259,8 @@ def feasibility(
   S = rewards - center
   scale = jnp.max(jnp.abs(S))
   scale = jnp.where(scale > 0, scale, 1.0)
-  S = S / scale                                    # (n, m)
-  c = (palette - center) / scale                   # (m,)
+  S = S / scale  # (n, m)
+  c = (palette - center) / scale  # (m,)
 
   blocks, ids = _row_blocks(S)
   st = _simplex(S, c, blocks, ids, tol=tol, max_iter=max_iter)
@@ -270,14 +268,15 @@ def feasibility(
   # final basis itself removes most of their rounding (without the LU factorisation
   # whose pivoting XLA:CPU runs as a while loop). Both versions certify a bracket: keep
   # the tighter ends.
-  matrix = _columns(S, st.basis).T.at[:, 0].set(
-      jnp.concatenate([-jnp.ones((m,), dtype), jnp.zeros((1,), dtype)]))
+  matrix = _columns(S, st.basis).T.at[:, 0].set(jnp.concatenate([-jnp.ones((m,), dtype), jnp.zeros((1,), dtype)]))
   b = jnp.concatenate([c, jnp.ones((1,), dtype)])
   e_0 = jnp.zeros((m + 1,), dtype).at[0].set(1.0)
   x_polished = st.x + st.inv @ (b - matrix @ st.x)
   y_polished = st.inv[0] + (e_0 - st.inv[0] @ matrix) @ st.inv
-  candidates = [_certified(rewards, palette, blocks, ids, st.basis, x_polished, y_polished),
-                _certified(rewards, palette, blocks, ids, st.basis, st.x, st.inv[0])]
+  candidates = [
+    _certified(rewards, palette, blocks, ids, st.basis, x_polished, y_polished),
+    _certified(rewards, palette, blocks, ids, st.basis, st.x, st.inv[0]),
+  ]
   (d, upper, q_b, lower), (d2, upper2, q_b2, lower2) = candidates
   use2_u = ~(upper <= upper2)  # also when the polished bound is NaN
   use2_l = ~(lower >= lower2)
@@ -292,5 +291,13 @@ def feasibility(
   # declared infeasible only when neither d nor q says otherwise.
   feasible = (upper >= 0) | (lower >= 0)
   margin = jnp.where(feasible, jnp.maximum(lower, 0.0), upper)
-  return Feasibility(feasible=feasible, margin=margin, certificate=d, mixture=q,
-                     upper=upper, lower=lower, num_steps=st.k, converged=converged)
+  return Feasibility(
+    feasible=feasible,
+    margin=margin,
+    certificate=d,
+    mixture=q,
+    upper=upper,
+    lower=lower,
+    num_steps=st.k,
+    converged=converged,
+  )

@@ -36,19 +36,20 @@ class RandomPalettes(NamedTuple):
     solution: the batched :class:`~map_jax.core.dual.DualSolution` of each palette.
     keep: (num,) True where the palette is feasible and ||λ||₁ <= ``max_l1``.
   """
+
   palettes: jax.Array
   solution: dual.DualSolution
   keep: jax.Array
 
 
 def random_palettes(
-    key: jax.Array,
-    rewards: jax.Array,
-    num: int,
-    *,
-    max_l1: float = 6.0,
-    values: Sequence[int] | None = None,
-    **solve_options,
+  key: jax.Array,
+  rewards: jax.Array,
+  num: int,
+  *,
+  max_l1: float = 6.0,
+  values: Sequence[int] | None = None,
+  **solve_options,
 ) -> RandomPalettes:
   """Samples palettes uniformly between the pilot means and maxima, and solves them.
 
@@ -103,12 +104,10 @@ def feasible_palettes(candidates: RandomPalettes) -> tuple[jax.Array, dual.DualS
     ``(palettes, solution)`` with leading axis ``sum(keep)``.
   """
   keep = jax.device_get(candidates.keep)
-  return (candidates.palettes[keep],
-          jax.tree.map(lambda leaf: leaf[keep], candidates.solution))
+  return (candidates.palettes[keep], jax.tree.map(lambda leaf: leaf[keep], candidates.solution))
 
 
-def morl_lambdas(key: jax.Array, num: int, m: int, *, max_scale: float = 6.0,
-                 dtype=None) -> jax.Array:
+def morl_lambdas(key: jax.Array, num: int, m: int, *, max_scale: float = 6.0, dtype=None) -> jax.Array:
   """The MORL baseline's random λ = s u, s ~ U(0, max_scale), u ~ Dirichlet(1_m).
 
   The direction u is uniform on the simplex, so ||λ||₁ = s is uniform on
@@ -179,15 +178,13 @@ def quantile_levels(rewards: jax.Array, levels: jax.Array) -> jax.Array:
   flat = levels.reshape(-1, m)
 
   def ranks(side):
-    return jax.vmap(lambda col, x: jnp.searchsorted(col, x, side=side),
-                    in_axes=(1, 1), out_axes=1)(ordered, flat)
+    return jax.vmap(lambda col, x: jnp.searchsorted(col, x, side=side), in_axes=(1, 1), out_axes=1)(ordered, flat)
 
   counts = ranks("left") + ranks("right")
   return (counts.astype(rewards.dtype) / (2 * n)).reshape(levels.shape)
 
 
-def navigation_efficiency(rewards: jax.Array, lams: jax.Array,
-                          c0: jax.Array | None = None) -> jax.Array:
+def navigation_efficiency(rewards: jax.Array, lams: jax.Array, c0: jax.Array | None = None) -> jax.Array:
   """Share of λ whose realized levels are at least c0 in every value.
 
   .. math::

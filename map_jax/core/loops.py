@@ -4,8 +4,7 @@ import jax
 import jax.numpy as jnp
 
 
-def compacting_while_loop(cond_fun, body_fun, consts, init, *, shrink: int = 4,
-                          min_lanes: int = 16):
+def compacting_while_loop(cond_fun, body_fun, consts, init, *, shrink: int = 4, min_lanes: int = 16):
   """``lax.while_loop`` whose ``vmap`` pays for the iterations its lanes need.
 
   Equivalent to ``lax.while_loop(lambda s: cond_fun(consts, s), lambda s:
@@ -32,28 +31,27 @@ def compacting_while_loop(cond_fun, body_fun, consts, init, *, shrink: int = 4,
 
   @jax.custom_batching.custom_vmap
   def loop(consts, state):
-    return jax.lax.while_loop(lambda s: cond_fun(consts, s), lambda s: body_fun(consts, s),
-                              state)
+    return jax.lax.while_loop(lambda s: cond_fun(consts, s), lambda s: body_fun(consts, s), state)
 
   @loop.def_vmap
   def rule(axis_size, in_batched, consts, state):
     consts_batched, state_batched = in_batched
     state = jax.tree.map(
-        lambda x, b: x if b else jnp.broadcast_to(x, (axis_size,) + jnp.shape(x)),
-        state, state_batched)
+      lambda x, b: x if b else jnp.broadcast_to(x, (axis_size,) + jnp.shape(x)), state, state_batched
+    )
     axes = jax.tree.map(lambda b: 0 if b else None, consts_batched)
     v_cond = jax.vmap(cond_fun, in_axes=(axes, 0))
     v_body = jax.vmap(body_fun, in_axes=(axes, 0))
 
     def select(active, new, old):
-      return jax.tree.map(
-          lambda a, b: jnp.where(active.reshape(active.shape + (1,) * (a.ndim - 1)), a, b),
-          new, old)
+      return jax.tree.map(lambda a, b: jnp.where(active.reshape(active.shape + (1,) * (a.ndim - 1)), a, b), new, old)
 
     def run(consts, state, until):
       """Steps the active lanes while more than ``until`` of them are active."""
+
       def body(s):
         return select(v_cond(consts, s), v_body(consts, s), s)
+
       return jax.lax.while_loop(lambda s: jnp.sum(v_cond(consts, s)) > until, body, state)
 
     sizes = [axis_size]

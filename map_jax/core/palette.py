@@ -41,8 +41,7 @@ def _per_value(spec, m: int, name: str) -> list:
     try:
       spec = list(spec)  # e.g. a concrete NumPy or JAX vector
     except TypeError:
-      raise ValueError(f"{name} must be a sequence of {m} numbers or None; got "
-                       f"{spec!r}.") from None
+      raise ValueError(f"{name} must be a sequence of {m} numbers or None; got {spec!r}.") from None
   spec = list(spec)
   if len(spec) != m:
     raise ValueError(f"{name} has {len(spec)} entries but rewards have {m} values.")
@@ -61,8 +60,7 @@ def _per_value(spec, m: int, name: str) -> list:
   return out
 
 
-def quantile_palette(rewards: jax.Array, quantiles: Sequence[float | None], *,
-                     at_least_mean: bool = True) -> jax.Array:
+def quantile_palette(rewards: jax.Array, quantiles: Sequence[float | None], *, at_least_mean: bool = True) -> jax.Array:
   """Palette from per-value quantiles of the pilot rewards (the paper's rule).
 
   .. math::
@@ -161,6 +159,7 @@ class AdjustedPalette(NamedTuple):
       the boundary of the feasible set).
     start: c0 = min(c, μ), the always-feasible start of the adjustment.
   """
+
   palette: jax.Array
   rho: jax.Array
   fraction: jax.Array
@@ -170,11 +169,11 @@ class AdjustedPalette(NamedTuple):
 
 
 class _Search(NamedTuple):
-  lo: jax.Array        # largest step the LP found feasible (t = 0 is by assumption)
-  hi: jax.Array        # smallest step found infeasible (2: none yet)
-  t: jax.Array         # next trial step
-  margin: jax.Array    # the LP margin at lo
-  end_ok: jax.Array    # whether the end point (t = 1) is feasible
+  lo: jax.Array  # largest step the LP found feasible (t = 0 is by assumption)
+  hi: jax.Array  # smallest step found infeasible (2: none yet)
+  t: jax.Array  # next trial step
+  margin: jax.Array  # the LP margin at lo
+  end_ok: jax.Array  # whether the end point (t = 1) is feasible
 
 
 def _search_segment(rewards, start, end, *, tol, accept) -> _Search:
@@ -198,26 +197,24 @@ def _search_segment(rewards, start, end, *, tol, accept) -> _Search:
     ok, margin = accept(point)
     lo = jnp.where(ok, s.t, s.lo)
     hi = jnp.where(ok & (s.t < 1), s.hi, s.t)
-    return _Search(lo, hi, 0.5 * (lo + hi), jnp.where(ok, margin, s.margin),
-                   s.end_ok | (ok & (s.t >= 1)))
+    return _Search(lo, hi, 0.5 * (lo + hi), jnp.where(ok, margin, s.margin), s.end_ok | (ok & (s.t >= 1)))
 
   # A single LP call site inside the loop, so the LP is traced and compiled once.
   zero = jnp.zeros((), dtype)
-  init = _Search(zero, jnp.full((), 2.0, dtype), jnp.ones((), dtype), zero,
-                 jnp.zeros((), bool))
+  init = _Search(zero, jnp.full((), 2.0, dtype), jnp.ones((), dtype), zero, jnp.zeros((), bool))
   return jax.lax.while_loop(cond, body, init)
 
 
 def adjust_palette(
-    rewards: jax.Array,
-    palette: jax.Array,
-    *,
-    method: str = "interpolate",
-    priority: Sequence[int] | None = None,
-    max_kl: float | None = None,
-    tol: float | None = None,
-    lp_tol: float | None = None,
-    lp_max_iter: int = 100,
+  rewards: jax.Array,
+  palette: jax.Array,
+  *,
+  method: str = "interpolate",
+  priority: Sequence[int] | None = None,
+  max_kl: float | None = None,
+  tol: float | None = None,
+  lp_tol: float | None = None,
+  lp_max_iter: int = 100,
 ) -> AdjustedPalette:
   """Pulls a palette back to the feasible set of the pilot set.
 
@@ -284,13 +281,16 @@ def adjust_palette(
     tol = 1e-10 if dtype == jnp.float64 else 1e-6
 
   if max_kl is None:
+
     def accept(c):
       lp = feas.feasibility(rewards, c, tol=lp_tol, max_iter=lp_max_iter)
       return lp.feasible, lp.margin
   else:
+
     def accept(c):
       sol = dual.solve_dual(rewards, c, lp_tol=lp_tol, lp_max_iter=lp_max_iter)
       return sol.feasible & (sol.kl <= max_kl), sol.margin
+
   search = dict(tol=tol, accept=accept)
 
   palette_sg = jax.lax.stop_gradient(palette)
@@ -302,6 +302,7 @@ def adjust_palette(
     feasible, margin = found.end_ok, found.margin
     adjusted = jnp.where(feasible, palette_sg, start + found.lo * raise_)
   else:
+
     def raise_one(carry, i):
       current, _, all_ok = carry
       end = jnp.where(jnp.arange(m) == i, palette_sg, current)
@@ -319,8 +320,9 @@ def adjust_palette(
   raised = raise_ > 0
   fraction = jnp.where(raised, (adjusted - start) / jnp.where(raised, raise_, 1.0), 1.0)
   fraction = jnp.where(feasible, 1.0, fraction)
-  return AdjustedPalette(palette=adjusted, rho=jnp.min(fraction), fraction=fraction,
-                         feasible=feasible, margin=margin, start=start)
+  return AdjustedPalette(
+    palette=adjusted, rho=jnp.min(fraction), fraction=fraction, feasible=feasible, margin=margin, start=start
+  )
 
 
 def _priority_order(priority, m: int) -> list[int]:

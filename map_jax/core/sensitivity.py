@@ -14,8 +14,7 @@ from map_jax.core.dual import solve_dual
 
 
 @functools.partial(jax.jit, static_argnames=("tol", "max_iter"))
-def sensitivity(rewards: jax.Array, palette: jax.Array, *, tol: float | None = None,
-                max_iter: int = 50):
+def sensitivity(rewards: jax.Array, palette: jax.Array, *, tol: float | None = None, max_iter: int = 50):
   """Trade-off matrices of a palette: dλ/dc and d realized/dc, both (m, m).
 
   ``d_lam[i, k] = ∂λ_i / ∂c_k`` and ``d_realized[i, k] = ∂E_{p_λ}[r_i] / ∂c_k``: raising

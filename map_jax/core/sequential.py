@@ -47,6 +47,7 @@ class SequentialSolution(NamedTuple):
       (0 exactly at the joint optimum).
     converged: whether the final KKT residual is <= ``tol``.
   """
+
   lam: jax.Array
   trajectory: jax.Array
   realized: jax.Array
@@ -56,11 +57,11 @@ class SequentialSolution(NamedTuple):
 
 
 class _Line(NamedTuple):
-  lo: jax.Array    # a step with E[z] < c (or 0)
-  hi: jax.Array    # a step with E[z] >= c (inf: none found yet)
-  t: jax.Array     # current iterate
-  h: jax.Array     # E_t[z] − c at t
-  var: jax.Array   # Var_t(z) = dh/dt at t
+  lo: jax.Array  # a step with E[z] < c (or 0)
+  hi: jax.Array  # a step with E[z] >= c (inf: none found yet)
+  t: jax.Array  # current iterate
+  h: jax.Array  # E_t[z] − c at t
+  var: jax.Array  # Var_t(z) = dh/dt at t
   k: jax.Array
 
 
@@ -101,21 +102,22 @@ def _line_solve(base, z, c, *, tol, max_iter):
 
   # t = 0 is optimal when the value is already reached: then the loop does not run.
   mean0, var0 = _tilted_mean_var(base, z, jnp.zeros((), dtype))
-  init = _Line(jnp.zeros((), dtype), jnp.asarray(jnp.inf, dtype), jnp.zeros((), dtype),
-               mean0 - c, var0, jnp.zeros((), jnp.int32))
+  init = _Line(
+    jnp.zeros((), dtype), jnp.asarray(jnp.inf, dtype), jnp.zeros((), dtype), mean0 - c, var0, jnp.zeros((), jnp.int32)
+  )
   return jax.lax.while_loop(cond, body, init).t
 
 
 def sequential_solve(
-    rewards: jax.Array,
-    palette: jax.Array,
-    *,
-    rounds: int,
-    order: Sequence[int] | None = None,
-    init: jax.Array | None = None,
-    tol: float | None = None,
-    line_tol: float | None = None,
-    max_line_iter: int = 100,
+  rewards: jax.Array,
+  palette: jax.Array,
+  *,
+  rounds: int,
+  order: Sequence[int] | None = None,
+  init: jax.Array | None = None,
+  tol: float | None = None,
+  line_tol: float | None = None,
+  max_line_iter: int = 100,
 ) -> SequentialSolution:
   """Aligns one value at a time, ``rounds`` times over the values.
 
@@ -195,8 +197,12 @@ def sequential_solve(
     residual = jnp.max(jnp.abs(jnp.minimum(tau, (realized - palette) / scale)))
     return tau, (lams, realized, dual, residual)
 
-  tau, (trajectory, realized, dual, residual) = jax.lax.scan(
-      one_round, tau0, None, length=rounds)
-  return SequentialSolution(lam=tau / scale, trajectory=trajectory, realized=realized,
-                            dual_value=dual, kkt_residual=residual,
-                            converged=residual[-1] <= tol)
+  tau, (trajectory, realized, dual, residual) = jax.lax.scan(one_round, tau0, None, length=rounds)
+  return SequentialSolution(
+    lam=tau / scale,
+    trajectory=trajectory,
+    realized=realized,
+    dual_value=dual,
+    kkt_residual=residual,
+    converged=residual[-1] <= tol,
+  )

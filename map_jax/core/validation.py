@@ -37,8 +37,7 @@ def check_rewards(rewards, names: Sequence[str] | None = None) -> np.ndarray:
   if n == 0 or m == 0:
     raise ValueError(f"rewards is empty: {n} samples × {m} values.")
   if names is not None and len(names) != m:
-    raise ValueError(f"rewards has {m} value columns but {len(names)} names were given: "
-                     f"{list(names)}.")
+    raise ValueError(f"rewards has {m} value columns but {len(names)} names were given: {list(names)}.")
   if not np.issubdtype(arr.dtype, np.number):
     raise ValueError(f"rewards must be numeric; got dtype {arr.dtype}.")
   bad = ~np.isfinite(arr)
@@ -47,8 +46,7 @@ def check_rewards(rewards, names: Sequence[str] | None = None) -> np.ndarray:
     rows = np.flatnonzero(bad[:, col])
     listed = ", ".join(str(r) for r in rows[:_MAX_LISTED])
     more = f" and {len(rows) - _MAX_LISTED} more" if len(rows) > _MAX_LISTED else ""
-    raise ValueError(f"rewards of {_value_name(col, names)} are not finite (NaN or inf) "
-                     f"in rows {listed}{more}.")
+    raise ValueError(f"rewards of {_value_name(col, names)} are not finite (NaN or inf) in rows {listed}{more}.")
   return arr
 
 
@@ -56,8 +54,7 @@ def check_palette(palette, num_values: int, names: Sequence[str] | None = None) 
   """Validates a palette against a reward matrix with ``num_values`` columns."""
   arr = np.asarray(palette)
   if arr.shape != (num_values,):
-    raise ValueError(f"palette must have shape ({num_values},), one level per value; got "
-                     f"shape {arr.shape}.")
+    raise ValueError(f"palette must have shape ({num_values},), one level per value; got shape {arr.shape}.")
   bad = ~np.isfinite(arr)
   if bad.any():
     i = int(np.argmax(bad))

@@ -94,23 +94,21 @@ def load_pilot(path: str, values: Sequence[str] | None = None) -> tuple[np.ndarr
   if ext == ".npy":
     mat = np.load(path, allow_pickle=False)
     if mat.ndim != 2:
-      raise PilotFormatError(f"{path}: expected a 2-D (samples × values) array, got shape "
-                             f"{mat.shape}.")
+      raise PilotFormatError(f"{path}: expected a 2-D (samples × values) array, got shape {mat.shape}.")
     names = list(values) if values is not None else [f"value_{i}" for i in range(mat.shape[1])]
     if len(names) != mat.shape[1]:
-      raise PilotFormatError(f"{path}: {mat.shape[1]} columns but {len(names)} value names "
-                             f"({', '.join(names)}).")
+      raise PilotFormatError(f"{path}: {mat.shape[1]} columns but {len(names)} value names ({', '.join(names)}).")
     bad = ~np.isfinite(mat)
     if bad.any():
       j, i = np.argwhere(bad)[0]
-      raise PilotFormatError(f"{path}: row {j}, value {names[i]!r} is not finite "
-                             f"({mat[j, i]}).")
+      raise PilotFormatError(f"{path}: row {j}, value {names[i]!r} is not finite ({mat[j, i]}).")
     return mat.astype(np.float64), names
   try:
     table_format(path)
   except TableError:
-    raise PilotFormatError(f"{path}: unknown pilot table format {ext!r}; use .json, .jsonl, .csv, .parquet "
-                           "or .npy.") from None
+    raise PilotFormatError(
+      f"{path}: unknown pilot table format {ext!r}; use .json, .jsonl, .csv, .parquet or .npy."
+    ) from None
   try:
     records = read_table(path)
   except TableError as e:

@@ -46,8 +46,14 @@ from map_jax.data.tables import FORMATS, TableError, read_table, table_format
 
 HH_HUB_ID = "Anthropic/hh-rlhf"
 IMDB_HUB_ID = "stanfordnlp/imdb"
-_ALIASES = {"chitchat": "chitchat", "hh": "hh-rlhf", "hh-rlhf": "hh-rlhf", HH_HUB_ID.lower(): "hh-rlhf",
-            "imdb": "imdb", IMDB_HUB_ID.lower(): "imdb"}
+_ALIASES = {
+  "chitchat": "chitchat",
+  "hh": "hh-rlhf",
+  "hh-rlhf": "hh-rlhf",
+  HH_HUB_ID.lower(): "hh-rlhf",
+  "imdb": "imdb",
+  IMDB_HUB_ID.lower(): "imdb",
+}
 
 
 class PromptFormatError(TableError):
@@ -103,8 +109,14 @@ def imdb_prefixes(reviews: Sequence[str], seed: int, min_chars: int = 20, max_ch
   return [r[:n].rstrip() for r, n in zip(kept, lengths)]
 
 
-def _load_column(split: str, field: str, *, hub_id: str | None = None, data_dir: str | None = None,
-                 data_files: str | Sequence[str] | dict | None = None) -> tuple[list, str]:
+def _load_column(
+  split: str,
+  field: str,
+  *,
+  hub_id: str | None = None,
+  data_dir: str | None = None,
+  data_files: str | Sequence[str] | dict | None = None,
+) -> tuple[list, str]:
   """(one column of one split, where it came from), from local files when given, else from the hub.
 
   Local files are read by `map_jax.data.tables.read_table`; a plain path (or list of paths) is read as the
@@ -112,12 +124,15 @@ def _load_column(split: str, field: str, *, hub_id: str | None = None, data_dir:
   """
   if data_files is None:
     import datasets  # heavy; only the hub sources need it
+
     try:
       table = datasets.load_dataset(hub_id, data_dir=data_dir, split=split)
     except OSError as e:  # ConnectionError offline: say how to run without the hub
-      raise OSError(f"{hub_id} (data_dir={data_dir}, split={split}) could not be loaded from the hub or its "
-                    f"cache; pass data_files= (or 'NAME:PATH') to read a local copy of the same schema. "
-                    f"Cause: {e}") from e
+      raise OSError(
+        f"{hub_id} (data_dir={data_dir}, split={split}) could not be loaded from the hub or its "
+        f"cache; pass data_files= (or 'NAME:PATH') to read a local copy of the same schema. "
+        f"Cause: {e}"
+      ) from e
     if field not in table.column_names:
       raise PromptFormatError(f"{hub_id}: no column {field!r} (columns: {', '.join(table.column_names)})")
     return table[field], hub_id
@@ -172,13 +187,23 @@ def _resolve(source: str, data_files) -> tuple[str, Any]:
     table_format(source)
     return "file", source
   except TableError:
-    raise ValueError(f"unknown prompt source {source!r}: expected chitchat, hh-rlhf, imdb (optionally "
-                     f"NAME:PATH for a local copy) or a path to a {'/'.join(sorted(FORMATS))} file") from None
+    raise ValueError(
+      f"unknown prompt source {source!r}: expected chitchat, hh-rlhf, imdb (optionally "
+      f"NAME:PATH for a local copy) or a path to a {'/'.join(sorted(FORMATS))} file"
+    ) from None
 
 
-def load_prompts(source: str, *, split: str = "train", num: int | None = None, seed: int = 0,
-                 field: str | None = None, data_files: str | Sequence[str] | dict | None = None,
-                 data_dir: str | None = "harmless-base", max_chars: int | None = None) -> list[str]:
+def load_prompts(
+  source: str,
+  *,
+  split: str = "train",
+  num: int | None = None,
+  seed: int = 0,
+  field: str | None = None,
+  data_files: str | Sequence[str] | dict | None = None,
+  data_dir: str | None = "harmless-base",
+  max_chars: int | None = None,
+) -> list[str]:
   """Prompts from a named dataset or a local file: cleaned, non-empty, deduplicated, optionally subsampled.
 
   Args:
@@ -209,8 +234,9 @@ def load_prompts(source: str, *, split: str = "train", num: int | None = None, s
   if kind == "chitchat":
     raw, where = _chitchat(), "chitchat"
   elif kind == "hh-rlhf":
-    dialogues, where = _load_column(split, field or "chosen", hub_id=HH_HUB_ID, data_dir=data_dir,
-                                    data_files=data_files)
+    dialogues, where = _load_column(
+      split, field or "chosen", hub_id=HH_HUB_ID, data_dir=data_dir, data_files=data_files
+    )
     raw = [hh_first_turn(d) for d in dialogues]
     raw = [r for r in raw if r is not None]
   elif kind == "imdb":
@@ -223,12 +249,13 @@ def load_prompts(source: str, *, split: str = "train", num: int | None = None, s
     if max_chars < 1:
       raise ValueError(f"max_chars must be >= 1, got {max_chars}")
     kept = [p for p in prompts if len(p) <= max_chars]
-    logging.info("%s: %d of %d distinct prompts have at most %d characters", where, len(kept), len(prompts),
-                 max_chars)
+    logging.info("%s: %d of %d distinct prompts have at most %d characters", where, len(kept), len(prompts), max_chars)
     prompts = kept
   if not prompts:
-    raise PromptFormatError(f"{where}: no non-empty prompt in split {split!r}"
-                            + (f" of at most {max_chars} characters" if max_chars is not None else ""))
+    raise PromptFormatError(
+      f"{where}: no non-empty prompt in split {split!r}"
+      + (f" of at most {max_chars} characters" if max_chars is not None else "")
+    )
   if num is None:
     return prompts
   if num > len(prompts):
@@ -237,8 +264,7 @@ def load_prompts(source: str, *, split: str = "train", num: int | None = None, s
   return [prompts[i] for i in keep]
 
 
-def split_prompts(prompts: Sequence[str], num_pilot: int, num_test: int,
-                  seed: int = 0) -> tuple[list[str], list[str]]:
+def split_prompts(prompts: Sequence[str], num_pilot: int, num_test: int, seed: int = 0) -> tuple[list[str], list[str]]:
   """Disjoint pilot and test sets: a seeded permutation of the distinct prompts, cut in two.
 
   Duplicates (after `clean`, ignoring case) are removed first, so the two sets never share a prompt text:
@@ -256,13 +282,11 @@ def split_prompts(prompts: Sequence[str], num_pilot: int, num_test: int,
     raise ValueError(f"set sizes must be >= 0, got num_pilot={num_pilot}, num_test={num_test}")
   distinct = dedupe(prompts)
   if num_pilot + num_test > len(distinct):
-    raise ValueError(f"num_pilot + num_test = {num_pilot + num_test} exceeds the {len(distinct)} distinct "
-                     "prompts")
+    raise ValueError(f"num_pilot + num_test = {num_pilot + num_test} exceeds the {len(distinct)} distinct prompts")
   order = np.random.default_rng(seed).permutation(len(distinct))
   pilot = [distinct[i] for i in order[:num_pilot]]
-  test = [distinct[i] for i in order[num_pilot:num_pilot + num_test]]
+  test = [distinct[i] for i in order[num_pilot : num_pilot + num_test]]
   return pilot, test
 
 
-__all__ = ["PromptFormatError", "clean", "dedupe", "hh_first_turn", "imdb_prefixes", "load_prompts",
-           "split_prompts"]
+__all__ = ["PromptFormatError", "clean", "dedupe", "hh_first_turn", "imdb_prefixes", "load_prompts", "split_prompts"]

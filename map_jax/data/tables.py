@@ -35,8 +35,9 @@ def table_format(path: str) -> str:
   base = path[:-3] if path.endswith(".gz") else path
   ext = os.path.splitext(base)[1].lower()
   if ext not in FORMATS:
-    raise TableError(f"{path}: unknown table format {ext or '(none)'!r}; use one of {', '.join(FORMATS)} "
-                     "(optionally .gz)")
+    raise TableError(
+      f"{path}: unknown table format {ext or '(none)'!r}; use one of {', '.join(FORMATS)} (optionally .gz)"
+    )
   return ext
 
 
@@ -50,7 +51,7 @@ def _text(path: str) -> str:
   try:
     return data.decode("utf-8")
   except UnicodeDecodeError as e:
-    line = data[:e.start].count(b"\n") + 1
+    line = data[: e.start].count(b"\n") + 1
     raise TableError(f"{path}: line {line} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
@@ -69,8 +70,10 @@ def _jsonl(path: str, text: str) -> list[Any]:
 def _columns_to_records(path: str, data: dict) -> list[dict]:
   bad = [k for k, v in data.items() if not isinstance(v, list)]
   if bad:
-    raise TableError(f"{path}: column {bad[0]!r} is a {type(data[bad[0]]).__name__}, not a list; a JSON object "
-                     "maps column names to lists of equal length")
+    raise TableError(
+      f"{path}: column {bad[0]!r} is a {type(data[bad[0]]).__name__}, not a list; a JSON object "
+      "maps column names to lists of equal length"
+    )
   lengths = {k: len(v) for k, v in data.items()}
   if len(set(lengths.values())) > 1:
     raise TableError(f"{path}: columns have different lengths {lengths}")
@@ -90,6 +93,7 @@ def read_table(path: str) -> list[dict]:
     raise FileNotFoundError(f"{path}: no such table")
   if ext == ".parquet":
     import pyarrow.parquet as pq
+
     try:
       with _open(path) as f:
         rows = pq.read_table(io.BytesIO(f.read())).to_pylist()
@@ -103,8 +107,9 @@ def read_table(path: str) -> list[dict]:
       raise TableError(f"{path}: malformed CSV ({e})") from None
     for i, row in enumerate(rows):
       if None in row or any(v is None for v in row.values()):
-        raise TableError(f"{path}: row {i} (line {i + 2}) has {'more' if None in row else 'fewer'} cells than "
-                         "the header")
+        raise TableError(
+          f"{path}: row {i} (line {i + 2}) has {'more' if None in row else 'fewer'} cells than the header"
+        )
   elif ext == ".jsonl":
     rows = _jsonl(path, _text(path))
   else:
@@ -118,8 +123,7 @@ def read_table(path: str) -> list[dict]:
     if isinstance(data, dict):
       data = _columns_to_records(path, data)
     if not isinstance(data, list):
-      raise TableError(f"{path}: expected a list of records or a mapping of columns, got a "
-                       f"{type(data).__name__}")
+      raise TableError(f"{path}: expected a list of records or a mapping of columns, got a {type(data).__name__}")
     rows = data
   for i, row in enumerate(rows):
     if not isinstance(row, dict):

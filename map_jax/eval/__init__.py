@@ -1,14 +1,23 @@
 """Evaluation of MAP solutions: batched palette studies and their figures."""
 
 from map_jax.eval.study import (
-    PaletteStudy,
-    grid_slice,
-    hhh_palette,
-    SensitivityStudy,
-    sensitivity_study,
-    solve_batch,
-    study_rows,
-    tilted_condition,
+  PaletteStudy,
+  SensitivityStudy,
+  grid_slice,
+  hhh_palette,
+  sensitivity_study,
+  solve_batch,
+  study_rows,
+  tilted_condition,
 )
 
-__all__ = ["PaletteStudy", "SensitivityStudy", "sensitivity_study", "study_rows", "grid_slice", "hhh_palette", "solve_batch", "tilted_condition"]
+__all__ = [
+  "PaletteStudy",
+  "SensitivityStudy",
+  "sensitivity_study",
+  "study_rows",
+  "grid_slice",
+  "hhh_palette",
+  "solve_batch",
+  "tilted_condition",
+]

@@ -63,8 +63,7 @@ def quantile_of(levels, reference) -> np.ndarray:
   """Each level as a quantile of its column of `reference` [n, m], in float64: the mid-rank empirical CDF of
   :func:`map_jax.core.frontier.quantile_levels`, (#{j: R_ji < ℓ} + ½ #{j: R_ji = ℓ}) / n."""
   with jax.enable_x64(True):
-    return np.asarray(frontier.quantile_levels(np.asarray(reference, np.float64),
-                                               np.asarray(levels, np.float64)))
+    return np.asarray(frontier.quantile_levels(np.asarray(reference, np.float64), np.asarray(levels, np.float64)))
 
 
 def resampling_levels(pilot, lam, k: int, *, num_draws: int = 4096, seed: int = 0) -> np.ndarray:
@@ -81,7 +80,7 @@ def resampling_levels(pilot, lam, k: int, *, num_draws: int = 4096, seed: int = 
   if k < 1:
     raise ValueError(f"k must be >= 1, got {k}")
   rows = np.random.default_rng(seed).integers(0, pilot.shape[0], size=(num_draws, k))
-  R = pilot[rows]                                   # [draws, k, m]
+  R = pilot[rows]  # [draws, k, m]
   logits = R @ lam
   w = np.exp(logits - logits.max(axis=1, keepdims=True))
   w /= w.sum(axis=1, keepdims=True)
@@ -123,15 +122,15 @@ def compare(original, aligned, *, pilot, predicted, names: Sequence[str], confid
   out = {}
   for i, name in enumerate(names):
     out[name] = {
-        "original": _interval(o[0][i], o[1][i], o[2][i]),
-        "aligned": _interval(a[0][i], a[1][i], a[2][i]),
-        "shift": _interval(d[0][i], d[1][i], d[2][i]),
-        "win_rate": float(wins[i]),
-        "original_quantile": float(q_o[i]),
-        "aligned_quantile": float(q_a[i]),
-        "predicted": float(predicted[i]) if has_prediction else None,
-        "predicted_quantile": float(q_p[i]) if has_prediction else None,
-        "predicted_in_interval": bool(a[1][i] <= predicted[i] <= a[2][i]) if has_prediction else None,
+      "original": _interval(o[0][i], o[1][i], o[2][i]),
+      "aligned": _interval(a[0][i], a[1][i], a[2][i]),
+      "shift": _interval(d[0][i], d[1][i], d[2][i]),
+      "win_rate": float(wins[i]),
+      "original_quantile": float(q_o[i]),
+      "aligned_quantile": float(q_a[i]),
+      "predicted": float(predicted[i]) if has_prediction else None,
+      "predicted_quantile": float(q_p[i]) if has_prediction else None,
+      "predicted_in_interval": bool(a[1][i] <= predicted[i] <= a[2][i]) if has_prediction else None,
     }
   return out
 
@@ -146,9 +145,9 @@ def checks(comparison: dict, raised: Sequence[str], held: Sequence[str]) -> dict
   * the promise holds: the solver's pilot prediction lies within the aligned level's interval.
   """
   return {
-      "raised_rise": {v: comparison[v]["aligned"]["mean"] > comparison[v]["original"]["mean"] for v in raised},
-      "held_hold": {v: comparison[v]["aligned"]["mean"] >= comparison[v]["original"]["low"] for v in held},
-      "prediction_within_interval": {v: comparison[v]["predicted_in_interval"] for v in comparison},
+    "raised_rise": {v: comparison[v]["aligned"]["mean"] > comparison[v]["original"]["mean"] for v in raised},
+    "held_hold": {v: comparison[v]["aligned"]["mean"] >= comparison[v]["original"]["low"] for v in held},
+    "prediction_within_interval": {v: comparison[v]["predicted_in_interval"] for v in comparison},
   }
 
 

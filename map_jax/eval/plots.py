@@ -7,20 +7,20 @@ reward units, named per value by :data:`UNITS`.
 
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 from matplotlib import colors
+import matplotlib.pyplot as plt
 import numpy as np
 
 from map_jax.eval.study import PaletteStudy
 
 # Units of the MAP reference pilot values (see examples/map_reference/README.md).
 UNITS = {
-    "humor": "classifier logit",
-    "gpt2-helpful": "reward-model score",
-    "gpt2-harmless": "reward-model score",
-    "diversity": "distinct n-gram ratio",
-    "coherence": "cosine similarity",
-    "perplexity": "−log perplexity, nats/token",
+  "humor": "classifier logit",
+  "gpt2-helpful": "reward-model score",
+  "gpt2-harmless": "reward-model score",
+  "diversity": "distinct n-gram ratio",
+  "coherence": "cosine similarity",
+  "perplexity": "−log perplexity, nats/token",
 }
 
 
@@ -30,8 +30,7 @@ def label(name: str) -> str:
   return f"$c$ {name}" + (f" ({unit})" if unit else "")
 
 
-def slice_figure(study: PaletteStudy, x, y, i: int, j: int, names: Sequence[str],
-                 rewards=None):
+def slice_figure(study: PaletteStudy, x, y, i: int, j: int, names: Sequence[str], rewards=None):
   """Four heat maps over a 2-D slice of palettes (c_i, c_j), the other values fixed.
 
   Panels: the LP feasibility margin with the feasible boundary (margin = 0); λ_i with
@@ -66,21 +65,31 @@ def slice_figure(study: PaletteStudy, x, y, i: int, j: int, names: Sequence[str]
 
   margin = np.asarray(sol.margin)
   lim = np.nanmax(np.abs(margin))
-  show(axes[0, 0], margin, "Feasibility margin (black: boundary)",
-       "LP margin (reward units)", cmap="RdBu", mask=False,
-       norm=colors.TwoSlopeNorm(0.0, -lim, lim))
+  show(
+    axes[0, 0],
+    margin,
+    "Feasibility margin (black: boundary)",
+    "LP margin (reward units)",
+    cmap="RdBu",
+    mask=False,
+    norm=colors.TwoSlopeNorm(0.0, -lim, lim),
+  )
   lam = np.asarray(sol.lam)
-  ax = show(axes[0, 1], lam[..., i], f"λ {ni} (colour), λ {nj} (white contours)",
-            f"λ {ni} (per {UNITS.get(ni, 'unit')})")
+  ax = show(
+    axes[0, 1], lam[..., i], f"λ {ni} (colour), λ {nj} (white contours)", f"λ {ni} (per {UNITS.get(ni, 'unit')})"
+  )
   lj = np.where(feasible, lam[..., j], np.nan)
   if np.nanmax(lj) > 0:
     cs = ax.contour(x, y, lj, levels=6, colors="w", linewidths=0.8)
     ax.clabel(cs, fontsize=7, fmt="%.2g")
-  show(axes[1, 0], np.log10(np.asarray(sol.ess)), "Effective sample size of p_λ",
-       "log10 ESS (samples)", cmap="magma")
-  show(axes[1, 1], np.log10(np.asarray(study.condition)),
-       "Condition number of Cov_{p_λ} (standardized, active set)", "log10 condition number",
-       cmap="cividis")
+  show(axes[1, 0], np.log10(np.asarray(sol.ess)), "Effective sample size of p_λ", "log10 ESS (samples)", cmap="magma")
+  show(
+    axes[1, 1],
+    np.log10(np.asarray(study.condition)),
+    "Condition number of Cov_{p_λ} (standardized, active set)",
+    "log10 condition number",
+    cmap="cividis",
+  )
   fig.suptitle(f"Palette slice {ni} × {nj} ({feasible.size} palettes; dotted: pilot means)")
   return fig
 
@@ -131,8 +140,14 @@ def trade_off_figure(matrix, names: Sequence[str], title: str):
   return fig
 
 
-def navigation_figure(map_quantiles, morl_quantiles, names: Sequence[str],
-                      pairs: Sequence[tuple[int, int]], efficiency: dict, base_quantiles=None):
+def navigation_figure(
+  map_quantiles,
+  morl_quantiles,
+  names: Sequence[str],
+  pairs: Sequence[tuple[int, int]],
+  efficiency: dict,
+  base_quantiles=None,
+):
   """Realized levels (as pilot quantiles) of MAP palettes vs random MORL λ (paper Fig. 7).
 
   ``efficiency`` maps a method name ("MAP", "MORL") to its navigation efficiency, shown
@@ -142,13 +157,24 @@ def navigation_figure(map_quantiles, morl_quantiles, names: Sequence[str],
   """
   base = np.full(map_quantiles.shape[-1], 0.5) if base_quantiles is None else np.asarray(base_quantiles)
   map_quantiles, morl_quantiles = np.asarray(map_quantiles), np.asarray(morl_quantiles)
-  fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4.5),
-                           constrained_layout=True, squeeze=False)
+  fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4.5), constrained_layout=True, squeeze=False)
   for ax, (i, j) in zip(axes[0], pairs):
-    ax.scatter(morl_quantiles[:, i], morl_quantiles[:, j], s=6, alpha=0.4, c="C1",
-               label=f"MORL random λ (efficiency {efficiency['MORL']:.0%})")
-    ax.scatter(map_quantiles[:, i], map_quantiles[:, j], s=6, alpha=0.4, c="C0",
-               label=f"MAP palettes (efficiency {efficiency['MAP']:.0%})")
+    ax.scatter(
+      morl_quantiles[:, i],
+      morl_quantiles[:, j],
+      s=6,
+      alpha=0.4,
+      c="C1",
+      label=f"MORL random λ (efficiency {efficiency['MORL']:.0%})",
+    )
+    ax.scatter(
+      map_quantiles[:, i],
+      map_quantiles[:, j],
+      s=6,
+      alpha=0.4,
+      c="C0",
+      label=f"MAP palettes (efficiency {efficiency['MAP']:.0%})",
+    )
     ax.axvline(base[i], color="0.3", ls=":", lw=1.2)
     ax.axhline(base[j], color="0.3", ls=":", lw=1.2)
     ax.set_xlabel(f"realized {names[i]} (quantile of p0)")
@@ -156,6 +182,7 @@ def navigation_figure(map_quantiles, morl_quantiles, names: Sequence[str],
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend(loc="lower left", fontsize=8)
-  fig.suptitle("Realized value levels, MAP vs MORL (dotted: the base model's mean level; "
-               "up and right of both is better than p0)")
+  fig.suptitle(
+    "Realized value levels, MAP vs MORL (dotted: the base model's mean level; up and right of both is better than p0)"
+  )
   return fig

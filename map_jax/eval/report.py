@@ -29,24 +29,25 @@ from map_jax.eval import levels
 def solution_record(rewards: np.ndarray, names: Sequence[str], palette: np.ndarray, sol) -> dict:
   """A JSON-ready record of one solved palette (what `solve_dual` returns, plus pilot context)."""
   from map_jax.core import frontier
+
   rewards = np.asarray(rewards)
   quantiles = np.asarray(frontier.quantile_levels(rewards, sol.realized))
   return {
-      "values": list(names),
-      "palette": np.asarray(palette).tolist(),
-      "lambda": np.asarray(sol.lam).tolist(),
-      "realized": np.asarray(sol.realized).tolist(),
-      "realized_quantile": quantiles.tolist(),
-      "pilot_mean": rewards.mean(axis=0).tolist(),
-      "upper_bound": rewards.max(axis=0).tolist(),
-      "feasible": bool(sol.feasible),
-      "margin": float(sol.margin),
-      "certificate": np.asarray(sol.certificate).tolist(),
-      "ess": float(sol.ess),
-      "kl": float(sol.kl),
-      "kkt_residual": float(sol.kkt_residual),
-      "converged": bool(sol.converged),
-      "num_steps": int(sol.num_steps),
+    "values": list(names),
+    "palette": np.asarray(palette).tolist(),
+    "lambda": np.asarray(sol.lam).tolist(),
+    "realized": np.asarray(sol.realized).tolist(),
+    "realized_quantile": quantiles.tolist(),
+    "pilot_mean": rewards.mean(axis=0).tolist(),
+    "upper_bound": rewards.max(axis=0).tolist(),
+    "feasible": bool(sol.feasible),
+    "margin": float(sol.margin),
+    "certificate": np.asarray(sol.certificate).tolist(),
+    "ess": float(sol.ess),
+    "kl": float(sol.kl),
+    "kkt_residual": float(sol.kkt_residual),
+    "converged": bool(sol.converged),
+    "num_steps": int(sol.num_steps),
   }
 
 
@@ -68,6 +69,7 @@ def _slug(label: str) -> str:
 def radar_figure(quantiles: dict[str, Sequence[float]], names: Sequence[str], path: str) -> None:
   """One polygon per row label over the value axes, radius = quantile of the base model (0.5 = median)."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -91,10 +93,10 @@ def radar_figure(quantiles: dict[str, Sequence[float]], names: Sequence[str], pa
   plt.close(fig)
 
 
-def histogram_figure(original: np.ndarray, aligned: np.ndarray, names: Sequence[str], title: str,
-                     path: str) -> None:
+def histogram_figure(original: np.ndarray, aligned: np.ndarray, names: Sequence[str], title: str, path: str) -> None:
   """Per value, the distribution of rewards of original and aligned responses, means marked."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -127,13 +129,26 @@ def _fmt(iv: dict) -> str:
 
 def _clip(text: str, n: int = 160) -> str:
   text = " ".join(text.split()).replace("|", "\\|")
-  return text if len(text) <= n else text[:n - 1] + "…"
+  return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def decoding_report(*, palettes: dict, decoded: dict, test_prompts: Sequence[str], pilot: np.ndarray,
-                    candidates: np.ndarray, texts: Sequence[str], map_f: dict | None, model: str,
-                    prompts_source: str, confidence: float, num_samples: int, seed: int, timings: dict,
-                    num_pilot_samples: int) -> tuple[dict, dict[str, Callable[[str], None]]]:
+def decoding_report(
+  *,
+  palettes: dict,
+  decoded: dict,
+  test_prompts: Sequence[str],
+  pilot: np.ndarray,
+  candidates: np.ndarray,
+  texts: Sequence[str],
+  map_f: dict | None,
+  model: str,
+  prompts_source: str,
+  confidence: float,
+  num_samples: int,
+  seed: int,
+  timings: dict,
+  num_pilot_samples: int,
+) -> tuple[dict, dict[str, Callable[[str], None]]]:
   """The report of a MAP-D run from its records and arrays; nothing is read from disk.
 
   Args:
@@ -162,17 +177,19 @@ def decoding_report(*, palettes: dict, decoded: dict, test_prompts: Sequence[str
   figures: dict[str, Callable[[str], None]] = {}
 
   o_mean, o_lo, o_hi = levels.mean_ci(original, conf)
-  base = {"levels": {v: {"mean": float(o_mean[i]), "low": float(o_lo[i]), "high": float(o_hi[i])}
-                     for i, v in enumerate(names)},
-          "quantile": levels.quantile_of(o_mean, pilot).tolist()}
+  base = {
+    "levels": {
+      v: {"mean": float(o_mean[i]), "low": float(o_lo[i]), "high": float(o_hi[i])} for i, v in enumerate(names)
+    },
+    "quantile": levels.quantile_of(o_mean, pilot).tolist(),
+  }
   out_palettes = []
   radar = {"original": base["quantile"]}
   for rec, d in zip(palettes["palettes"], decoded["palettes"]):
     used = rec["adjusted"] if rec["use"] == "adjusted" else rec
     index = np.asarray(d["index"])
     aligned = R[rows_p, index]
-    cmp = levels.compare(original, aligned, pilot=pilot, predicted=used["realized"], names=names,
-                         confidence=conf)
+    cmp = levels.compare(original, aligned, pilot=pilot, predicted=used["realized"], names=names, confidence=conf)
     expect_k = levels.resampling_levels(pilot, used["lambda"], k, seed=int(seed))
     for v, x in zip(names, expect_k):
       a = cmp[v]["aligned"]
@@ -182,32 +199,57 @@ def decoding_report(*, palettes: dict, decoded: dict, test_prompts: Sequence[str
     hist = f"hist_{_slug(rec['label'])}.png"
     figures[hist] = functools.partial(histogram_figure, original, aligned, names, rec["label"])
     radar[rec["label"]] = [cmp[v]["aligned_quantile"] for v in names]
-    out_palettes.append({**rec, "comparison": cmp, "checks": chk, "histogram": hist,
-                         "mean_candidate_ess": float(np.mean(d["candidate_ess"])),
-                         "samples": [{"prompt": test_prompts[p], "original": texts[p * (k + 1)],
-                                      "aligned": texts[p * (k + 1) + int(index[p])]}
-                                     for p in range(min(P, int(num_samples)))]})
+    out_palettes.append(
+      {
+        **rec,
+        "comparison": cmp,
+        "checks": chk,
+        "histogram": hist,
+        "mean_candidate_ess": float(np.mean(d["candidate_ess"])),
+        "samples": [
+          {"prompt": test_prompts[p], "original": texts[p * (k + 1)], "aligned": texts[p * (k + 1) + int(index[p])]}
+          for p in range(min(P, int(num_samples)))
+        ],
+      }
+    )
   map_f_row = None
   if map_f is not None:
-    map_f_row = _map_f_row(map_f, original, pilot, names, conf, test_prompts, texts[::k + 1], num_samples)
+    map_f_row = _map_f_row(map_f, original, pilot, names, conf, test_prompts, texts[:: k + 1], num_samples)
     radar["MAP-F"] = [map_f_row["comparison"][v]["aligned_quantile"] for v in names]
-    figures["hist_MAP_F.png"] = functools.partial(histogram_figure, original, np.asarray(map_f["rewards"]), names,
-                                                  "MAP-F")
+    figures["hist_MAP_F.png"] = functools.partial(
+      histogram_figure, original, np.asarray(map_f["rewards"]), names, "MAP-F"
+    )
   figures["radar.png"] = functools.partial(radar_figure, radar, names)
 
-  stage_seconds = {s: t.get("seconds") for s, t in timings.items()
-                   if s != "report" and t.get("map_f", "") is not None}  # no MAP-F run: nothing to time
+  stage_seconds = {
+    s: t.get("seconds") for s, t in timings.items() if s != "report" and t.get("map_f", "") is not None
+  }  # no MAP-F run: nothing to time
   cost = _decode_cost(timings, P, k, num_pilot_samples)
-  report = {"model": model, "prompts": prompts_source, "values": names, "targeted": targeted,
-            "kept": kept, "n_pilot": palettes["n"], "num_test_prompts": P, "num_candidates": k,
-            "mode": decoded["mode"], "confidence": conf, "original": base, "palettes": out_palettes,
-            "map_f": map_f_row, "stage_seconds": stage_seconds, "decode_cost": cost}
+  report = {
+    "model": model,
+    "prompts": prompts_source,
+    "values": names,
+    "targeted": targeted,
+    "kept": kept,
+    "n_pilot": palettes["n"],
+    "num_test_prompts": P,
+    "num_candidates": k,
+    "mode": decoded["mode"],
+    "confidence": conf,
+    "original": base,
+    "palettes": out_palettes,
+    "map_f": map_f_row,
+    "stage_seconds": stage_seconds,
+    "decode_cost": cost,
+  }
   return report, figures
 
 
 def checks_passed(report: dict) -> bool:
   """Whether every palette's raised values rose and its held values held (the report's checks)."""
-  return all(all(c.values()) for p in report["palettes"] for c in (p["checks"]["raised_rise"], p["checks"]["held_hold"]))
+  return all(
+    all(c.values()) for p in report["palettes"] for c in (p["checks"]["raised_rise"], p["checks"]["held_hold"])
+  )
 
 
 def _map_f_row(map_f: dict, original, pilot, names, conf, prompts, originals, num_samples) -> dict:
@@ -223,40 +265,57 @@ def _map_f_row(map_f: dict, original, pilot, names, conf, prompts, originals, nu
     import jax
 
     from map_jax.core.frontier import realized_levels
+
     with jax.enable_x64(True):
       predicted = np.asarray(realized_levels(pilot, np.array([lam_run.get(v, 0.0) for v in names])))
   cmp = levels.compare(original, F, pilot=pilot, predicted=predicted, names=names, confidence=conf)
   trained = [v for v, x in lam_run.items() if x > 0]
-  return {"label": "MAP-F", "workdir": map_f["workdir"], "model": run["model"], "lambda": lam_run,
-          "comparison": cmp, "checks": levels.checks(cmp, [v for v in trained if v in names], []),
-          "histogram": "hist_MAP_F.png",
-          "samples": [{"prompt": prompts[p], "original": originals[p], "aligned": texts[p]}
-                      for p in range(min(len(prompts), int(num_samples)))]}
+  return {
+    "label": "MAP-F",
+    "workdir": map_f["workdir"],
+    "model": run["model"],
+    "lambda": lam_run,
+    "comparison": cmp,
+    "checks": levels.checks(cmp, [v for v in trained if v in names], []),
+    "histogram": "hist_MAP_F.png",
+    "samples": [
+      {"prompt": prompts[p], "original": originals[p], "aligned": texts[p]}
+      for p in range(min(len(prompts), int(num_samples)))
+    ],
+  }
 
 
 def _decode_cost(timings: dict, P: int, k: int, n_pilot: int) -> dict | None:
   """Wall time per aligned response (k + 1 samples and their scores) over that of one plain p0 sample."""
   try:
     plain = timings["generate_pilot"]["seconds"] / n_pilot
-    aligned = (timings["generate_candidates"]["seconds"] + timings["score_candidates"]["seconds"]
-               + timings["decode"]["seconds"]) / P
+    aligned = (
+      timings["generate_candidates"]["seconds"] + timings["score_candidates"]["seconds"] + timings["decode"]["seconds"]
+    ) / P
   except (KeyError, TypeError, ZeroDivisionError):
     return None
-  return {"seconds_per_plain_sample": plain, "seconds_per_aligned_response": aligned,
-          "ratio": aligned / plain if plain > 0 else None, "samples_per_aligned_response": k + 1}
+  return {
+    "seconds_per_plain_sample": plain,
+    "seconds_per_aligned_response": aligned,
+    "ratio": aligned / plain if plain > 0 else None,
+    "samples_per_aligned_response": k + 1,
+  }
 
 
 def table_one(report: dict) -> str:
   """The paper's Table 1: original and each palette, values as mean ± half-interval (quantile)."""
   names = report["values"]
-  head = ["palette"] + [f"{v}{'*' if v in report['targeted'] else ''}" for v in names] + [
-      "λ", "feasible", "margin", "ESS"]
-  rows = [["original"] + [f"{_fmt(report['original']['levels'][v])} ({q:.2f})"
-                          for v, q in zip(names, report["original"]["quantile"])] + ["", "", "", ""]]
+  head = (
+    ["palette"] + [f"{v}{'*' if v in report['targeted'] else ''}" for v in names] + ["λ", "feasible", "margin", "ESS"]
+  )
+  rows = [
+    ["original"]
+    + [f"{_fmt(report['original']['levels'][v])} ({q:.2f})" for v, q in zip(names, report["original"]["quantile"])]
+    + ["", "", "", ""]
+  ]
   for p in report["palettes"]:
     used = p["adjusted"] if p["use"] == "adjusted" else p
-    cells = [f"{_fmt(p['comparison'][v]['aligned'])} ({p['comparison'][v]['aligned_quantile']:.2f})"
-             for v in names]
+    cells = [f"{_fmt(p['comparison'][v]['aligned'])} ({p['comparison'][v]['aligned_quantile']:.2f})" for v in names]
     lam = "(" + ", ".join(f"{x:.2f}" for x in used["lambda"]) + ")"
     feas = "yes" if p["feasible"] else f"no → {p['adjusted']['method']}" if "adjusted" in p else "no"
     rows.append([p["label"]] + cells + [lam, feas, f"{p['margin']:+.3f}", f"{used['ess']:.0f}"])
@@ -271,74 +330,148 @@ def table_one(report: dict) -> str:
 def markdown(report: dict) -> str:
   names, conf = report["values"], report["confidence"]
   pct = f"{100 * conf:.0f}%"
-  lines = [f"# MAP by decoding: {report['model']} on {report['prompts']} prompts", "",
-           f"Pilot set: n = {report['n_pilot']} samples from p0. Test set: {report['num_test_prompts']} prompts; "
-           f"each aligned response is chosen from k = {report['num_candidates']} candidates "
-           f"({'softmax(λᵀr) resampling' if report['mode'] == 'sample' else 'argmax of λᵀr'}); the original "
-           "response is an independent sample from p0.", "",
-           f"## Realized value levels (mean ± half-width of the {pct} interval; in brackets the quantile of "
-           "the base model's pilot distribution; * = targeted)", "", table_one(report), "",
-           "![radar](radar.png)", ""]
-  lines += ["## The solver's promise and what decoding delivered", "",
-            "Predicted: E_{p_λ}[r] reweighted on the pilot set, what resampling reaches as k → ∞. k expects: "
-            "the same with k candidates, E[Σ softmax(λᵀr)·r] over random draws of k pilot samples (k = 1 gives "
-            "the base model's mean). Shift: paired mean difference aligned − "
-            f"original with its {pct} interval. Win rate: share of prompts where the aligned response scores "
-            "higher (ties ½).", ""]
+  lines = [
+    f"# MAP by decoding: {report['model']} on {report['prompts']} prompts",
+    "",
+    f"Pilot set: n = {report['n_pilot']} samples from p0. Test set: {report['num_test_prompts']} prompts; "
+    f"each aligned response is chosen from k = {report['num_candidates']} candidates "
+    f"({'softmax(λᵀr) resampling' if report['mode'] == 'sample' else 'argmax of λᵀr'}); the original "
+    "response is an independent sample from p0.",
+    "",
+    f"## Realized value levels (mean ± half-width of the {pct} interval; in brackets the quantile of "
+    "the base model's pilot distribution; * = targeted)",
+    "",
+    table_one(report),
+    "",
+    "![radar](radar.png)",
+    "",
+  ]
+  lines += [
+    "## The solver's promise and what decoding delivered",
+    "",
+    "Predicted: E_{p_λ}[r] reweighted on the pilot set, what resampling reaches as k → ∞. k expects: "
+    "the same with k candidates, E[Σ softmax(λᵀr)·r] over random draws of k pilot samples (k = 1 gives "
+    "the base model's mean). Shift: paired mean difference aligned − "
+    f"original with its {pct} interval. Win rate: share of prompts where the aligned response scores "
+    "higher (ties ½).",
+    "",
+  ]
   for p in report["palettes"]:
     rows = []
     for v in names:
       c = p["comparison"][v]
-      rows.append([v, f"{c['predicted']:.3f}", f"{c['expected_k']:.3f}", _fmt(c["aligned"]),
-                   "yes" if c["predicted_in_interval"] else "no", "yes" if c["expected_k_in_interval"] else "no",
-                   f"{c['shift']['mean']:+.3f} [{c['shift']['low']:+.3f}, {c['shift']['high']:+.3f}]",
-                   f"{c['win_rate']:.2f}"])
+      rows.append(
+        [
+          v,
+          f"{c['predicted']:.3f}",
+          f"{c['expected_k']:.3f}",
+          _fmt(c["aligned"]),
+          "yes" if c["predicted_in_interval"] else "no",
+          "yes" if c["expected_k_in_interval"] else "no",
+          f"{c['shift']['mean']:+.3f} [{c['shift']['low']:+.3f}, {c['shift']['high']:+.3f}]",
+          f"{c['win_rate']:.2f}",
+        ]
+      )
     chk = p["checks"]
     verdict = lambda d: ", ".join(f"{v} {'✓' if ok else '✗'}" for v, ok in d.items()) or "none"  # noqa: E731
-    lines += [f"### {p['label']}  (mean candidate ESS {p['mean_candidate_ess']:.1f} of "
-              f"{report['num_candidates']})", "",
-              tabulate(rows, headers=["value", "predicted", f"k={report['num_candidates']} expects", "realized",
-                                      "in interval", "k in interval", "shift", "win rate"], tablefmt="github"), "",
-              f"Raised values rise: {verdict(chk['raised_rise'])}. Values kept at their mean hold (within the "
-              f"original's interval or above): {verdict(chk['held_hold'])}.", "", f"![histograms]({p['histogram']})", ""]
+    lines += [
+      f"### {p['label']}  (mean candidate ESS {p['mean_candidate_ess']:.1f} of {report['num_candidates']})",
+      "",
+      tabulate(
+        rows,
+        headers=[
+          "value",
+          "predicted",
+          f"k={report['num_candidates']} expects",
+          "realized",
+          "in interval",
+          "k in interval",
+          "shift",
+          "win rate",
+        ],
+        tablefmt="github",
+      ),
+      "",
+      f"Raised values rise: {verdict(chk['raised_rise'])}. Values kept at their mean hold (within the "
+      f"original's interval or above): {verdict(chk['held_hold'])}.",
+      "",
+      f"![histograms]({p['histogram']})",
+      "",
+    ]
     if not p["feasible"]:
       cert = " + ".join(f"{d:.3f}·{v}" for d, v in zip(p["certificate"], names) if d > 1e-6)
-      lines += [f"**Infeasible** on the pilot set (margin {p['margin']:+.4f}): no pilot sample reaches "
-                f"{cert} at this palette's level; that combination certifies it."]
+      lines += [
+        f"**Infeasible** on the pilot set (margin {p['margin']:+.4f}): no pilot sample reaches "
+        f"{cert} at this palette's level; that combination certifies it."
+      ]
       if "adjusted" in p:
         a = p["adjusted"]
-        lines += ["", f"Adjusted by {a['method']} (ρ = {a['rho']:.3f}) to "
-                  + ", ".join(f"{v} {c:.3f}" for v, c in zip(names, a["palette"])) + "; decoded with that."]
+        lines += [
+          "",
+          f"Adjusted by {a['method']} (ρ = {a['rho']:.3f}) to "
+          + ", ".join(f"{v} {c:.3f}" for v, c in zip(names, a["palette"]))
+          + "; decoded with that.",
+        ]
       lines += [""]
   f = report.get("map_f")
   if f:
-    rows = [[v, "" if c["predicted"] is None else f"{c['predicted']:.3f}", _fmt(c["aligned"]),
-             f"{c['shift']['mean']:+.3f} [{c['shift']['low']:+.3f}, {c['shift']['high']:+.3f}]", f"{c['win_rate']:.2f}"]
-            for v, c in f["comparison"].items()]
-    lines += [f"### MAP-F: the PPO fine-tuned model ({f['workdir']})", "",
-              "One answer per test prompt from the fine-tuned policy; predicted = the MAP solution it was trained "
-              "toward (β = 1), reweighted on this pilot set.", "",
-              tabulate(rows, headers=["value", "predicted", "realized", "shift", "win rate"], tablefmt="github"), "",
-              f"![histograms]({f['histogram']})", ""]
+    rows = [
+      [
+        v,
+        "" if c["predicted"] is None else f"{c['predicted']:.3f}",
+        _fmt(c["aligned"]),
+        f"{c['shift']['mean']:+.3f} [{c['shift']['low']:+.3f}, {c['shift']['high']:+.3f}]",
+        f"{c['win_rate']:.2f}",
+      ]
+      for v, c in f["comparison"].items()
+    ]
+    lines += [
+      f"### MAP-F: the PPO fine-tuned model ({f['workdir']})",
+      "",
+      "One answer per test prompt from the fine-tuned policy; predicted = the MAP solution it was trained "
+      "toward (β = 1), reweighted on this pilot set.",
+      "",
+      tabulate(rows, headers=["value", "predicted", "realized", "shift", "win rate"], tablefmt="github"),
+      "",
+      f"![histograms]({f['histogram']})",
+      "",
+    ]
   lines += ["## Sample generations", ""]
   for p in report["palettes"]:
     rows = [[_clip(s["prompt"], 80), _clip(s["original"]), _clip(s["aligned"])] for s in p["samples"]]
-    lines += [f"### {p['label']}", "", tabulate(rows, headers=["prompt", "original", "aligned"],
-                                                tablefmt="github"), ""]
+    lines += [f"### {p['label']}", "", tabulate(rows, headers=["prompt", "original", "aligned"], tablefmt="github"), ""]
   if f:
     rows = [[_clip(x["prompt"], 80), _clip(x["original"]), _clip(x["aligned"])] for x in f["samples"]]
     lines += ["### MAP-F", "", tabulate(rows, headers=["prompt", "original", "MAP-F"], tablefmt="github"), ""]
-  lines += ["## Wall time per stage", "",
-            tabulate([[s, f"{t:.1f}" if t is not None else ""] for s, t in report["stage_seconds"].items()],
-                     headers=["stage", "seconds"], tablefmt="github"), ""]
+  lines += [
+    "## Wall time per stage",
+    "",
+    tabulate(
+      [[s, f"{t:.1f}" if t is not None else ""] for s, t in report["stage_seconds"].items()],
+      headers=["stage", "seconds"],
+      tablefmt="github",
+    ),
+    "",
+  ]
   cost = report.get("decode_cost")
   if cost and cost.get("ratio"):
-    lines += [f"An aligned response cost {cost['ratio']:.1f}× one plain sample from p0 "
-              f"({cost['seconds_per_aligned_response']:.2f} s vs {cost['seconds_per_plain_sample']:.2f} s; it "
-              f"draws {cost['samples_per_aligned_response']} samples and scores them). Times include model "
-              "loading and compilation in each stage.", ""]
+    lines += [
+      f"An aligned response cost {cost['ratio']:.1f}× one plain sample from p0 "
+      f"({cost['seconds_per_aligned_response']:.2f} s vs {cost['seconds_per_plain_sample']:.2f} s; it "
+      f"draws {cost['samples_per_aligned_response']} samples and scores them). Times include model "
+      "loading and compilation in each stage.",
+      "",
+    ]
   return "\n".join(lines)
 
 
-__all__ = ["checks_passed", "decoding_report", "histogram_figure", "markdown", "radar_figure", "raised_values",
-           "solution_record", "table_one"]
+__all__ = [
+  "checks_passed",
+  "decoding_report",
+  "histogram_figure",
+  "markdown",
+  "radar_figure",
+  "raised_values",
+  "solution_record",
+  "table_one",
+]

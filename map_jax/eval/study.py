@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from map_jax.core import dual
-from map_jax.core import implicit
+from map_jax.core import dual, implicit
 from map_jax.core import sensitivity as sens
 
 
@@ -65,6 +64,7 @@ class PaletteStudy(NamedTuple):
     condition: condition number of the standardized tilted covariance on the active
       set, (...,); see :func:`tilted_condition`.
   """
+
   palettes: jax.Array
   solution: dual.DualSolution
   condition: jax.Array
@@ -109,7 +109,7 @@ def solve_batch(rewards, palettes, *, batch_size: int | None = 256) -> PaletteSt
   padded = jnp.concatenate([flat, jnp.broadcast_to(jnp.mean(rewards, 0), (pad, m))])
   sols, conds = [], []
   for start in range(0, padded.shape[0], size):
-    sol = _solve_flat(rewards, padded[start:start + size])
+    sol = _solve_flat(rewards, padded[start : start + size])
     sols.append(sol)
     conds.append(_condition_flat(rewards, sol.lam))
   cat = lambda *a: jnp.concatenate(a)[:total]
@@ -119,8 +119,9 @@ def solve_batch(rewards, palettes, *, batch_size: int | None = 256) -> PaletteSt
   return PaletteStudy(palettes, jax.tree.map(unflat, sol), unflat(cond))
 
 
-def grid_slice(rewards, i: int, j: int, size: int, *, low_quantile: float = 0.05,
-               base=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def grid_slice(
+  rewards, i: int, j: int, size: int, *, low_quantile: float = 0.05, base=None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """A size × size grid of palettes in the (c_i, c_j) plane, the other values at ``base``.
 
   Each axis runs from the pilot ``low_quantile``-quantile of its value (below the
@@ -158,6 +159,7 @@ class SensitivityStudy(NamedTuple):
     seconds: wall time of that call (compilation excluded: it is timed on a second run
       only when ``time_twice``; otherwise it includes compilation).
   """
+
   slices: dict
   path_q: np.ndarray
   path: PaletteStudy
@@ -170,11 +172,18 @@ class SensitivityStudy(NamedTuple):
   seconds: float
 
 
-def sensitivity_study(rewards, num_palettes: int, *, key=None,
-                      pairs: Sequence[tuple[int, int]] = ((0, 1), (0, 2), (1, 2)),
-                      targeted: Sequence[int] = (0, 1, 2), trade_off_q: float = 0.6,
-                      path_points: int = 41, batch_size: int | None = 256,
-                      time_twice: bool = False) -> SensitivityStudy:
+def sensitivity_study(
+  rewards,
+  num_palettes: int,
+  *,
+  key=None,
+  pairs: Sequence[tuple[int, int]] = ((0, 1), (0, 2), (1, 2)),
+  targeted: Sequence[int] = (0, 1, 2),
+  trade_off_q: float = 0.6,
+  path_points: int = 41,
+  batch_size: int | None = 256,
+  time_twice: bool = False,
+) -> SensitivityStudy:
   """Solves about ``num_palettes`` palettes in one vmapped call and derives the study.
 
   Half the budget goes to 2-D grid slices (one per pair, the other values at their
@@ -184,6 +193,7 @@ def sensitivity_study(rewards, num_palettes: int, *, key=None,
   concatenated so the solver compiles once.
   """
   import time
+
   from map_jax.core import frontier  # Local: keeps this module's import light.
 
   rewards = jnp.asarray(rewards)
@@ -222,19 +232,26 @@ def sensitivity_study(rewards, num_palettes: int, *, key=None,
   path = take(at, at + path_points, (path_points,))
   at += path_points
   cloud = take(at, at + num_cloud, (num_cloud,))
-  kept = (np.asarray(cloud.solution.feasible)
-          & (np.abs(np.asarray(cloud.solution.lam)).sum(-1) <= 6.0))
+  kept = np.asarray(cloud.solution.feasible) & (np.abs(np.asarray(cloud.solution.lam)).sum(-1) <= 6.0)
   morl = np.asarray(frontier.morl_lambdas(k_morl, num_cloud, m, dtype=rewards.dtype))
   efficiency = {
-      "MAP": float(frontier.navigation_efficiency(rewards, cloud.solution.lam[kept]))
-             if kept.any() else float("nan"),
-      "MORL": float(frontier.navigation_efficiency(rewards, morl)),
+    "MAP": float(frontier.navigation_efficiency(rewards, cloud.solution.lam[kept])) if kept.any() else float("nan"),
+    "MORL": float(frontier.navigation_efficiency(rewards, morl)),
   }
   c_t = hhh_palette(r_np, trade_off_q, targeted)
   d_lam, d_real = sens.sensitivity(rewards, jnp.asarray(c_t, rewards.dtype))
-  return SensitivityStudy(slices, path_q, path, cloud, kept, morl, efficiency,
-                          (c_t, np.asarray(d_lam), np.asarray(d_real)), len(everything),
-                          seconds)
+  return SensitivityStudy(
+    slices,
+    path_q,
+    path,
+    cloud,
+    kept,
+    morl,
+    efficiency,
+    (c_t, np.asarray(d_lam), np.asarray(d_real)),
+    len(everything),
+    seconds,
+  )
 
 
 def study_rows(result: SensitivityStudy, names: Sequence[str]) -> list[dict]:
@@ -244,7 +261,7 @@ def study_rows(result: SensitivityStudy, names: Sequence[str]) -> list[dict]:
   rows = []
   for kind, s in parts:
     m = s.palettes.shape[-1]
-    flat = jax.tree.map(lambda a: np.asarray(a).reshape((-1,) + a.shape[s.palettes.ndim - 1:]), s)
+    flat = jax.tree.map(lambda a: np.asarray(a).reshape((-1,) + a.shape[s.palettes.ndim - 1 :]), s)
     for k in range(flat.palettes.shape[0]):
       sol = flat.solution
       row = {"kind": kind}
@@ -252,7 +269,13 @@ def study_rows(result: SensitivityStudy, names: Sequence[str]) -> list[dict]:
       row.update({"feasible": bool(sol.feasible[k]), "margin": float(sol.margin[k])})
       row.update({f"lambda_{names[i]}": float(sol.lam[k, i]) for i in range(m)})
       row.update({f"realized_{names[i]}": float(sol.realized[k, i]) for i in range(m)})
-      row.update({"ess": float(sol.ess[k]), "kl": float(sol.kl[k]),
-                  "condition": float(flat.condition[k]), "converged": bool(sol.converged[k])})
+      row.update(
+        {
+          "ess": float(sol.ess[k]),
+          "kl": float(sol.kl[k]),
+          "condition": float(flat.condition[k]),
+          "converged": bool(sol.converged[k]),
+        }
+      )
       rows.append(row)
   return rows

@@ -15,5 +15,13 @@ their model when built, not when registered.
 from map_jax.rewards.base import RewardError, RewardFn, cache_dir, check_batch
 from map_jax.rewards.registry import available_rewards, get_reward, register, register_spec
 
-__all__ = ["RewardError", "RewardFn", "available_rewards", "cache_dir", "check_batch", "get_reward", "register",
-           "register_spec"]
+__all__ = [
+  "RewardError",
+  "RewardFn",
+  "available_rewards",
+  "cache_dir",
+  "check_batch",
+  "get_reward",
+  "register",
+  "register_spec",
+]

@@ -16,193 +16,207 @@ from map_jax.rewards.base import RewardFn, TruncationNotice
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int):
-    """Index arrays of at most `batch_size` rows, shortest first: rows of similar length share a padded batch."""
-    order = np.argsort(np.asarray(lengths), kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+  """Index arrays of at most `batch_size` rows, shortest first: rows of similar length share a padded batch."""
+  order = np.argsort(np.asarray(lengths), kind="stable")
+  return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _grouped_batches(keys: Sequence[int], batch_size: int):
-    """Batches of at most `batch_size` rows with equal keys (rows of one key together, keys in order)."""
-    out = []
-    for k in sorted(set(keys)):
-        rows = np.flatnonzero(np.asarray(keys) == k)
-        out += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
-    return out
+  """Batches of at most `batch_size` rows with equal keys (rows of one key together, keys in order)."""
+  out = []
+  for k in sorted(set(keys)):
+    rows = np.flatnonzero(np.asarray(keys) == k)
+    out += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+  return out
 
 
 def pad_rows(arrays: Sequence[np.ndarray], rows: int) -> list[np.ndarray]:
-    """Pad each array's first axis up to `rows` with copies of row 0 (copies, not zeros: a fully masked row
-    could make attention produce NaN, and extra rows are dropped anyway)."""
-    out = []
-    for a in arrays:
-        extra = rows - a.shape[0]
-        out.append(a if extra <= 0 else np.concatenate([a, np.repeat(a[:1], extra, 0)]))
-    return out
+  """Pad each array's first axis up to `rows` with copies of row 0 (copies, not zeros: a fully masked row
+  could make attention produce NaN, and extra rows are dropped anyway)."""
+  out = []
+  for a in arrays:
+    extra = rows - a.shape[0]
+    out.append(a if extra <= 0 else np.concatenate([a, np.repeat(a[:1], extra, 0)]))
+  return out
 
 
 class TextEncoder:
-    """Texts -> unit-norm sentence embeddings [n, E] with a MiniLM-family encoder, batched and jitted.
+  """Texts -> unit-norm sentence embeddings [n, E] with a MiniLM-family encoder, batched and jitted.
 
-    Rows are sorted by token length, cut into batches of `batch_size`, right-padded to a length bucket
-    (16, 24, 32, 48, ...) and to a row bucket, then run through `map_jax.models.bert.embed` (one compile per
-    bucket pair). Texts longer than `max_length` tokens (sentence-transformers' 256 for all-MiniLM-L6-v2)
-    keep their first `max_length - 1` tokens and the closing [SEP], as sentence-transformers does.
-    """
+  Rows are sorted by token length, cut into batches of `batch_size`, right-padded to a length bucket
+  (16, 24, 32, 48, ...) and to a row bucket, then run through `map_jax.models.bert.embed` (one compile per
+  bucket pair). Texts longer than `max_length` tokens (sentence-transformers' 256 for all-MiniLM-L6-v2)
+  keep their first `max_length - 1` tokens and the closing [SEP], as sentence-transformers does.
+  """
 
-    def __init__(self, name: str = "all-minilm-l6-v2", *, batch_size: int = 64, max_length: int | None = None,
-                 value_name: str = "encoder"):
-        from map_jax.models.loading import load_sentence_encoder
-        self.name = name
-        self.encoder = load_sentence_encoder(name, max_length=max_length)
-        self.max_length = min(self.encoder.max_length, self.encoder.config.max_position_embeddings)
-        self.batch_size = batch_size
-        self.module = self.encoder.config.module()
-        self.notice = TruncationNotice(value_name, self.max_length)
+  def __init__(
+    self,
+    name: str = "all-minilm-l6-v2",
+    *,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    value_name: str = "encoder",
+  ):
+    from map_jax.models.loading import load_sentence_encoder
 
-    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        tok = self.encoder.tokenizer
-        # verbose=False: our own once-per-value notice replaces transformers' per-call length warning.
-        ids = tok(list(texts), truncation=False, verbose=False)["input_ids"]
-        L = self.max_length
-        long = [i for i, s in enumerate(ids) if len(s) > L]
-        self.notice(len(long))
-        for i in long:
-            ids[i] = ids[i][:L - 1] + ids[i][-1:]
-        return ids
+    self.name = name
+    self.encoder = load_sentence_encoder(name, max_length=max_length)
+    self.max_length = min(self.encoder.max_length, self.encoder.config.max_position_embeddings)
+    self.batch_size = batch_size
+    self.module = self.encoder.config.module()
+    self.notice = TruncationNotice(value_name, self.max_length)
 
-    def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
-        from map_jax.models import bert
-        from map_jax.models import tokenizer as tok_lib
+  def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    tok = self.encoder.tokenizer
+    # verbose=False: our own once-per-value notice replaces transformers' per-call length warning.
+    ids = tok(list(texts), truncation=False, verbose=False)["input_ids"]
+    L = self.max_length
+    long = [i for i, s in enumerate(ids) if len(s) > L]
+    self.notice(len(long))
+    for i in long:
+      ids[i] = ids[i][: L - 1] + ids[i][-1:]
+    return ids
 
-        texts = list(texts)
-        if not texts:
-            return np.zeros((0, self.encoder.config.hidden_size), np.float32)
-        ids = self.tokenize(texts)
-        pad = self.encoder.tokenizer.pad_token_id or 0
-        out = np.zeros((len(texts), self.encoder.config.hidden_size), np.float32)
-        batches = length_sorted_batches([len(s) for s in ids], self.batch_size)
-        if progress:
-            from tqdm.auto import tqdm
-            batches = tqdm(batches, desc=f"embedding with {self.name}", unit="batch")
-        for idx in batches:
-            length = min(tok_lib.bucket(max(len(ids[i]) for i in idx)), self.max_length)
-            tokens, mask = tok_lib.pad_right([ids[i] for i in idx], pad, length=length)
-            tokens, mask = pad_rows([tokens, mask], tok_lib.bucket(len(idx), 1))
-            e = bert.embed(self.module, self.encoder.params, tokens, mask, self.encoder.normalize)
-            out[idx] = np.asarray(e)[:len(idx)]
-        return out
+  def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+    from map_jax.models import bert
+    from map_jax.models import tokenizer as tok_lib
+
+    texts = list(texts)
+    if not texts:
+      return np.zeros((0, self.encoder.config.hidden_size), np.float32)
+    ids = self.tokenize(texts)
+    pad = self.encoder.tokenizer.pad_token_id or 0
+    out = np.zeros((len(texts), self.encoder.config.hidden_size), np.float32)
+    batches = length_sorted_batches([len(s) for s in ids], self.batch_size)
+    if progress:
+      from tqdm.auto import tqdm
+
+      batches = tqdm(batches, desc=f"embedding with {self.name}", unit="batch")
+    for idx in batches:
+      length = min(tok_lib.bucket(max(len(ids[i]) for i in idx)), self.max_length)
+      tokens, mask = tok_lib.pad_right([ids[i] for i in idx], pad, length=length)
+      tokens, mask = pad_rows([tokens, mask], tok_lib.bucket(len(idx), 1))
+      e = bert.embed(self.module, self.encoder.params, tokens, mask, self.encoder.normalize)
+      out[idx] = np.asarray(e)[: len(idx)]
+    return out
 
 
 class Coherence(RewardFn):
-    """`coherence`: cosine similarity of the prompt's and the response's all-MiniLM-L6-v2 embeddings.
+  """`coherence`: cosine similarity of the prompt's and the response's all-MiniLM-L6-v2 embeddings.
 
-    The MAP paper uses SimCSE-BERT embeddings of prompt and continuation; MiniLM (shipped offline as a wheel)
-    plays the same role. In [-1, 1]; an on-topic reply scores higher than an unrelated one. An empty (or
-    whitespace) response says nothing about the prompt and scores 0.
-    """
+  The MAP paper uses SimCSE-BERT embeddings of prompt and continuation; MiniLM (shipped offline as a wheel)
+  plays the same role. In [-1, 1]; an on-topic reply scores higher than an unrelated one. An empty (or
+  whitespace) response says nothing about the prompt and scores 0.
+  """
 
-    name = "coherence"
-    description = "cosine similarity of all-MiniLM-L6-v2 embeddings of prompt and response"
+  name = "coherence"
+  description = "cosine similarity of all-MiniLM-L6-v2 embeddings of prompt and response"
 
-    def __init__(self, encoder: str = "all-minilm-l6-v2", batch_size: int = 64, max_length: int | None = None):
-        self.encoder = TextEncoder(encoder, batch_size=batch_size, max_length=max_length, value_name=self.name)
+  def __init__(self, encoder: str = "all-minilm-l6-v2", batch_size: int = 64, max_length: int | None = None):
+    self.encoder = TextEncoder(encoder, batch_size=batch_size, max_length=max_length, value_name=self.name)
 
-    @property
-    def truncated(self) -> int:
-        return self.encoder.notice.count
+  @property
+  def truncated(self) -> int:
+    return self.encoder.notice.count
 
-    def _score(self, prompts, responses):
-        n = len(prompts)
-        e = self.encoder(prompts + responses)  # one pass: prompts and responses share length buckets
-        cos = np.sum(e[:n].astype(np.float64) * e[n:], axis=-1)
-        return np.where([r.strip() == "" for r in responses], 0.0, cos)
+  def _score(self, prompts, responses):
+    n = len(prompts)
+    e = self.encoder(prompts + responses)  # one pass: prompts and responses share length buckets
+    cos = np.sum(e[:n].astype(np.float64) * e[n:], axis=-1)
+    return np.where([r.strip() == "" for r in responses], 0.0, cos)
 
-    def close(self):
-        self.encoder = None
+  def close(self):
+    self.encoder = None
 
 
 class Perplexity(RewardFn):
-    r"""`perplexity`: the negative mean token NLL (= −log perplexity) of the response given the prompt.
+  r"""`perplexity`: the negative mean token NLL (= −log perplexity) of the response given the prompt.
 
-    .. math:: r(x, y) = \frac{1}{|y|} \sum_t \log p_0(y_t \mid x, y_{<t})
+  .. math:: r(x, y) = \frac{1}{|y|} \sum_t \log p_0(y_t \mid x, y_{<t})
 
-    under a base language model (default SmolLM2-135M-Instruct, offline), computed with
-    `map_jax.sampling.score` (one jitted forward pass per batch, per-token log-probs). Higher is more fluent.
-    The prompt is tokenized with the model's special tokens (BOS when the tokenizer adds one) and the response
-    without, as `generate` lines them up. Edge cases, each with a definite score:
+  under a base language model (default SmolLM2-135M-Instruct, offline), computed with
+  `map_jax.sampling.score` (one jitted forward pass per batch, per-token log-probs). Higher is more fluent.
+  The prompt is tokenized with the model's special tokens (BOS when the tokenizer adds one) and the response
+  without, as `generate` lines them up. Edge cases, each with a definite score:
 
-    * empty response: scored as the model ending at once, log p(EOS | x) (a one-token "response");
-    * empty prompt with a tokenizer that adds no BOS: the EOS token stands in as the context;
-    * prompt + response longer than the context: the prompt loses its oldest tokens first, then the response
-      its last ones (said once).
+  * empty response: scored as the model ending at once, log p(EOS | x) (a one-token "response");
+  * empty prompt with a tokenizer that adds no BOS: the EOS token stands in as the context;
+  * prompt + response longer than the context: the prompt loses its oldest tokens first, then the response
+    its last ones (said once).
 
-    Args:
-      model: a built-in name, HF directory or GGUF file of the base model (`map_jax.models.load_model`).
-      chat: wrap prompts in the model's chat template (when the pilot samples were generated that way).
-      batch_size: rows per forward pass (every batch is padded to it: one compiled shape per length bucket).
-      min_bucket: smallest padded length of prompts and of responses; coarser buckets mean fewer compiles.
-      loaded: an already loaded `(config, params, tokenizer)` to use instead of loading `model`.
-    """
+  Args:
+    model: a built-in name, HF directory or GGUF file of the base model (`map_jax.models.load_model`).
+    chat: wrap prompts in the model's chat template (when the pilot samples were generated that way).
+    batch_size: rows per forward pass (every batch is padded to it: one compiled shape per length bucket).
+    min_bucket: smallest padded length of prompts and of responses; coarser buckets mean fewer compiles.
+    loaded: an already loaded `(config, params, tokenizer)` to use instead of loading `model`.
+  """
 
-    name = "perplexity"
-    description = "-(mean token NLL) of the response given the prompt under the base LM (SmolLM2-135M default)"
+  name = "perplexity"
+  description = "-(mean token NLL) of the response given the prompt under the base LM (SmolLM2-135M default)"
 
-    def __init__(self, model: str = "smollm2-135m-instruct", chat: bool = False, batch_size: int = 16,
-                 min_bucket: int = 32, loaded=None):
-        from map_jax.models.loading import load_model
-        self.model_name, self.chat, self.batch_size, self.min_bucket = model, chat, batch_size, min_bucket
-        self.config, self.params, self.tokenizer = loaded if loaded is not None else load_model(model)
-        self.module = self.config.module()
-        self.context = int(self.config.max_position_embeddings)
-        self.notice = TruncationNotice(self.name, self.context)
+  def __init__(
+    self,
+    model: str = "smollm2-135m-instruct",
+    chat: bool = False,
+    batch_size: int = 16,
+    min_bucket: int = 32,
+    loaded=None,
+  ):
+    from map_jax.models.loading import load_model
 
-    def _ids(self, prompts, responses):
-        from map_jax.models import tokenizer as tok_lib
-        tok = self.tokenizer
-        texts = [tok_lib.chat_prompt(tok, p) for p in prompts] if self.chat else prompts
-        p_ids = tok_lib.encode(tok, texts)
-        r_ids = tok_lib.encode(tok, responses, add_special_tokens=False)
-        eos = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
-        cut = 0
-        for i in range(len(p_ids)):
-            if not p_ids[i]:
-                p_ids[i] = [eos]
-            if not r_ids[i]:
-                r_ids[i] = [eos]
-            over = len(p_ids[i]) + len(r_ids[i]) - self.context
-            if over > 0:
-                cut += 1
-                keep_p = max(1, len(p_ids[i]) - over)
-                p_ids[i] = p_ids[i][len(p_ids[i]) - keep_p:]
-                r_ids[i] = r_ids[i][:self.context - keep_p]
-        self.notice(cut)
-        return p_ids, r_ids
+    self.model_name, self.chat, self.batch_size, self.min_bucket = model, chat, batch_size, min_bucket
+    self.config, self.params, self.tokenizer = loaded if loaded is not None else load_model(model)
+    self.module = self.config.module()
+    self.context = int(self.config.max_position_embeddings)
+    self.notice = TruncationNotice(self.name, self.context)
 
-    def _score(self, prompts, responses):
-        from map_jax.sampling import token_logprobs
-        from map_jax.models import tokenizer as tok_lib
+  def _ids(self, prompts, responses):
+    from map_jax.models import tokenizer as tok_lib
 
-        p_ids, r_ids = self._ids(prompts, responses)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        B = self.batch_size
-        # Compiled shapes are (B, prompt bucket, response bucket): every batch is padded to B rows, and rows
-        # are grouped by their pair of length buckets, so a table compiles once per bucket pair it contains
-        # (a handful) instead of once per batch. Coarse buckets (>= 32 tokens) keep the pairs few.
-        tb = [tok_lib.bucket(len(p), self.min_bucket) for p in p_ids]
-        cb = [tok_lib.bucket(len(r), self.min_bucket) for r in r_ids]
-        out = np.zeros(len(prompts))
-        for idx in _grouped_batches([t * 1_000_003 + c for t, c in zip(tb, cb)], B):
-            T, C = tb[idx[0]], cb[idx[0]]
-            pt, pm = tok_lib.pad_left([p_ids[i] for i in idx], pad, length=T)
-            ct, cm = tok_lib.pad_right([r_ids[i] for i in idx], pad, length=C)
-            pt, pm, ct, cm = pad_rows([pt, pm, ct, cm], B)
-            total, _ = token_logprobs(self.module, self.params, pt, pm, ct, cm)
-            n = len(idx)
-            out[idx] = np.asarray(total)[:n] / np.maximum(cm[:n].sum(-1), 1)
-        return out
+    tok = self.tokenizer
+    texts = [tok_lib.chat_prompt(tok, p) for p in prompts] if self.chat else prompts
+    p_ids = tok_lib.encode(tok, texts)
+    r_ids = tok_lib.encode(tok, responses, add_special_tokens=False)
+    eos = tok.eos_token_id if tok.eos_token_id is not None else tok.pad_token_id
+    cut = 0
+    for i in range(len(p_ids)):
+      if not p_ids[i]:
+        p_ids[i] = [eos]
+      if not r_ids[i]:
+        r_ids[i] = [eos]
+      over = len(p_ids[i]) + len(r_ids[i]) - self.context
+      if over > 0:
+        cut += 1
+        keep_p = max(1, len(p_ids[i]) - over)
+        p_ids[i] = p_ids[i][len(p_ids[i]) - keep_p :]
+        r_ids[i] = r_ids[i][: self.context - keep_p]
+    self.notice(cut)
+    return p_ids, r_ids
 
-    def close(self):
-        self.params = None
-        jax.clear_caches()
+  def _score(self, prompts, responses):
+    from map_jax.models import tokenizer as tok_lib
+    from map_jax.sampling import token_logprobs
 
+    p_ids, r_ids = self._ids(prompts, responses)
+    pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+    B = self.batch_size
+    # Compiled shapes are (B, prompt bucket, response bucket): every batch is padded to B rows, and rows
+    # are grouped by their pair of length buckets, so a table compiles once per bucket pair it contains
+    # (a handful) instead of once per batch. Coarse buckets (>= 32 tokens) keep the pairs few.
+    tb = [tok_lib.bucket(len(p), self.min_bucket) for p in p_ids]
+    cb = [tok_lib.bucket(len(r), self.min_bucket) for r in r_ids]
+    out = np.zeros(len(prompts))
+    for idx in _grouped_batches([t * 1_000_003 + c for t, c in zip(tb, cb)], B):
+      T, C = tb[idx[0]], cb[idx[0]]
+      pt, pm = tok_lib.pad_left([p_ids[i] for i in idx], pad, length=T)
+      ct, cm = tok_lib.pad_right([r_ids[i] for i in idx], pad, length=C)
+      pt, pm, ct, cm = pad_rows([pt, pm, ct, cm], B)
+      total, _ = token_logprobs(self.module, self.params, pt, pm, ct, cm)
+      n = len(idx)
+      out[idx] = np.asarray(total)[:n] / np.maximum(cm[:n].sum(-1), 1)
+    return out
 
+  def close(self):
+    self.params = None
+    jax.clear_caches()

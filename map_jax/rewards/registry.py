@@ -16,23 +16,27 @@ from map_jax.rewards.base import RewardError, RewardFn
 
 # name -> factory(**options); the one-line description is the factory's `description` attribute.
 _BUILTIN_VALUES = {
-    "humor": "map_jax.rewards.heads:humor",
-    "upbeat": "map_jax.rewards.heads:upbeat",
-    "interesting": "map_jax.rewards.heads:interesting",
-    "positiveness": "map_jax.rewards.lexicon:Positiveness",
-    "harmlessness": "map_jax.rewards.lexicon:Harmlessness",
-    "coherence": "map_jax.rewards.models:Coherence",
-    "perplexity": "map_jax.rewards.models:Perplexity",
-    "diversity": "map_jax.rewards.text:Diversity",
-    "length": "map_jax.rewards.text:Length",
+  "humor": "map_jax.rewards.heads:humor",
+  "upbeat": "map_jax.rewards.heads:upbeat",
+  "interesting": "map_jax.rewards.heads:interesting",
+  "positiveness": "map_jax.rewards.lexicon:Positiveness",
+  "harmlessness": "map_jax.rewards.lexicon:Harmlessness",
+  "coherence": "map_jax.rewards.models:Coherence",
+  "perplexity": "map_jax.rewards.models:Perplexity",
+  "diversity": "map_jax.rewards.text:Diversity",
+  "length": "map_jax.rewards.text:Length",
 }
 # prefix -> (factory(rest, **options), usage of the rest)
 _BUILTIN_SPECS = {
-    "classifier": ("map_jax.rewards.checkpoint:classifier_spec",
-                   "PATH[:LABEL[:logprob|prob|logit]] a HF *ForSequenceClassification directory"),
-    "reward_model": ("map_jax.rewards.checkpoint:reward_model_spec",
-                     "PATH a one-logit reward model directory, scored on the HH dialogue template"),
-    "head": ("map_jax.rewards.heads:head_spec", "DIR a reward head saved by experiments.train_reward"),
+  "classifier": (
+    "map_jax.rewards.checkpoint:classifier_spec",
+    "PATH[:LABEL[:logprob|prob|logit]] a HF *ForSequenceClassification directory",
+  ),
+  "reward_model": (
+    "map_jax.rewards.checkpoint:reward_model_spec",
+    "PATH a one-logit reward model directory, scored on the HH dialogue template",
+  ),
+  "head": ("map_jax.rewards.heads:head_spec", "DIR a reward head saved by experiments.train_reward"),
 }
 for _name, _target in _BUILTIN_VALUES.items():
   plugins.register("value", _name, _target)

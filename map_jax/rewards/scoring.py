@@ -45,7 +45,7 @@ def texts(rows, path, prompt_field, response_field, strip_prompt):
     if strip_prompt:
       if not r.startswith(p):
         raise ValueError(f"{path}: row {i}: --strip_prompt but {response_field!r} does not start with the prompt")
-      r = r[len(p):]
+      r = r[len(p) :]
     prompts.append(p)
     responses.append(r)
   return prompts, responses
@@ -55,12 +55,24 @@ def _options(spec, kwargs, own=None) -> dict:
   """The options `spec`'s constructor gets: those launcher-wide options it takes (model-free values such as
   diversity take no batch size), and `own`, options meant for this value alone."""
   from map_jax.rewards.registry import accepts
+
   return {**{k: v for k, v in kwargs.items() if accepts(spec, k)}, **(own or {})}
 
 
-def score_table(input_path: str, output: str, specs: list[str], *, prompt_field="prompt",
-                response_field="response", strip_prompt=False, chunk=256, limit=None, value_kwargs=None, options=None,
-                progress=True) -> str:
+def score_table(
+  input_path: str,
+  output: str,
+  specs: list[str],
+  *,
+  prompt_field="prompt",
+  response_field="response",
+  strip_prompt=False,
+  chunk=256,
+  limit=None,
+  value_kwargs=None,
+  options=None,
+  progress=True,
+) -> str:
   """Score `input_path` with each value spec in turn, resumable; writes JSONL to `output` and returns it."""
   from map_jax.data.tables import read_table
 
@@ -81,11 +93,14 @@ def score_table(input_path: str, output: str, specs: list[str], *, prompt_field=
   for spec, name in zip(specs, names):
     opts = _options(spec, value_kwargs or {}, (options or {}).get(name, {}))
     # Everything that determines this value's scores: the texts, the spec and its options, the chunking.
-    store = ChunkStore(os.path.join(parts, f"{name.replace('/', '_')}.jsonl"), content_key(fp, spec, opts, chunk),
-                       meta={"input": os.path.abspath(input_path), "rows": n, "value": spec})
+    store = ChunkStore(
+      os.path.join(parts, f"{name.replace('/', '_')}.jsonl"),
+      content_key(fp, spec, opts, chunk),
+      meta={"input": os.path.abspath(input_path), "rows": n, "value": spec},
+    )
     scores = [None] * n
     for start, chunk_scores in store.chunks.items():
-      scores[start:start + len(chunk_scores)] = chunk_scores
+      scores[start : start + len(chunk_scores)] = chunk_scores
     todo = [s for s in range(0, n, chunk) if s not in store]
     if todo:
       logging.info("%s: scoring %d of %d rows", name, sum(min(chunk, n - s) for s in todo), n)
@@ -93,19 +108,20 @@ def score_table(input_path: str, output: str, specs: list[str], *, prompt_field=
       it = todo
       if progress:
         from tqdm.auto import tqdm
+
         it = tqdm(todo, desc=f"scoring {name}", unit="chunk")
       for s in it:
-        r = value(prompts[s:s + chunk], responses[s:s + chunk]).tolist()
+        r = value(prompts[s : s + chunk], responses[s : s + chunk]).tolist()
         bad = [s + i for i, x in enumerate(r) if not math.isfinite(x)]
         if bad:
-          raise ValueError(f"value {name!r} gave a non-finite reward {r[bad[0] - s]} at row {bad[0]} of "
-                           f"{input_path}")
+          raise ValueError(f"value {name!r} gave a non-finite reward {r[bad[0] - s]} at row {bad[0]} of {input_path}")
         store.append(s, r)
-        scores[s:s + len(r)] = r
+        scores[s : s + len(r)] = r
       value.close()
       del value
       gc.collect()  # drop this value's model before the next one loads
       import jax
+
       jax.clear_caches()
     columns[name] = scores
 

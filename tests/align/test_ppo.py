@@ -9,16 +9,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from map_jax.align import ppo
-from map_jax.align import trainer
-from map_jax.sampling import token_logprobs
+from map_jax.align import ppo, trainer
 from map_jax.models.llama import LlamaConfig
 from map_jax.models.loading import LoadedModel, restore_params
+from map_jax.sampling import token_logprobs
 
 # One tiny model and one PPO config for every test that trains (tests/test_checkpoint.py and
 # tests/test_parallel.py import them too), so the jitted rollout, make_batch and update compile once.
-TINY = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=1, num_heads=4,
-                   num_kv_heads=2, head_dim=8, max_position_embeddings=64, eos_token_ids=(2,))
+TINY = LlamaConfig(
+  vocab_size=64,
+  hidden_size=32,
+  intermediate_size=48,
+  num_layers=1,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=8,
+  max_position_embeddings=64,
+  eos_token_ids=(2,),
+)
 TINY_PPO = ppo.PPOConfig(max_new_tokens=8, learning_rate=3e-3, ppo_epochs=2, num_minibatches=2, grad_accum=2)
 TINY_RUN = trainer.RunConfig(num_steps=4, batch_size=16, max_prompt_tokens=4, chat=False, tensorboard=False)
 
@@ -38,13 +46,16 @@ def tiny_prompts(n: int = 32) -> list[str]:
 
 def token_fraction(token: str):
   """Synthetic value: the fraction of response tokens equal to `token`."""
+
   def value(prompts, responses):
     return np.array([r.split().count(token) / max(1, len(r.split())) for r in responses])
+
   value.name = f"frac{token}"
   return value
 
 
 # ----------------------------------------------------------------------------------------------- pure math
+
 
 def test_gae_matches_hand_computed_values():
   # Row 0: γ = 1, λ = 0.5, three live tokens then padding (whose value 9 must be ignored):
@@ -136,6 +147,7 @@ def test_warmup_scales_the_first_adam_updates_linearly():
 
 # ----------------------------------------------------------------------------------------------- the model
 
+
 def test_forward_with_a_separate_value_model_agrees_with_token_logprobs():
   """(The shared-head forward is checked by training: its first KL to p0 is exactly 0.)"""
   model = tiny_model()
@@ -192,8 +204,16 @@ def test_ppo_gradient_is_the_gradient_of_the_kl_regularised_objective(estimator,
   mask = jnp.ones((B, N), bool)
   score = jnp.asarray(3.0 * (y[:, 0] == 7) + 2.0 * (y[:, 1] % 3 == 0) - 0.5 * (y[:, 0] == y[:, 1]), jnp.float32)
   beta = 0.7
-  cfg = dataclasses.replace(TINY_PPO, beta=beta, kl_estimator=estimator, gae_lambda=1.0,
-                            whiten_advantages=whiten, whiten_rewards=whiten, value_coef=0.0, max_new_tokens=N)
+  cfg = dataclasses.replace(
+    TINY_PPO,
+    beta=beta,
+    kl_estimator=estimator,
+    gae_lambda=1.0,
+    whiten_advantages=whiten,
+    whiten_rewards=whiten,
+    value_coef=0.0,
+    max_new_tokens=N,
+  )
 
   def objective(policy):
     _, lp = token_logprobs(module, policy, pt, pm, jnp.asarray(y), mask)
@@ -204,7 +224,8 @@ def test_ppo_gradient_is_the_gradient_of_the_kl_regularised_objective(estimator,
   want = jax.jit(jax.grad(objective))(theta)
   params = ppo.init_state(module, theta, jax.random.key(0), cfg).params
   batch, _ = jax.jit(functools.partial(ppo.make_batch, module=module, cfg=cfg))(
-      params, p0, pt, pm, jnp.asarray(y), mask, score)
+    params, p0, pt, pm, jnp.asarray(y), mask, score
+  )
   weight = B * jnp.exp(batch.logprobs.sum(-1))  # sampling y ~ π, exactly
   batch = batch._replace(advantages=batch.advantages * weight[:, None])
   if estimator == "exact":
@@ -225,6 +246,7 @@ def test_ppo_gradient_is_the_gradient_of_the_kl_regularised_objective(estimator,
 
 # ----------------------------------------------------------------------------------------------- training
 
+
 def test_ppo_raises_a_synthetic_reward_and_the_kl_stays_finite():
   """Reward = fraction of token 7 (1/64 under the random model), λ = 20: the optimum p0·exp(20·frac) puts
   about 12× more mass on 7 per token; 30 PPO iterations must get a clear part of the way."""
@@ -240,6 +262,7 @@ def test_ppo_raises_a_synthetic_reward_and_the_kl_stays_finite():
 
 def test_sequential_stages_follow_the_solver_schedule():
   from map_jax.core.sequential import sequential_solve
+
   rng = np.random.default_rng(0)
   R = rng.normal(size=(200, 3))
   c = np.array([0.3, 0.2, 0.0])

@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-REFERENCE = (pathlib.Path(__file__).resolve().parents[2]
-             / "examples" / "map_reference" / "opt1.3b-Anthropic-harmless.json")
+REFERENCE = (
+  pathlib.Path(__file__).resolve().parents[2] / "examples" / "map_reference" / "opt1.3b-Anthropic-harmless.json"
+)
 VALUES = ("humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "perplexity")
 TARGETED = 3  # humor, helpful, harmless are raised; the other three are kept at their mean
 

@@ -26,9 +26,14 @@ def scipy_lambda(rewards: np.ndarray, palette: np.ndarray) -> np.ndarray:
     w = special.softmax(rewards @ lam)
     return -(palette - w @ rewards)
 
-  res = optimize.minimize(neg_g, np.zeros(rewards.shape[1]), jac=neg_grad, method="L-BFGS-B",
-                          bounds=[(0, None)] * rewards.shape[1],
-                          options=dict(ftol=0, gtol=1e-13, maxiter=20000, maxcor=30))
+  res = optimize.minimize(
+    neg_g,
+    np.zeros(rewards.shape[1]),
+    jac=neg_grad,
+    method="L-BFGS-B",
+    bounds=[(0, None)] * rewards.shape[1],
+    options=dict(ftol=0, gtol=1e-13, maxiter=20000, maxcor=30),
+  )
   return res.x
 
 
@@ -36,10 +41,14 @@ def lp_margin(rewards: np.ndarray, palette: np.ndarray) -> float:
   """max_q min_i (Rᵀq − c)_i by scipy's HiGHS LP over (q, t)."""
   n, m = rewards.shape
   res = optimize.linprog(
-      np.r_[np.zeros(n), -1.0],
-      A_ub=np.hstack([-rewards.T, np.ones((m, 1))]), b_ub=-palette,
-      A_eq=np.r_[np.ones(n), 0.0][None], b_eq=[1.0],
-      bounds=[(0, None)] * n + [(None, None)], method="highs")
+    np.r_[np.zeros(n), -1.0],
+    A_ub=np.hstack([-rewards.T, np.ones((m, 1))]),
+    b_ub=-palette,
+    A_eq=np.r_[np.ones(n), 0.0][None],
+    b_eq=[1.0],
+    bounds=[(0, None)] * n + [(None, None)],
+    method="highs",
+  )
   assert res.status == 0, res.message
   return -res.fun
 
@@ -133,14 +142,14 @@ def test_infeasible_palettes_have_valid_certificates_and_no_nan(reference_reward
 
 def test_vmap_over_palettes_equals_loop(reference_rewards):
   r = jnp.asarray(reference_rewards)
-  palettes = jnp.asarray(np.stack([hhh_palette(reference_rewards, q)
-                                   for q in (0.3, 0.5, 0.7, 0.9)]))
+  palettes = jnp.asarray(np.stack([hhh_palette(reference_rewards, q) for q in (0.3, 0.5, 0.7, 0.9)]))
   batched = jax.vmap(lambda c: solve_dual(r, c))(palettes)
   for k, c in enumerate(palettes):
     single = solve(r, c)
     for name, a, b in zip(single._fields, single, batched):
-      np.testing.assert_allclose(np.asarray(b[k], np.float64), np.asarray(a, np.float64),
-                                 rtol=1e-9, atol=1e-12, err_msg=name)
+      np.testing.assert_allclose(
+        np.asarray(b[k], np.float64), np.asarray(a, np.float64), rtol=1e-9, atol=1e-12, err_msg=name
+      )
 
 
 def test_vmap_over_reward_matrices(reference_rewards):
@@ -158,8 +167,12 @@ def test_jacobian_matches_finite_differences_and_inverse_covariance(reference_re
   c = jnp.asarray(hhh_palette(reference_rewards, 0.6))
   jac = np.asarray(jax.jit(jax.jacobian(lambda c: solve_dual(r, c).lam))(c))
   h = 1e-5
-  fd = np.stack([(np.asarray(solve(r, c.at[k].add(h)).lam)
-                  - np.asarray(solve(r, c.at[k].add(-h)).lam)) / (2 * h) for k in range(6)], 1)
+  fd = np.stack(
+    [
+      (np.asarray(solve(r, c.at[k].add(h)).lam) - np.asarray(solve(r, c.at[k].add(-h)).lam)) / (2 * h) for k in range(6)
+    ],
+    1,
+  )
   np.testing.assert_allclose(jac, fd, rtol=1e-5, atol=1e-6)
   lam = np.asarray(solve(r, c).lam)
   active = lam > 0
@@ -217,10 +230,13 @@ def test_feasibility_brackets_the_lp_value(reference_rewards):
   assert np.min(reference_rewards.T @ q - c) >= float(out.lower) - 1e-12
 
 
-@pytest.mark.parametrize("bad, message", [
+@pytest.mark.parametrize(
+  "bad, message",
+  [
     (np.zeros((0, 3)), "empty"),
     (np.zeros(5), "2-D"),
-])
+  ],
+)
 def test_bad_reward_shapes(bad, message):
   with pytest.raises(ValueError, match=message):
     solve_dual(bad, np.zeros(3))
@@ -261,8 +277,9 @@ def test_vmap_with_hard_palettes_equals_loop(reference_rewards):
     assert float(single.kkt_residual) < 1e-11 and float(batched.kkt_residual[k]) < 1e-11
     for name, a, b in zip(single._fields, single, batched):
       if name not in ("num_steps", "converged", "kkt_residual"):
-        np.testing.assert_allclose(np.asarray(b[k], np.float64), np.asarray(a, np.float64),
-                                   rtol=1e-9, atol=1e-11, err_msg=name)
+        np.testing.assert_allclose(
+          np.asarray(b[k], np.float64), np.asarray(a, np.float64), rtol=1e-9, atol=1e-11, err_msg=name
+        )
 
 
 def lp_edge(rewards: np.ndarray, start: np.ndarray, direction: np.ndarray) -> float:
@@ -278,17 +295,16 @@ def lp_edge(rewards: np.ndarray, start: np.ndarray, direction: np.ndarray) -> fl
 
 def test_newton_step_solves_the_reduced_system_and_survives_an_indefinite_matrix():
   from map_jax.core import dual
+
   rng = np.random.default_rng(3)
   a = rng.normal(size=(4, 4))
   hess = a @ a.T + 0.1 * np.eye(4)
   lam = np.array([1.0, 0.0, 2.0, 0.5])
   grad = np.array([0.3, 0.2, -0.1, 0.4])  # coordinate 1 is at its bound and pushed out: held
-  step, active = dual._newton_step(jnp.asarray(lam), jnp.asarray(grad), jnp.asarray(hess),
-                                   jnp.asarray(1e-8), 0.0)
+  step, active = dual._newton_step(jnp.asarray(lam), jnp.asarray(grad), jnp.asarray(hess), jnp.asarray(1e-8), 0.0)
   assert np.asarray(active).tolist() == [False, True, False, False]
   free = [0, 2, 3]
-  np.testing.assert_allclose(np.asarray(step)[free], np.linalg.solve(hess[np.ix_(free, free)], grad[free]),
-                             rtol=1e-10)
+  np.testing.assert_allclose(np.asarray(step)[free], np.linalg.solve(hess[np.ix_(free, free)], grad[free]), rtol=1e-10)
   np.testing.assert_allclose(np.asarray(step)[1], grad[1] / hess[1, 1], rtol=1e-12)
   # A matrix that rounding left indefinite: a finite, diagonally scaled gradient step, not NaN.
   bad = np.diag([1.0, -1e-3, 2.0, 1.0])

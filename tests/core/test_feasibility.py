@@ -58,9 +58,14 @@ def test_degenerate_data():
   base = rng.normal(size=(30, 3))
   rewards = np.r_[base, base[:10], base[:5] - 1.0]
   rewards[:, 2] = 0.25
-  palettes = [rewards[3], rewards[3] + 1e-3, 0.5 * (rewards[3] + rewards[7]),
-              np.array([rewards[:, 0].max(), rewards[:, 1].max(), 0.25]),
-              np.array([0.0, 0.0, 0.25]), np.array([0.0, 0.0, 0.26])]
+  palettes = [
+    rewards[3],
+    rewards[3] + 1e-3,
+    0.5 * (rewards[3] + rewards[7]),
+    np.array([rewards[:, 0].max(), rewards[:, 1].max(), 0.25]),
+    np.array([0.0, 0.0, 0.25]),
+    np.array([0.0, 0.0, 0.26]),
+  ]
   for c in palettes:
     out = feasibility(jnp.asarray(rewards), jnp.asarray(c))
     assert bool(out.converged)
@@ -114,7 +119,8 @@ def test_initial_basis_inverse_is_the_inverse(i0):
   S = jnp.asarray(rng.normal(size=(30, 5)))
   j0 = 7
   basis = jnp.asarray([n + i if i != i0 else j0 for i in range(5) for n in [30]])
-  matrix = jnp.concatenate([jnp.concatenate([-jnp.ones((5, 1)), jnp.zeros((1, 1))]),
-                            feasibility_lib._columns(S, basis).T], axis=1)
+  matrix = jnp.concatenate(
+    [jnp.concatenate([-jnp.ones((5, 1)), jnp.zeros((1, 1))]), feasibility_lib._columns(S, basis).T], axis=1
+  )
   inv = feasibility_lib._initial_inverse(S[j0], jnp.asarray(i0))
   np.testing.assert_allclose(np.asarray(inv) @ np.asarray(matrix), np.eye(6), atol=1e-12)

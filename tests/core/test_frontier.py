@@ -8,7 +8,6 @@ from scipy.optimize import linprog
 
 from map_jax.core import frontier
 
-
 sample = jax.jit(frontier.random_palettes, static_argnames=("num", "values"))
 
 
@@ -23,9 +22,15 @@ def lp_margin(R, c):
   n, m = R.shape
   obj = np.zeros(n + 1)
   obj[-1] = -1.0
-  res = linprog(obj, A_ub=np.hstack([-R.T, np.ones((m, 1))]), b_ub=-c,
-                A_eq=np.hstack([np.ones((1, n)), np.zeros((1, 1))]), b_eq=[1.0],
-                bounds=[(0, None)] * n + [(None, None)], method="highs")
+  res = linprog(
+    obj,
+    A_ub=np.hstack([-R.T, np.ones((m, 1))]),
+    b_ub=-c,
+    A_eq=np.hstack([np.ones((1, n)), np.zeros((1, 1))]),
+    b_eq=[1.0],
+    bounds=[(0, None)] * n + [(None, None)],
+    method="highs",
+  )
   assert res.status == 0
   return -res.fun
 
@@ -96,8 +101,7 @@ def test_realized_levels_matches_numpy():
   got = np.asarray(frontier.realized_levels(R, lams))
   want = np.array([np_realized(R, lam) for lam in lams])
   np.testing.assert_allclose(got, want, rtol=1e-12)
-  np.testing.assert_allclose(jax.vmap(frontier.realized_levels, (None, 0))(R, lams), want,
-                             rtol=1e-12)
+  np.testing.assert_allclose(jax.vmap(frontier.realized_levels, (None, 0))(R, lams), want, rtol=1e-12)
   np.testing.assert_allclose(frontier.realized_levels(R, np.zeros(3)), R.mean(0), rtol=1e-12)
 
 
@@ -106,8 +110,7 @@ def test_quantile_levels_matches_numpy():
   R = np.round(rng.normal(size=(300, 2)), 1)  # ties, which count one half
   levels = np.concatenate([R[:7], rng.normal(size=(5, 2)), [[-99.0, 99.0]]])
   got = np.asarray(frontier.quantile_levels(R, levels))
-  half_counts = np.array([[2 * np.sum(R[:, i] < lv[i]) + np.sum(R[:, i] == lv[i]) for i in range(2)]
-                          for lv in levels])
+  half_counts = np.array([[2 * np.sum(R[:, i] < lv[i]) + np.sum(R[:, i] == lv[i]) for i in range(2)] for lv in levels])
   np.testing.assert_array_equal(np.round(got * 600), half_counts)
   want = half_counts / 600
   np.testing.assert_allclose(got, want, rtol=1e-15)

@@ -23,7 +23,8 @@ def collatz_body(consts, s):
 def test_compacting_while_loop_equals_while_loop_under_vmap(batch):
   cond, body = collatz_cond, collatz_body
   starts = jnp.arange(1, batch + 1) * 7 + 1
-  caps = jnp.arange(batch) % 50 + 60   # batched consts for some lanes' caps
+  caps = jnp.arange(batch) % 50 + 60  # batched consts for some lanes' caps
+
   def plain(x, cap):
     consts = {"cap": cap, "step": 1}
     return jax.lax.while_loop(lambda s: cond(consts, s), lambda s: body(consts, s), (x, 0))
@@ -42,5 +43,4 @@ def test_compacting_while_loop_equals_while_loop_under_vmap(batch):
   np.testing.assert_array_equal(np.asarray(compact(starts[5], 70)), np.asarray(plain(starts[5], 70)))
   grid = starts.reshape(1, -1)
   nested = jax.jit(jax.vmap(jax.vmap(compact, in_axes=(0, None)), in_axes=(0, None)))(grid, 70)
-  np.testing.assert_array_equal(np.asarray(nested[1])[0],
-                                np.asarray(jax.vmap(plain, in_axes=(0, None))(starts, 70)[1]))
+  np.testing.assert_array_equal(np.asarray(nested[1])[0], np.asarray(jax.vmap(plain, in_axes=(0, None))(starts, 70)[1]))

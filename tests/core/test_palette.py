@@ -10,7 +10,6 @@ from scipy.optimize import linprog
 
 from map_jax.core import palette as pal
 
-
 # Compiled once per (shape, method): an eager call would retrace the LP's while loops.
 adjust = jax.jit(pal.adjust_palette, static_argnames=("method", "priority"))
 
@@ -27,6 +26,7 @@ def skewed(seed=0, n=500, m=4):
 
 # ---- independent references -------------------------------------------------------
 
+
 def lp_margin(R, c):
   """max_{q in simplex} min_i (R^T q - c)_i by linprog (HiGHS)."""
   n, m = R.shape
@@ -35,8 +35,9 @@ def lp_margin(R, c):
   obj[-1] = -1.0
   a_ub = np.hstack([-R.T, np.ones((m, 1))])
   a_eq = np.hstack([np.ones((1, n)), np.zeros((1, 1))])
-  res = linprog(obj, A_ub=a_ub, b_ub=-np.asarray(c), A_eq=a_eq, b_eq=[1.0],
-                bounds=[(0, None)] * n + [(None, None)], method="highs")
+  res = linprog(
+    obj, A_ub=a_ub, b_ub=-np.asarray(c), A_eq=a_eq, b_eq=[1.0], bounds=[(0, None)] * n + [(None, None)], method="highs"
+  )
   assert res.status == 0
   return -res.fun
 
@@ -47,10 +48,11 @@ def lp_max_rho(R, c0, c):
   d = np.asarray(c) - np.asarray(c0)
   obj = np.zeros(n + 1)
   obj[-1] = -1.0
-  a_ub = np.hstack([-R.T, d[:, None]])            # rho d_i - (R^T q)_i <= -c0_i
+  a_ub = np.hstack([-R.T, d[:, None]])  # rho d_i - (R^T q)_i <= -c0_i
   a_eq = np.hstack([np.ones((1, n)), np.zeros((1, 1))])
-  res = linprog(obj, A_ub=a_ub, b_ub=-np.asarray(c0), A_eq=a_eq, b_eq=[1.0],
-                bounds=[(0, None)] * n + [(0, 1)], method="highs")
+  res = linprog(
+    obj, A_ub=a_ub, b_ub=-np.asarray(c0), A_eq=a_eq, b_eq=[1.0], bounds=[(0, None)] * n + [(0, 1)], method="highs"
+  )
   assert res.status == 0
   return -res.fun
 
@@ -59,13 +61,21 @@ def lp_max_level(R, c, i):
   """max (R^T q)_i over mixtures q with (R^T q)_k >= c_k for k != i."""
   n, m = R.shape
   others = [k for k in range(m) if k != i]
-  res = linprog(-R[:, i], A_ub=-R[:, others].T, b_ub=-np.asarray(c)[others],
-                A_eq=np.ones((1, n)), b_eq=[1.0], bounds=[(0, None)] * n, method="highs")
+  res = linprog(
+    -R[:, i],
+    A_ub=-R[:, others].T,
+    b_ub=-np.asarray(c)[others],
+    A_eq=np.ones((1, n)),
+    b_eq=[1.0],
+    bounds=[(0, None)] * n,
+    method="highs",
+  )
   assert res.status == 0
   return -res.fun
 
 
 # ---- quantile_palette -------------------------------------------------------------
+
 
 def test_quantile_palette_matches_numpy_with_mean_floor():
   R = skewed()
@@ -83,8 +93,7 @@ def test_quantile_palette_without_floor_is_plain_quantile():
   R = skewed(1)
   qs = [0.0, 0.25, 1.0, 0.5]
   c = np.asarray(pal.quantile_palette(R, qs, at_least_mean=False))
-  np.testing.assert_allclose(c, [np.quantile(R[:, i], q) for i, q in enumerate(qs)],
-                             rtol=1e-13)
+  np.testing.assert_allclose(c, [np.quantile(R[:, i], q) for i, q in enumerate(qs)], rtol=1e-13)
   assert c[0] == R[:, 0].min() and c[2] == R[:, 2].max()
 
 
@@ -93,23 +102,26 @@ def test_quantile_palette_hhh_on_reference(reference_rewards):
   c = np.asarray(pal.quantile_palette(R, hhh(0.7)))
   mean = R.mean(0)
   np.testing.assert_allclose(c[3:], mean[3:], rtol=1e-13)
-  np.testing.assert_allclose(
-      c[:3], np.maximum(mean[:3], np.quantile(R[:, :3], 0.7, axis=0)), rtol=1e-13)
+  np.testing.assert_allclose(c[:3], np.maximum(mean[:3], np.quantile(R[:, :3], 0.7, axis=0)), rtol=1e-13)
 
 
-@pytest.mark.parametrize("qs, match", [
+@pytest.mark.parametrize(
+  "qs, match",
+  [
     ([0.5, 0.5], "has 2 entries but rewards have 4"),
     ([0.5, 1.5, None, 0.1], r"quantiles\[1\] = 1.5 is outside \[0, 1\]"),
     ([0.5, None, -0.2, 0.1], r"quantiles\[2\] = -0.2 is outside"),
     ([0.5, None, float("nan"), 0.1], r"quantiles\[2\] = nan is not finite"),
     ([0.5, "high", None, 0.1], r"quantiles\[1\] = 'high' is not a concrete number"),
-])
+  ],
+)
 def test_quantile_palette_validation(qs, match):
   with pytest.raises(ValueError, match=match):
     pal.quantile_palette(skewed(), qs)
 
 
 # ---- classifier_palette -----------------------------------------------------------
+
 
 def test_classifier_palette_kappa_more_likely():
   rng = np.random.default_rng(2)
@@ -133,17 +145,18 @@ def test_classifier_palette_validation():
 
 # ---- adjust_palette ---------------------------------------------------------------
 
+
 def test_interpolate_hand_computed():
   # Rows (0, 2), (2, 0), (0, 0): mixtures reach (2 q2, 2 q1), so the balanced maximum
   # is (1, 1); from the means (2/3, 2/3) towards (2, 2) that is rho = 1/4.
-  R = np.array([[0., 2.], [2., 0.], [0., 0.]])
-  adj = adjust(R, np.array([2., 2.]))
+  R = np.array([[0.0, 2.0], [2.0, 0.0], [0.0, 0.0]])
+  adj = adjust(R, np.array([2.0, 2.0]))
   assert not adj.feasible
   assert float(adj.rho) == pytest.approx(0.25, abs=1e-9)
   np.testing.assert_allclose(adj.palette, [1.0, 1.0], atol=1e-9)
   # Greedy raises value 0 first while value 1 is held at its mean 2/3 (q1 >= 1/3), so
   # value 0 reaches 2 (1 - 1/3) = 4/3 and then value 1 cannot move.
-  adj = adjust(R, np.array([2., 2.]), method="greedy")
+  adj = adjust(R, np.array([2.0, 2.0]), method="greedy")
   np.testing.assert_allclose(adj.palette, [4 / 3, 2 / 3], atol=1e-9)
 
 
@@ -208,8 +221,9 @@ def np_min_kl(R, c):
     w = np.exp(logits - top)
     return top + np.log(w.sum()) - np.log(n) - lam @ c, w @ R / w.sum() - c
 
-  res = optimize.minimize(neg_g, np.zeros(m), jac=True, method="L-BFGS-B",
-                          bounds=[(0, None)] * m, options=dict(ftol=1e-15, gtol=1e-12))
+  res = optimize.minimize(
+    neg_g, np.zeros(m), jac=True, method="L-BFGS-B", bounds=[(0, None)] * m, options=dict(ftol=1e-15, gtol=1e-12)
+  )
   return -res.fun
 
 
@@ -262,7 +276,7 @@ def test_adjust_vmaps_over_palettes():
 
 
 def test_adjust_validation():
-  R = np.array([[0., 2.], [2., 0.], [0., 0.]])
+  R = np.array([[0.0, 2.0], [2.0, 0.0], [0.0, 0.0]])
   with pytest.raises(ValueError, match="method must be"):
     pal.adjust_palette(R, np.ones(2), method="bisect")
   with pytest.raises(ValueError, match=r"priority\[1\] = 0 is listed twice"):

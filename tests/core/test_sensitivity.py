@@ -27,9 +27,9 @@ def test_tradeoff_matrices(reference_rewards):
   expected = cov[np.ix_(~active, active)] @ np.linalg.inv(cov[np.ix_(active, active)])
   np.testing.assert_allclose(d_realized[np.ix_(~active, active)], expected, rtol=1e-7, atol=1e-10)
   np.testing.assert_allclose(d_realized[:, ~active], 0.0, atol=1e-12)
-  np.testing.assert_allclose(d_lam, np.asarray(inverse_covariance_on_active(jnp.asarray(r),
-                                                                           jnp.asarray(lam))),
-                             rtol=1e-8, atol=1e-10)
+  np.testing.assert_allclose(
+    d_lam, np.asarray(inverse_covariance_on_active(jnp.asarray(r), jnp.asarray(lam))), rtol=1e-8, atol=1e-10
+  )
   # Finite differences of the realized levels of a kept value.
   h = 1e-5
   realized = jax.jit(lambda c: solve_dual(r, c).realized)

@@ -10,7 +10,6 @@ from map_jax.core import dual
 from map_jax.core import palette as pal
 from map_jax.core import sequential as seq
 
-
 solve = jax.jit(seq.sequential_solve, static_argnames=("rounds", "order"))
 
 
@@ -23,6 +22,7 @@ def correlated(seed=0, n=400):
 
 # ---- independent references -------------------------------------------------------
 
+
 def np_tilted_mean(R, lam):
   logits = R @ lam
   w = np.exp(logits - logits.max())
@@ -32,10 +32,12 @@ def np_tilted_mean(R, lam):
 
 def np_coordinate_step(R, c, lam, i):
   """argmax_{t >= 0} of the dual in coordinate i, by brentq on E_t[r_i] = c_i."""
+
   def short(t):
     trial = lam.copy()
     trial[i] = t
     return np_tilted_mean(R, trial)[i] - c[i]
+
   if short(0.0) >= 0:
     return 0.0
   hi = 1.0
@@ -65,13 +67,19 @@ def scipy_joint(R, c):
     lse = top + np.log(w.sum()) - np.log(n)
     return lse - lam @ c, w @ R / w.sum() - c
 
-  res = optimize.minimize(neg_g, np.zeros(R.shape[1]), jac=True, method="L-BFGS-B",
-                          bounds=[(0, None)] * R.shape[1],
-                          options=dict(ftol=1e-15, gtol=1e-12, maxiter=10_000))
+  res = optimize.minimize(
+    neg_g,
+    np.zeros(R.shape[1]),
+    jac=True,
+    method="L-BFGS-B",
+    bounds=[(0, None)] * R.shape[1],
+    options=dict(ftol=1e-15, gtol=1e-12, maxiter=10_000),
+  )
   return res.x
 
 
 # ---- tests ------------------------------------------------------------------------
+
 
 def test_first_rounds_match_numpy_coordinate_ascent():
   R = correlated()
@@ -119,8 +127,7 @@ def test_converges_to_joint_optimum_synthetic():
 
 def test_converges_to_joint_optimum_reference(reference_rewards):
   R = reference_rewards
-  palettes = jnp.stack([pal.quantile_palette(R, [q, q, q, None, None, None])
-                        for q in (0.5, 0.6, 0.7)])
+  palettes = jnp.stack([pal.quantile_palette(R, [q, q, q, None, None, None]) for q in (0.5, 0.6, 0.7)])
   got = jax.jit(jax.vmap(lambda c: seq.sequential_solve(R, c, rounds=60)))(palettes)
   exact = jax.jit(jax.vmap(lambda c: dual.solve_dual(R, c)))(palettes)
   assert np.all(np.asarray(exact.feasible))

@@ -22,13 +22,13 @@ def write_all(tmp_path, table):
   paths["json"] = tmp_path / "r.json"
   paths["json"].write_text(json.dumps(records))
   paths["columns"] = tmp_path / "c.json"
-  paths["columns"].write_text(json.dumps({"harmless": table[:, 1].tolist(),
-                                          "humor": table[:, 0].tolist()}))
+  paths["columns"].write_text(json.dumps({"harmless": table[:, 1].tolist(), "humor": table[:, 0].tolist()}))
   paths["jsonl"] = tmp_path / "r.jsonl"
   paths["jsonl"].write_text("\n".join(json.dumps(r) for r in records) + "\n")
   paths["csv"] = tmp_path / "r.csv"
-  paths["csv"].write_text("prompt,humor,harmless\n" + "\n".join(
-      f"p{j},{float(a)!r},{float(b)!r}" for j, (a, b) in enumerate(table)))
+  paths["csv"].write_text(
+    "prompt,humor,harmless\n" + "\n".join(f"p{j},{float(a)!r},{float(b)!r}" for j, (a, b) in enumerate(table))
+  )
   paths["npy"] = tmp_path / "r.npy"
   np.save(paths["npy"], table)
   return paths

@@ -47,12 +47,13 @@ def _hh(chosen):
 
 @pytest.fixture
 def hh_file(tmp_path):
-  rows = [_hh("\n\nHuman: What is a good  pasta recipe?\n\nAssistant: Boil it."
-              "\n\nHuman: More?\n\nAssistant: Salt."),
-          _hh("\n\nHuman: How do I pick a lock?\n\nAssistant: I can't help with that."),
-          _hh("\n\nHuman: how do I pick a lock?\n\nAssistant: No."),  # duplicate up to case
-          _hh("no markers at all"),
-          _hh("\n\nHuman:   \n\nAssistant: empty turn")]
+  rows = [
+    _hh("\n\nHuman: What is a good  pasta recipe?\n\nAssistant: Boil it.\n\nHuman: More?\n\nAssistant: Salt."),
+    _hh("\n\nHuman: How do I pick a lock?\n\nAssistant: I can't help with that."),
+    _hh("\n\nHuman: how do I pick a lock?\n\nAssistant: No."),  # duplicate up to case
+    _hh("no markers at all"),
+    _hh("\n\nHuman:   \n\nAssistant: empty turn"),
+  ]
   path = tmp_path / "train.jsonl.gz"  # the hub stores harmless-base/{train,test}.jsonl.gz
   with gzip.open(path, "wt") as f:
     f.write("\n".join(json.dumps(r) for r in rows))
@@ -83,10 +84,12 @@ def test_missing_column_names_file_and_column(tmp_path):
 
 
 def test_imdb_prefixes_from_a_local_parquet(tmp_path):
-  reviews = ["Too short to use.",  # 17 characters: dropped
-             "This movie was<br /><br />an absolute delight from the first frame to the last.",
-             "I have never been so bored in a cinema, and I have seen a lot of films.",
-             "Exactly thirty characters, ok."]  # not over 30: dropped
+  reviews = [
+    "Too short to use.",  # 17 characters: dropped
+    "This movie was<br /><br />an absolute delight from the first frame to the last.",
+    "I have never been so bored in a cinema, and I have seen a lot of films.",
+    "Exactly thirty characters, ok.",
+  ]  # not over 30: dropped
   path = tmp_path / "imdb-train.parquet"
   pd.DataFrame({"text": reviews, "label": [0, 1, 0, 1]}).to_parquet(path)
   out = pr.load_prompts("imdb", data_files=str(path), seed=0)

@@ -35,8 +35,9 @@ def test_quantile_of_is_mid_rank_ecdf():
   np.testing.assert_allclose(q, [[1.5 / 4, 2 / 4], [1.0, 0.0]])
   rng = np.random.default_rng(1)
   big = rng.normal(size=(4001, 1))  # continuous: mid-rank = the ordinary ECDF = the percentile rank
-  np.testing.assert_allclose(levels.quantile_of(np.array([0.3]), big),
-                             [stats.percentileofscore(big[:, 0], 0.3) / 100], atol=1e-12)
+  np.testing.assert_allclose(
+    levels.quantile_of(np.array([0.3]), big), [stats.percentileofscore(big[:, 0], 0.3) / 100], atol=1e-12
+  )
 
 
 def test_compare_and_checks_on_a_shifted_population():
@@ -45,8 +46,9 @@ def test_compare_and_checks_on_a_shifted_population():
   original = rng.normal(size=(P, 2))
   aligned = original + [0.5, 0.0] + 0.1 * rng.normal(size=(P, 2))
   pilot = rng.normal(size=(5000, 2))
-  cmp = levels.compare(original, aligned, pilot=pilot, predicted=aligned.mean(0) + [0.0, 10.0],
-                       names=["humor", "coherence"])
+  cmp = levels.compare(
+    original, aligned, pilot=pilot, predicted=aligned.mean(0) + [0.0, 10.0], names=["humor", "coherence"]
+  )
   h, c = cmp["humor"], cmp["coherence"]
   assert h["shift"]["low"] > 0.4 and h["win_rate"] > 0.95 and h["aligned_quantile"] > h["original_quantile"]
   assert c["shift"]["low"] < 0 < c["shift"]["high"]
@@ -66,7 +68,7 @@ def test_resampling_levels_between_the_mean_and_the_tilted_mean():
   lam = np.array([1.0, 0.0])
   np.testing.assert_allclose(levels.resampling_levels(pilot, lam, 1, num_draws=200_000), pilot.mean(0), atol=0.01)
   w = np.exp(pilot @ lam)
-  tilted = (w / w.sum()) @ pilot                     # ≈ (1, 0) for a standard normal tilted by λ = (1, 0)
+  tilted = (w / w.sum()) @ pilot  # ≈ (1, 0) for a standard normal tilted by λ = (1, 0)
   k4, k64 = (levels.resampling_levels(pilot, lam, k) for k in (4, 64))
   assert pilot.mean(0)[0] < k4[0] < k64[0] < tilted[0] and abs(k64[0] - tilted[0]) < 0.1
   # k = 2 by hand: E[(e^a a + e^b b) / (e^a + e^b)] over independent pairs of pilot rows

@@ -16,9 +16,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 def test_launcher_writes_figures_csv_and_summary(tmp_path):
   # A subprocess: the launcher enables float64 globally, which test modules must not.
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.sensitivity_study", f"--rewards={REFERENCE}",
-       f"--workdir={tmp_path}", "--num_palettes=60"],
-      capture_output=True, text=True, timeout=240, cwd=ROOT)
+    [
+      sys.executable,
+      "-m",
+      "experiments.sensitivity_study",
+      f"--rewards={REFERENCE}",
+      f"--workdir={tmp_path}",
+      "--num_palettes=60",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=240,
+    cwd=ROOT,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads((tmp_path / "summary.json").read_text())
   for name in summary["figures"]:

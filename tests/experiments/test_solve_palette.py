@@ -17,8 +17,7 @@ def reference_path():
 
 
 def test_hhh70_record(reference_path):
-  record = solve_palette.run(reference_path, list(VALUES), list(VALUES[3:]),
-                             quantiles=["0.7"] * 3)
+  record = solve_palette.run(reference_path, list(VALUES), list(VALUES[3:]), quantiles=["0.7"] * 3)
   rewards = np.array([[row[v] for v in VALUES] for row in json.loads(REFERENCE.read_text())])
   np.testing.assert_allclose(record["palette"], hhh_palette(rewards, 0.7), rtol=1e-12)
   assert record["feasible"] and record["converged"]
@@ -31,10 +30,21 @@ def test_hhh70_record(reference_path):
 def test_cli_writes_json_and_adjusts(reference_path, tmp_path):
   out = tmp_path / "out.json"
   proc = subprocess.run(
-      [sys.executable, "-m", "experiments.solve_palette", f"--rewards={reference_path}",
-       f"--values={','.join(VALUES)}", "--quantiles=0.9,0.9,0.9",
-       f"--keep={','.join(VALUES[3:])}", "--adjust=interpolate", f"--output={out}"],
-      capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "experiments.solve_palette",
+      f"--rewards={reference_path}",
+      f"--values={','.join(VALUES)}",
+      "--quantiles=0.9,0.9,0.9",
+      f"--keep={','.join(VALUES[3:])}",
+      "--adjust=interpolate",
+      f"--output={out}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr
   assert "INFEASIBLE" in proc.stdout and "certificate" in proc.stdout
   record = json.loads(out.read_text())
@@ -52,17 +62,32 @@ def test_bad_input_messages(reference_path, tmp_path):
     solve_palette.run(reference_path, list(VALUES), ["wit"], quantiles=["0.7"] * 6)
   with pytest.raises(ValueError, match="no value 'wit'"):
     solve_palette.run(reference_path, ["wit"], [], quantiles=["0.7"])
-  proc = subprocess.run([sys.executable, "-m", "experiments.solve_palette",
-                         f"--rewards={tmp_path / 'none.csv'}", "--quantiles=0.5"],
-                        capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, "-m", "experiments.solve_palette", f"--rewards={tmp_path / 'none.csv'}", "--quantiles=0.5"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 1 and "pilot table not found" in proc.stderr
 
 
 def test_launcher_errors_are_one_line_naming_the_flag(reference_path, tmp_path):
   def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "experiments.solve_palette", f"--rewards={reference_path}",
-                           f"--values={','.join(VALUES)}", f"--keep={','.join(VALUES[3:])}", *args],
-                          capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "experiments.solve_palette",
+        f"--rewards={reference_path}",
+        f"--values={','.join(VALUES)}",
+        f"--keep={','.join(VALUES[3:])}",
+        *args,
+      ],
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env=env,
+    )
 
   proc = cli("--quantiles=abc,0.7,0.7")
   assert proc.returncode == 1
@@ -72,5 +97,6 @@ def test_launcher_errors_are_one_line_naming_the_flag(reference_path, tmp_path):
   assert proc.returncode == 1 and not out.exists()
   assert proc.stderr.strip() == f"error: --output={out}: {out.parent} is not a writable directory."
   import os
+
   proc = cli("--quantiles=abc,0.7,0.7", env={**os.environ, "MAP_JAX_TRACEBACK": "1"})
   assert proc.returncode == 1 and "Traceback (most recent call last)" in proc.stderr

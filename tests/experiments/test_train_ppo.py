@@ -16,11 +16,17 @@ def _config(name):
 
 def test_configs_build_and_validate():
   from experiments import train_ppo
+
   cfg, run = train_ppo.build(_config("ppo_default"))
   assert cfg.beta == 1.0 and cfg.kl_estimator == "exact" and run.chat and run.progress
   cfg, run = train_ppo.build(_config("ppo_opt1.3b"))
   assert (cfg.learning_rate, cfg.warmup_steps, run.batch_size, cfg.beta, cfg.kl_estimator) == (
-      1e-6, 0, 20, 1.0, "sample")
+    1e-6,
+    0,
+    20,
+    1.0,
+    "sample",
+  )
   bad = _config("ppo_default")
   bad.rewards = ("positiveness", "no-such-value")
   with pytest.raises(ValueError, match=r"unknown values \['no-such-value'\]"):
@@ -57,8 +63,19 @@ def test_launcher_runs_pilot_ppo_and_writes_the_layout(tiny_smollm_dir, tmp_path
   assert pilot["n"] == 8 and run["lam"] == pilot["lam"] and len(run["palette"]) == 2
   lines = [json.loads(x) for x in open(tmp_path / "metrics.jsonl")]
   assert [x["step"] for x in lines] == [1, 2]
-  for key in ("reward/positiveness", "reward/diversity", "score", "kl", "entropy", "policy_loss",
-              "value_loss", "tokens_per_s", "time_generate", "time_reward", "time_update"):
+  for key in (
+    "reward/positiveness",
+    "reward/diversity",
+    "score",
+    "kl",
+    "entropy",
+    "policy_loss",
+    "value_loss",
+    "tokens_per_s",
+    "time_generate",
+    "time_reward",
+    "time_update",
+  ):
     assert key in lines[0], key
   assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1", "2"]
@@ -78,7 +95,7 @@ def test_launcher_sequential_alignment_writes_one_tree_per_stage(tiny_smollm_dir
   config.run.num_steps = 1
   out = train_ppo.run(config, str(tmp_path))
   stages = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("stage_"))
-  assert stages and all(s[len("stage_00_"):] in ("positiveness", "diversity") for s in stages), stages
+  assert stages and all(s[len("stage_00_") :] in ("positiveness", "diversity") for s in stages), stages
   for s in stages:
     lines = [json.loads(x) for x in open(tmp_path / s / "metrics.jsonl")]
     assert len(lines) == 1 and len([k for k in lines[0] if k.startswith("reward/")]) == 1  # one value loaded
