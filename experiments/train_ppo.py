@@ -5,7 +5,9 @@ r"""MAP-F: fine-tunes a language model toward a MAP palette with PPO, logging an
 
 Stages:
   1. λ: `config.lam` when given; else a pilot: `pilot.samples` responses of the base model to each of the first
-     `pilot.num_prompts` prompts, scored with the values; palette c = quantile_palette(R, palette.quantiles);
+     `pilot.num_prompts` prompts, scored with the values (config.targeted + config.kept); palette
+     c = quantile_palette(R, quantiles) for the one palette of config.palettes (the same schema and
+     mini-language as run_map's, `map_jax.spec`);
      λ = solve_dual(R, c).lam (pilot.json records R's means, c, λ and feasibility).
   2. PPO (`map_jax.align.trainer.fine_tune`) toward λᵀr with KL to the base model, or with
      `sequential.rounds > 0` one value at a time along the solver's sequential λ schedule
@@ -33,6 +35,8 @@ import os
 from absl import app, flags, logging
 
 from experiments import _launch
+from map_jax.spec import palette_quantiles, parse_palettes, value_names, value_options, value_specs
+from map_jax.store import write_json
 
 
 def define_flags():
@@ -53,22 +57,38 @@ def build(config):
   cfg = PPOConfig(**_plain(config.ppo))
   run_cfg = RunConfig(**_plain(config.run))
   cfg.validate(run_cfg.batch_size)
-  values = list(config.rewards)
-  if not values:
-    raise ValueError("config.rewards is empty")
+  specs, names = values_of(config)
   from map_jax.rewards import available_rewards
+  from map_jax.rewards.registry import is_known
 
-  known = available_rewards()
-  unknown = [v for v in values if v not in known and v.split(":", 1)[0] + ":..." not in known]
+  unknown = [v for v in specs if not is_known(v)]
   if unknown:
-    raise ValueError(f"unknown values {unknown}; available: {sorted(known)}")
-  if config.lam and len(config.lam) != len(values):
-    raise ValueError(f"config.lam has {len(config.lam)} entries for {len(values)} values")
-  if not config.lam and len(config.palette.quantiles) != len(values):
-    raise ValueError(f"config.palette.quantiles has {len(config.palette.quantiles)} entries for {len(values)} values")
+    raise ValueError(f"unknown values {unknown}; available: {sorted(available_rewards())}")
+  if config.lam and len(config.lam) != len(names):
+    raise ValueError(f"config.lam has {len(config.lam)} entries for {len(names)} values ({', '.join(names)})")
+  if not config.lam:
+    quantiles_of(config)
   if config.sequential.rounds and config.lam:
     raise ValueError("sequential alignment follows the solver's schedule on a pilot: leave config.lam empty")
+  if config.sequential.rounds and value_options(config):
+    raise ValueError("sequential alignment loads each value by its spec alone: leave config.value_options empty")
   return cfg, run_cfg
+
+
+def values_of(config) -> tuple[list[str], list[str]]:
+  """(specs, names) of the run's values, targeted then kept (`map_jax.spec`)."""
+  targeted, kept = value_specs(config)
+  names = value_names(config)
+  return targeted + kept, names[0] + names[1]
+
+
+def quantiles_of(config) -> list[float | None]:
+  """The quantile per value (None: kept at its mean) of the run's one palette."""
+  targeted, kept = value_names(config)
+  palettes = parse_palettes(config.palettes, targeted, kept)
+  if len(palettes) != 1:
+    raise ValueError(f"config.palettes names {len(palettes)} palettes; a PPO run aligns to exactly one")
+  return palette_quantiles(palettes[0][1], targeted + kept)
 
 
 def _plain(cd) -> dict:
@@ -117,7 +137,7 @@ def pilot(model, prompts, values, config, cfg, run_cfg):
       fn.close()
   R = np.stack(columns, axis=1)
   with jax.enable_x64(True):
-    c = np.asarray(quantile_palette(R, list(config.palette.quantiles)))
+    c = np.asarray(quantile_palette(R, quantiles_of(config)))
     sol = solve_dual(R, c)
     lam, feasible = np.asarray(sol.lam), bool(sol.feasible)
   if not feasible:
@@ -145,32 +165,31 @@ def run(config, workdir: str) -> dict:
   pr = config.prompts
   prompts = load_prompts(pr.source, split=pr.split, num=pr.num, seed=pr.seed)
   record = {"model": config.model, "dtype": config.dtype, "prompts": pr.to_dict()}
-  names = list(config.rewards)
+  specs, names = values_of(config)
+  options = value_options(config)
   # Sequential alignment loads one reward model at a time (by name); joint PPO keeps all of them loaded.
-  values = names if config.sequential.rounds else [get_reward(v) for v in names]
+  values = specs if config.sequential.rounds else [get_reward(s, **options.get(n, {})) for s, n in zip(specs, names)]
   palette = None
   try:
     if config.lam:
       lam = np.asarray(config.lam, np.float64)
     else:
       R, palette, lam = pilot(model, prompts, values, config, cfg, run_cfg)
-      with open(os.path.join(workdir, "pilot.json"), "w") as f:
-        json.dump(
-          {
-            "values": names,
-            "n": int(R.shape[0]),
-            "mean": R.mean(0).tolist(),
-            "palette": palette.tolist(),
-            "lam": lam.tolist(),
-          },
-          f,
-          indent=2,
-        )
+      write_json(
+        os.path.join(workdir, "pilot.json"),
+        {
+          "values": names,
+          "n": int(R.shape[0]),
+          "mean": R.mean(0).tolist(),
+          "palette": palette.tolist(),
+          "lam": lam.tolist(),
+        },
+      )
       logging.info("pilot: palette %s, λ %s", palette, lam)
     if config.sequential.rounds:
       order = list(config.sequential.order) or None
       stages = trainer.sequential_stages(R, palette, rounds=config.sequential.rounds, order=order)
-      result = trainer.fine_tune_sequential(model, prompts, names, stages, cfg, run_cfg, workdir, config_record=record)
+      result = trainer.fine_tune_sequential(model, prompts, specs, stages, cfg, run_cfg, workdir, config_record=record)
     else:
       result = trainer.fine_tune(
         model,
@@ -201,8 +220,7 @@ def run(config, workdir: str) -> dict:
     "chat": run_cfg.chat,
     "restore": "map_jax.models.loading.restore_params(params, load_model(model).config)",
   }
-  with open(os.path.join(workdir, "run.json"), "w") as f:
-    json.dump(out, f, indent=2)
+  write_json(os.path.join(workdir, "run.json"), out)
   return out
 
 

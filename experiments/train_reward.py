@@ -20,13 +20,13 @@ Prints validation and held-out test metrics (Spearman with the ratings, or pair 
 afterwards under $MAP_JAX_CACHE or ~/.cache/map_jax); training takes seconds.
 """
 
-import json
 import os
 import shutil
 
 from absl import flags
 
 from experiments import _launch
+from map_jax.store import write_json
 
 FLAGS = flags.FLAGS
 
@@ -126,8 +126,7 @@ def main(argv):
     if os.path.isdir(workdir):
       shutil.rmtree(workdir)
     head.save(workdir)
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-      json.dump(head.meta["metrics"], f, indent=1)
+    write_json(os.path.join(workdir, "metrics.json"), head.meta["metrics"])
     print(f"saved to {workdir} (use as a value: get_reward('head:{workdir}'))")
 
 

@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import time
 from typing import Any, Callable, Sequence
 
@@ -39,6 +38,7 @@ from absl import logging
 import numpy as np
 
 from map_jax.plugins import load_plugins
+from map_jax.spec import palette_quantiles, parse_palettes, value_names, value_options, value_specs
 from map_jax.store import ChunkStore, content_key, plain, write_jsonl, write_text
 from map_jax.workdir import Workdir
 
@@ -83,87 +83,11 @@ def upstream(stage: str) -> list[str]:
 # Config helpers
 
 
-def value_specs(config) -> tuple[list[str], list[str]]:
-  """(targeted, kept) value specs from the config's comma-separated strings: built-in names or checkpoint
-  specs such as `gpt2-helpful=reward_model:DIR` (see `map_jax.rewards.get_reward`)."""
-  split = lambda s: [v.strip() for v in (s or "").split(",") if v.strip()]  # noqa: E731
-  targeted, kept = split(config.targeted), split(config.kept)
-  if not targeted:
-    raise ValueError("config.targeted names no value: MAP needs at least one value to raise")
-  return targeted, kept
-
-
-def value_names(config) -> tuple[list[str], list[str]]:
-  """(targeted, kept) column names of the values (NAME in NAME=SPEC), checked for clashes."""
-  from map_jax.rewards.scoring import value_name
-
-  targeted, kept = ([value_name(v) for v in group] for group in value_specs(config))
-  both = sorted(set(targeted) & set(kept))
-  if both:
-    raise ValueError(f"values {both} are both targeted and kept")
-  names = targeted + kept
-  dupes = sorted({v for v in names if names.count(v) > 1})
-  if dupes:
-    raise ValueError(f"values {dupes} are listed more than once")
-  return targeted, kept
-
-
-_SHORTHAND = re.compile(r"^(?P<who>.+)-(?P<q>\d+(\.\d+)?)%?$")
-
-
-def parse_palettes(spec: str, targeted: Sequence[str], kept: Sequence[str]) -> list[tuple[str, dict]]:
-  """Palettes from a ';'-separated spec: [(label, {value: quantile})], values not named kept at their mean.
-
-  Each item is one of
-    "HHH-70%"              every targeted value at its 70% quantile (the paper's HHH-q% palettes; "all-70%"
-                           is the same);
-    "humor-80%"            one targeted value at its 80% quantile, the other targeted values at their mean
-                           (the paper's single-value palettes);
-    "LABEL=humor:0.8,harmlessness:0.6"   explicit quantiles per value.
-  Quantiles become levels with `quantile_palette` (c_i = max(mean_i, Q_i(q_i)), the paper's rule); kept
-  values are always at their pilot mean.
-  """
-  out = []
-  for item in (s.strip() for s in (spec or "").split(";")):
-    if not item:
-      continue
-    if "=" in item:
-      label, body = (s.strip() for s in item.split("=", 1))
-      qs = {}
-      for part in body.split(","):
-        name, _, q = part.partition(":")
-        name = name.strip()
-        try:
-          qs[name] = float(q)
-        except ValueError:
-          raise ValueError(f"palette {label!r}: {part!r} is not VALUE:QUANTILE") from None
-    else:
-      m = _SHORTHAND.match(item)
-      if not m:
-        raise ValueError(f"palette {item!r}: expected GROUP-Q% (e.g. HHH-70%, humor-80%) or LABEL=VALUE:Q,...")
-      label, who, q = item, m.group("who"), float(m.group("q"))
-      q = q / 100.0 if q > 1 else q
-      qs = {v: q for v in targeted} if who.lower() in ("hhh", "all") else {who: q}
-    for name, q in qs.items():
-      if name in kept:
-        raise ValueError(f"palette {label!r} raises {name!r}, which is kept at its mean")
-      if name not in targeted:
-        raise ValueError(f"palette {label!r} names {name!r}, not a targeted value ({', '.join(targeted)})")
-      if not 0.0 <= q <= 1.0:
-        raise ValueError(f"palette {label!r}: quantile {q} for {name!r} is outside [0, 1]")
-    out.append((label, qs))
-  labels = [lab for lab, _ in out]
-  if not out:
-    raise ValueError("config.palettes names no palette")
-  if len(set(labels)) != len(labels):
-    raise ValueError(f"palette labels repeat: {labels}")
-  return out
-
-
 def validate(config) -> None:
   """Check a config before anything runs: values, palettes, sizes, decode mode (fast, no model loaded)."""
   targeted, kept = value_names(config)
   parse_palettes(config.palettes, targeted, kept)
+  value_options(config)
   p = config.prompts
   for name in ("num_pilot", "num_test"):
     if int(p[name]) < 1:
@@ -331,14 +255,11 @@ def sample_table(
 
 
 def score(config, wd: Workdir, table: str) -> str:
-  from map_jax.rewards.scoring import score_table, value_name
+  from map_jax.rewards.scoring import score_table
 
   targeted, kept = value_specs(config)
   out = wd.path(table.replace(".jsonl", ".rewards.jsonl"))
-  options = plain(config.value_options)
-  unknown = sorted(set(options) - {value_name(v) for v in targeted + kept})
-  if unknown:
-    raise ValueError(f"config.value_options names {unknown}, which are not among the values")
+  options = value_options(config)
   return score_table(wd.path(table), out, targeted + kept, chunk=int(config.score_chunk), options=options)
 
 
@@ -363,7 +284,7 @@ def solve(config, wd: Workdir) -> dict:
   records = []
   with jax.enable_x64(True):
     for label, qs in parse_palettes(config.palettes, targeted, kept):
-      c = np.asarray(quantile_palette(R, [qs.get(v) for v in names]))
+      c = np.asarray(quantile_palette(R, palette_quantiles(qs, names)))
       rec = solution_record(R, names, c, solve_dual(R, c))
       rec.update(label=label, quantiles={v: qs.get(v) for v in names}, use="palette")
       if not rec["feasible"] and config.adjust:
@@ -611,4 +532,4 @@ def _run_stage(stage, config, wd, load, timings):
   return report(config, wd, timings)
 
 
-__all__ = ["STAGES", "parse_palettes", "run", "sample_table", "stage_keys", "validate", "value_names", "value_specs"]
+__all__ = ["STAGES", "run", "sample_table", "stage_keys", "validate"]

@@ -79,6 +79,28 @@ def write_jsonl(path: str, rows: Iterable[dict]) -> None:
   write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def read_jsonl(path: str, *, repair: bool = False) -> list[Any]:
+  """The records of a JSONL file up to its first line that does not parse ([] when there is no file).
+
+  A line that does not parse is what a kill mid-write leaves at the end of an appended file; with `repair`
+  it and everything after it are cut off the file, so records appended later stay readable.
+  """
+  if not os.path.isfile(path):
+    return []
+  records, good = [], 0
+  with open(path, "rb") as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:
+        break
+      good += len(line)
+  if repair and good < os.path.getsize(path):
+    with open(path, "r+b") as f:
+      f.truncate(good)
+  return records
+
+
 class ChunkStore:
   """Finished chunks of one long computation, resumable after a kill and tied to the content key that made them.
 
@@ -100,32 +122,23 @@ class ChunkStore:
 
   def _resume(self) -> bool:
     """Read the chunks of a previous run with the same key; False when there is nothing to resume."""
-    if not os.path.isfile(self.path):
+    records = read_jsonl(self.path, repair=True)
+    if not records:
+      return False  # no file, an empty one, or a torn header: start afresh
+    header = records[0]
+    if not isinstance(header, dict) or header.get("key") != self.key:
+      logging.info(
+        "%s: chunks of another run (key %s, now %s) are discarded",
+        self.path,
+        header.get("key") if isinstance(header, dict) else None,
+        self.key,
+      )
       return False
-    good, chunks = 0, {}
-    with open(self.path, "rb") as f:
-      for i, line in enumerate(f):
-        try:
-          rec = json.loads(line)
-          if i == 0:
-            if not isinstance(rec, dict) or rec.get("key") != self.key:
-              logging.info(
-                "%s: chunks of another run (key %s, now %s) are discarded",
-                self.path,
-                rec.get("key") if isinstance(rec, dict) else None,
-                self.key,
-              )
-              return False
-          else:
-            chunks[rec["chunk"]] = rec["data"]
-        except (ValueError, KeyError, TypeError):
-          break  # a torn line (the process died mid-write): it and anything after it are cut off
-        good += len(line)
-    if good == 0:
-      return False  # an empty file or a torn header: start afresh
-    if good < os.path.getsize(self.path):
-      with open(self.path, "r+b") as f:
-        f.truncate(good)
+    chunks = {}
+    for rec in records[1:]:
+      if not (isinstance(rec, dict) and "chunk" in rec and "data" in rec):
+        return False  # not a chunk file of ours: start afresh
+      chunks[rec["chunk"]] = rec["data"]
     self.chunks = chunks
     return True
 
@@ -147,4 +160,4 @@ class ChunkStore:
       os.remove(self.path)
 
 
-__all__ = ["ChunkStore", "content_key", "plain", "write_json", "write_jsonl", "write_text"]
+__all__ = ["ChunkStore", "content_key", "plain", "read_jsonl", "write_json", "write_jsonl", "write_text"]

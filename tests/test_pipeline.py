@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import configs
-from map_jax import pipeline
+from map_jax import pipeline, spec
 from map_jax.align.decode import select
 from map_jax.data.pilot import load_pilot
 from map_jax.store import ChunkStore
@@ -57,7 +57,7 @@ def tiny_config(model, prompt_file):
 
 def test_palette_specs():
   t, k = ["humor", "gpt2-helpful"], ["coherence"]
-  assert pipeline.parse_palettes("HHH-70%; gpt2-helpful-80% ;x=humor:0.9", t, k) == [
+  assert spec.parse_palettes("HHH-70%; gpt2-helpful-80% ;x=humor:0.9", t, k) == [
     ("HHH-70%", {"humor": 0.7, "gpt2-helpful": 0.7}),
     ("gpt2-helpful-80%", {"gpt2-helpful": 0.8}),
     ("x", {"humor": 0.9}),
@@ -72,7 +72,7 @@ def test_palette_specs():
     ("a=humor:0.5;a=humor:0.6", "repeat"),
   ]:
     with pytest.raises(ValueError, match=msg):
-      pipeline.parse_palettes(bad, t, k)
+      spec.parse_palettes(bad, t, k)
 
 
 def test_config_validation_and_stage_keys():
@@ -267,13 +267,13 @@ def test_paper_configs_build_and_validate():
   opt, llama = configs.load("paper_opt1.3b"), configs.load("paper_llama2_7b")
   for c in (opt, llama):
     pipeline.validate(c)
-    assert pipeline.value_names(c) == (
+    assert spec.value_names(c) == (
       ["humor", "gpt2-helpful", "gpt2-harmless"],
       ["diversity", "coherence", "perplexity"],
     )
     assert (c.prompts.source, c.prompts.num_pilot, c.decode.num_candidates) == ("hh-rlhf", 2000, 16)
     assert (c.generation.top_k, c.generation.max_new_tokens, c.generation.temperature) == (50, 50, 1.0)
-    assert [lab for lab, _ in pipeline.parse_palettes(c.palettes, *pipeline.value_names(c))] == [
+    assert [lab for lab, _ in spec.parse_palettes(c.palettes, *spec.value_names(c))] == [
       "HHH-50%",
       "HHH-60%",
       "HHH-70%",

@@ -56,3 +56,13 @@ def test_content_key_depends_on_every_part():
     (["a", "b"], {"seed": 0, "model": "m2"}, 3),
   ):
     assert content_key(*other) != base
+
+
+def test_read_jsonl_stops_at_a_torn_line_and_repairs_only_when_asked(tmp_path):
+  path = tmp_path / "log.jsonl"
+  assert store.read_jsonl(str(path)) == []
+  path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+  assert store.read_jsonl(str(path)) == [{"step": 1}, {"step": 2}]
+  assert path.read_text().endswith('"lo')  # untouched without repair
+  assert store.read_jsonl(str(path), repair=True) == [{"step": 1}, {"step": 2}]
+  assert path.read_text() == '{"step": 1}\n{"step": 2}\n'

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from map_jax import parallel
+from map_jax import parallel, store
 from map_jax.align import ppo
 from map_jax.checkpoint import Checkpointer
 
@@ -114,11 +114,9 @@ class MetricWriter:
   def __init__(self, workdir: str, start_step: int = 0, tensorboard: bool = True):
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(self.path):
-      with open(self.path) as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
-      with open(self.path, "w") as f:
-        f.writelines(kept)
+    if os.path.exists(self.path):  # a line torn by the kill is dropped with the later steps
+      kept = [rec for rec in store.read_jsonl(self.path) if rec["step"] <= start_step]
+      store.write_jsonl(self.path, kept)
     self._tb = None
     if tensorboard:
       from tensorboardX import SummaryWriter

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from map_jax import store
 from map_jax.rewards.base import RewardError, RewardFn, cache_dir
 
 CHITCHAT_RATINGS = ("witty", "upbeat", "interesting")
@@ -204,8 +205,7 @@ class TrainedHead:
     os.makedirs(directory, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
       ckptr.save(os.path.join(directory, "params"), jax.tree.map(np.asarray, self.params))
-    with open(os.path.join(directory, "meta.json"), "w") as f:
-      json.dump(self.meta, f, indent=1)
+    store.write_json(os.path.join(directory, "meta.json"), self.meta)
 
   @classmethod
   def load(cls, directory: str) -> "TrainedHead":

@@ -65,13 +65,19 @@ def available_rewards() -> dict[str, str]:
   return out
 
 
-def _split(spec: str) -> tuple[str | None, str]:
+def split_name(spec: str) -> tuple[str | None, str]:
   """(NAME or None, the spec without its NAME= prefix)."""
   head = spec.split(":", 1)[0]
   if "=" in head:
     rename, spec = spec.split("=", 1)
     return rename, spec
   return None, spec
+
+
+def value_name(spec: str) -> str:
+  """The column name a value spec gets: NAME in NAME=SPEC, else the spec itself."""
+  name, rest = split_name(spec)
+  return name or rest
 
 
 def _factory(spec: str) -> tuple[Callable[..., RewardFn], tuple[Any, ...]] | None:
@@ -106,7 +112,7 @@ def get_reward(spec: str | RewardFn, **kwargs) -> RewardFn:
     return spec
   if not isinstance(spec, str) or not spec.strip():
     raise RewardError(f"a reward value is named by a non-empty string, got {spec!r}")
-  rename, spec = _split(spec)
+  rename, spec = split_name(spec)
   found = _factory(spec)
   if found is None:
     known = ", ".join(available_rewards())
@@ -118,10 +124,15 @@ def get_reward(spec: str | RewardFn, **kwargs) -> RewardFn:
   return value
 
 
+def is_known(spec: str) -> bool:
+  """Whether `spec` (a name or a spec, NAME= allowed) names a registered value."""
+  return isinstance(spec, str) and _factory(split_name(spec)[1]) is not None
+
+
 def accepts(spec: str, option: str) -> bool:
   """Whether the constructor behind `spec` takes keyword `option` (e.g. batch_size); launchers use it to pass
   shared options only to the values that have them."""
-  found = _factory(_split(spec)[1])
+  found = _factory(split_name(spec)[1])
   if found is None:
     return False
   params = inspect.signature(found[0]).parameters.values()

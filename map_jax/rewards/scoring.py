@@ -15,14 +15,8 @@ import shutil
 
 from absl import logging
 
-from map_jax.rewards.registry import get_reward
+from map_jax.rewards.registry import get_reward, value_name
 from map_jax.store import ChunkStore, content_key, write_jsonl
-
-
-def value_name(spec: str) -> str:
-  """The column name a spec will get: NAME in NAME=SPEC, else the spec itself."""
-  head = spec.split(":", 1)[0]
-  return spec.split("=", 1)[0] if "=" in head else spec
 
 
 def fingerprint(prompts, responses) -> str:
@@ -41,6 +35,12 @@ def texts(rows, path, prompt_field, response_field, strip_prompt):
         raise ValueError(f"{path}: row {i} has no field {f!r} (fields: {', '.join(sorted(row))})")
       if not isinstance(row[f], str):
         raise ValueError(f"{path}: row {i}, field {f!r} is {type(row[f]).__name__} {row[f]!r:.40}, expected text")
+      try:
+        row[f].encode("utf-8")
+      except UnicodeEncodeError as e:  # a lone surrogate ("\ud800" in JSON) is no text a tokenizer can read
+        raise ValueError(
+          f"{path}: row {i}, field {f!r} is not valid Unicode ({e.reason} at character {e.start})"
+        ) from None
     p, r = row[prompt_field], row[response_field]
     if strip_prompt:
       if not r.startswith(p):

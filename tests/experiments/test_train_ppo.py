@@ -28,7 +28,7 @@ def test_configs_build_and_validate():
     "sample",
   )
   bad = _config("ppo_default")
-  bad.rewards = ("positiveness", "no-such-value")
+  bad.kept = "no-such-value"
   with pytest.raises(ValueError, match=r"unknown values \['no-such-value'\]"):
     train_ppo.build(bad)
   bad = _config("ppo_default")
@@ -41,7 +41,7 @@ def _tiny_config(tiny_smollm_dir):
   config = _config("ppo_default")
   config.model = tiny_smollm_dir
   config.prompts.num = 16
-  config.palette.quantiles = (None, 0.5)
+  config.targeted, config.kept, config.palettes = "diversity", "positiveness", "diversity-50%"
   config.pilot.num_prompts, config.pilot.samples = 4, 2
   config.ppo.max_new_tokens, config.ppo.ppo_epochs, config.ppo.learning_rate = 8, 1, 1e-3
   config.run.num_steps, config.run.batch_size, config.run.max_prompt_tokens = 2, 4, 48
@@ -90,7 +90,7 @@ def test_launcher_sequential_alignment_writes_one_tree_per_stage(tiny_smollm_dir
   from experiments import train_ppo
 
   config = _tiny_config(tiny_smollm_dir)
-  config.palette.quantiles = (0.5, 0.5)
+  config.targeted, config.kept, config.palettes = "positiveness,diversity", "", "all-50%"
   config.sequential.rounds = 1
   config.run.num_steps = 1
   out = train_ppo.run(config, str(tmp_path))
@@ -100,3 +100,15 @@ def test_launcher_sequential_alignment_writes_one_tree_per_stage(tiny_smollm_dir
     lines = [json.loads(x) for x in open(tmp_path / s / "metrics.jsonl")]
     assert len(lines) == 1 and len([k for k in lines[0] if k.startswith("reward/")]) == 1  # one value loaded
   assert out["sequential_rounds"] == 1 and out["params"] == str(tmp_path / "params")
+
+
+def test_a_ppo_run_aligns_to_exactly_one_palette():
+  from experiments import train_ppo
+
+  bad = _config("ppo_default")
+  bad.palettes = "positiveness-70%;positiveness-80%"
+  with pytest.raises(ValueError, match="names 2 palettes; a PPO run aligns to exactly one"):
+    train_ppo.build(bad)
+  bad.palettes = "diversity-70%"
+  with pytest.raises(ValueError, match="raises 'diversity', which is kept at its mean"):
+    train_ppo.build(bad)

@@ -141,3 +141,11 @@ def test_reference_opt_texts_diversity_and_cli(reference_rows, tmp_path):
   ours, theirs = np.array([r["div"] for r in rows]), np.array([r["diversity"] for r in rows])
   assert len(rows) == 400 and np.mean(np.abs(ours - theirs) < 1e-9) > 0.7
   assert np.abs(ours - theirs).mean() < 0.005
+
+
+def test_text_that_is_not_unicode_names_the_row(tmp_path):
+  src = tmp_path / "bad.jsonl"
+  src.write_text('{"prompt": "p", "response": "ok"}\n{"prompt": "p", "response": "x\\ud800y"}\n')
+  with pytest.raises(ValueError, match=r"bad.jsonl: row 1, field 'response' is not valid Unicode"):
+    score.score_table(str(src), str(tmp_path / "o.jsonl"), ["diversity"], progress=False)
+  assert not (tmp_path / "o.jsonl").exists()
