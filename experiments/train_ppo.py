@@ -36,7 +36,7 @@ from absl import app, flags, logging
 
 from experiments import _launch
 from map_jax.spec import palette_quantiles, parse_palettes, value_names, value_options, value_specs
-from map_jax.store import write_json
+from map_jax.store import write_json, write_text
 
 
 def define_flags():
@@ -159,8 +159,7 @@ def run(config, workdir: str) -> dict:
 
   cfg, run_cfg = build(config)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   model = load_model(config.model, dtype=config.dtype, param_dtype=config.param_dtype)
   pr = config.prompts
   prompts = load_prompts(pr.source, split=pr.split, num=pr.num, seed=pr.seed)
