@@ -27,6 +27,7 @@ from experiments import _launch
 from map_jax.core.dual import solve_dual
 from map_jax.core.palette import adjust_palette, classifier_palette, quantile_palette
 from map_jax.data.pilot import load_pilot
+from map_jax.eval.report import low_ess_warning, signed
 from map_jax.eval.report import solution_record as summarize
 from map_jax.store import write_json
 
@@ -98,13 +99,16 @@ def format_table(record: dict) -> str:
   )
   verdict = "feasible" if record["feasible"] else "INFEASIBLE"
   summary = (
-    f"{verdict}: margin {record['margin']:+.4g}, ESS {record['ess']:.1f} of "
+    f"{verdict}: margin {signed(record['margin'], 4)}, ESS {record['ess']:.1f} of "
     f"{record['n']}, KL(p_λ||p0) {record['kl']:.4f}, KKT residual "
     f"{record['kkt_residual']:.1e} after {record['num_steps']} Newton steps"
   )
   if not record["feasible"]:
     cert = " + ".join(f"{d:.3f}·{v}" for d, v in zip(record["certificate"], record["values"]) if d > 1e-6)
     summary += f"\ncertificate: no pilot sample has {cert} above this palette's"
+  warning = low_ess_warning(record)
+  if warning:
+    summary += f"\nwarning: {warning}"
   return f"{table}\n{summary}"
 
 

@@ -276,7 +276,7 @@ def solve(config, wd: Workdir) -> dict:
 
   from map_jax.core.dual import solve_dual
   from map_jax.core.palette import adjust_palette, quantile_palette
-  from map_jax.eval.report import solution_record
+  from map_jax.eval.report import low_ess_warning, solution_record
 
   targeted, kept = value_names(config)
   names = targeted + kept
@@ -292,6 +292,9 @@ def solve(config, wd: Workdir) -> dict:
         arec = solution_record(R, names, np.asarray(adj.palette), solve_dual(R, adj.palette))
         arec.update(method=config.adjust, rho=float(adj.rho))
         rec.update(adjusted=arec, use="adjusted")
+      warning = low_ess_warning({**(rec.get("adjusted") or rec), "n": int(R.shape[0])})
+      if warning:
+        logging.warning("palette %s: %s", label, warning)
       records.append(rec)
   wd.write_json(
     wd.path("palettes.json"),

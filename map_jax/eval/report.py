@@ -123,6 +123,35 @@ def histogram_figure(original: np.ndarray, aligned: np.ndarray, names: Sequence[
   plt.close(fig)
 
 
+# Below this effective sample size a palette's solution rests on too few pilot samples to trust. Its λ and
+# promised levels are importance-sampling estimates whose spread over pilot sets grows like 1/√ESS (the theory
+# notebook's bootstrap: at ESS 24 λ_humor varies many times more than at ESS 1,751), and under about 30
+# effective samples the normal approximation behind every interval here (the rule of thumb for a sample
+# mean) no longer holds.
+LOW_ESS = 30
+
+
+def low_ess_warning(record: dict) -> str | None:
+  """A one-line warning when a solved palette's ESS is below `LOW_ESS`, else None."""
+  if not record["feasible"] or record["ess"] >= LOW_ESS:
+    return None
+  of = f" of {record['n']}" if record.get("n") else ""
+  return (
+    f"ESS {record['ess']:.1f}{of} pilot samples is below {LOW_ESS}: this palette's λ and promised levels rest on "
+    "too few samples to trust; lower the palette or grow the pilot set"
+  )
+
+
+def signed(x: float, digits: int = 3) -> str:
+  """`x` with its sign, in fixed point, or in scientific notation when fixed point would round it to ±0
+  (a margin of −0.0004 is infeasible, and must not print as −0.000)."""
+  if x == 0:
+    return "0"
+  if abs(x) < 0.5 * 10.0**-digits:
+    return f"{x:+.1e}"
+  return f"{x:+.{digits}f}"
+
+
 def _fmt(iv: dict) -> str:
   return f"{iv['mean']:.3f} ± {(iv['high'] - iv['low']) / 2:.3f}"
 
@@ -318,7 +347,8 @@ def table_one(report: dict) -> str:
     cells = [f"{_fmt(p['comparison'][v]['aligned'])} ({p['comparison'][v]['aligned_quantile']:.2f})" for v in names]
     lam = "(" + ", ".join(f"{x:.2f}" for x in used["lambda"]) + ")"
     feas = "yes" if p["feasible"] else f"no → {p['adjusted']['method']}" if "adjusted" in p else "no"
-    rows.append([p["label"]] + cells + [lam, feas, f"{p['margin']:+.3f}", f"{used['ess']:.0f}"])
+    ess = f"{used['ess']:.0f}" + (" ⚠" if low_ess_warning(used) else "")
+    rows.append([p["label"]] + cells + [lam, feas, signed(p["margin"]), ess])
   f = report.get("map_f")
   if f:
     cells = [f"{_fmt(f['comparison'][v]['aligned'])} ({f['comparison'][v]['aligned_quantile']:.2f})" for v in names]
@@ -398,10 +428,13 @@ def markdown(report: dict) -> str:
       f"![histograms]({p['histogram']})",
       "",
     ]
+    warning = low_ess_warning(p["adjusted"] if p["use"] == "adjusted" else p)
+    if warning:
+      lines += [f"**Warning:** {warning}.", ""]
     if not p["feasible"]:
       cert = " + ".join(f"{d:.3f}·{v}" for d, v in zip(p["certificate"], names) if d > 1e-6)
       lines += [
-        f"**Infeasible** on the pilot set (margin {p['margin']:+.4f}): no pilot sample reaches "
+        f"**Infeasible** on the pilot set (margin {signed(p['margin'], 4)}): no pilot sample reaches "
         f"{cert} at this palette's level; that combination certifies it."
       ]
       if "adjusted" in p:
@@ -466,12 +499,15 @@ def markdown(report: dict) -> str:
 
 
 __all__ = [
+  "LOW_ESS",
   "checks_passed",
   "decoding_report",
   "histogram_figure",
+  "low_ess_warning",
   "markdown",
   "radar_figure",
   "raised_values",
+  "signed",
   "solution_record",
   "table_one",
 ]

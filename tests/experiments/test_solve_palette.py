@@ -100,3 +100,22 @@ def test_launcher_errors_are_one_line_naming_the_flag(reference_path, tmp_path):
 
   proc = cli("--quantiles=abc,0.7,0.7", env={**os.environ, "MAP_JAX_TRACEBACK": "1"})
   assert proc.returncode == 1 and "Traceback (most recent call last)" in proc.stderr
+
+
+def test_cli_warns_when_a_palette_rests_on_few_samples(reference_path):
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.solve_palette",
+      f"--rewards={reference_path}",
+      f"--values={','.join(VALUES)}",
+      "--quantiles=0.85,0.85,0.85",
+      f"--keep={','.join(VALUES[3:])}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert "warning: ESS" in proc.stdout and "is below 30" in proc.stdout
