@@ -9,10 +9,13 @@ Extra fields (prompt, generated text) are ignored; a missing value, a boolean, o
 non-numeric or non-finite reward is an error that names the file, the row and the value.
 """
 
+import hashlib
+import json
 import math
 import os
 from typing import Any, Sequence
 
+from absl import logging
 import numpy as np
 
 from map_jax.data.tables import TableError, read_table, table_format
@@ -75,8 +78,9 @@ def load_pilot(path: str, values: Sequence[str] | None = None) -> tuple[np.ndarr
   Args:
     path: a ``.json``, ``.jsonl``, ``.csv``, ``.parquet`` (read by `map_jax.data.tables.read_table`) or
       ``.npy`` file.
-    values: the value columns to read, in order; default: every field that holds a number in some row (or
-      every column of a ``.npy`` matrix).
+    values: the value columns to read, in order; default: the columns its value list names (`VALUES_SUFFIX`,
+      written beside every table `map_jax.rewards.scoring.score_table` scores), else every field that holds a
+      number in some row (or every column of a ``.npy`` matrix).
 
   Returns:
     ``(rewards, names)``: a float64 (n, m) matrix and the m value names.
@@ -113,4 +117,45 @@ def load_pilot(path: str, values: Sequence[str] | None = None) -> tuple[np.ndarr
     records = read_table(path)
   except TableError as e:
     raise PilotFormatError(str(e)) from None
+  if values is None:
+    values = value_columns(path)
   return _records_to_matrix(records, values, path)
+
+
+# Beside a scored table, which of its fields are values (a pipeline table also holds numeric fields that are
+# not: prompt_index, sample, num_tokens).
+VALUES_SUFFIX = ".values.json"
+
+
+def _digest(path: str) -> str:
+  h = hashlib.sha1()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def write_value_columns(path: str, names: Sequence[str]) -> None:
+  """Record that `names` are the value columns of the table at `path` (tied to its current bytes)."""
+  from map_jax.store import write_json
+
+  write_json(path + VALUES_SUFFIX, {"values": list(names), "table_sha1": _digest(path)})
+
+
+def value_columns(path: str) -> list[str] | None:
+  """The value columns recorded beside `path`, or None when there is no record or the table has changed
+  since (then every numeric field is read, and a log line says why)."""
+  side = path + VALUES_SUFFIX
+  if not os.path.isfile(side):
+    return None
+  try:
+    with open(side) as f:
+      rec = json.load(f)
+    names, digest = rec["values"], rec["table_sha1"]
+  except (ValueError, KeyError, TypeError):
+    logging.warning("%s: unreadable value list, ignored", side)
+    return None
+  if digest != _digest(path):
+    logging.warning("%s: the table changed after its value list was written; reading every numeric field", side)
+    return None
+  return list(names)

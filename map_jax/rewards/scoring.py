@@ -15,6 +15,7 @@ import shutil
 
 from absl import logging
 
+from map_jax.data.pilot import write_value_columns
 from map_jax.rewards.registry import get_reward, value_name
 from map_jax.store import ChunkStore, content_key, write_jsonl
 
@@ -129,5 +130,6 @@ def score_table(
   if clash:
     logging.warning("output columns %s replace input fields of the same name", clash)
   write_jsonl(output, ({**row, **{k: columns[k][j] for k in names}} for j, row in enumerate(rows)))
+  write_value_columns(output, names)
   shutil.rmtree(parts)
   return output

@@ -149,3 +149,16 @@ def test_text_that_is_not_unicode_names_the_row(tmp_path):
   with pytest.raises(ValueError, match=r"bad.jsonl: row 1, field 'response' is not valid Unicode"):
     score.score_table(str(src), str(tmp_path / "o.jsonl"), ["diversity"], progress=False)
   assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_scored_table_says_which_fields_are_values(tmp_path):
+  rows = [dict(r, num_tokens=len(r["response"])) for r in ROWS]  # numeric fields that are not values
+  src = _write(tmp_path / "pilot.jsonl", rows)
+  out = score.score_table(src, str(tmp_path / "out.jsonl"), ["positiveness", "div=diversity"], progress=False)
+  matrix, names = load_pilot(out)
+  assert names == ["positiveness", "div"] and matrix.shape == (5, 2)
+  with open(out, "a") as f:  # the table changes after its value list was written: every numeric field again
+    f.write(
+      json.dumps({"id": 9, "prompt": "p", "response": "r", "num_tokens": 1, "positiveness": 0.0, "div": 0.0}) + "\n"
+    )
+  assert load_pilot(out)[1] == ["id", "num_tokens", "positiveness", "div"]
