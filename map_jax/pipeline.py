@@ -22,7 +22,8 @@ Files in the workdir:
   candidates.jsonl(.rewards.jsonl) test prompt × (k + 1) samples, sample 0 the original answer
   palettes.json                    per palette: c, λ, realized (the promise), feasibility, margin, ESS, ...
   decoded.json                     per palette: the chosen candidate of each test prompt
-  report.md, report.json, *.png    see `map_jax.eval.report`
+  report.md, report.json, *.png    see `map_jax.eval.report`: the report of the config's palette set
+  reports/SET/                     the reports of earlier palette sets (moved there when another set runs)
 """
 
 from __future__ import annotations
@@ -357,6 +358,33 @@ def _responses(wd: Workdir, table: str) -> list[str]:
     return [json.loads(line)["response"] for line in f if line.strip()]
 
 
+def palette_set(config) -> str:
+  """A short id of the config's palettes and adjustment: one report is kept per palette set."""
+  return content_key(config.palettes, config.adjust)[:8]
+
+
+def _archive_report(wd: Workdir, current: str) -> None:
+  """Move the workdir's report of another palette set, with its figures, to reports/SET/ (the top level
+  holds the latest report; earlier palette sets' reports stay whole, and no stale figure stays beside it)."""
+  if not os.path.isfile(wd.path("report.json")):
+    return
+  try:
+    old = wd.read_json("report.json")
+  except ValueError:
+    return  # unreadable: it is replaced
+  previous = old.get("palette_set") or "earlier"
+  if previous == current:
+    return
+  files = ["report.md", "report.json", "radar.png"] + [p["histogram"] for p in old.get("palettes", [])]
+  files += [old["map_f"]["histogram"]] if old.get("map_f") else []
+  dest = wd.path("reports", previous)
+  os.makedirs(dest, exist_ok=True)
+  for name in files:
+    if os.path.isfile(wd.path(name)):
+      os.replace(wd.path(name), os.path.join(dest, name))
+  logging.info("report of palette set %s moved to %s", previous, dest)
+
+
 def report(config, wd: Workdir, timings: dict) -> dict:
   """Read the run's records and arrays and write report.json, report.md and the figures."""
   from map_jax.eval import report as report_lib
@@ -390,6 +418,8 @@ def report(config, wd: Workdir, timings: dict) -> dict:
     timings=timings,
     num_pilot_samples=len(prompts["pilot"]) * int(config.pilot.samples_per_prompt),
   )
+  rep["palette_set"] = palette_set(config)
+  _archive_report(wd, rep["palette_set"])
   for name, draw in figures.items():
     draw(wd.path(name))
   wd.write_json(wd.path("report.json"), rep)

@@ -146,6 +146,12 @@ def test_tiny_run_end_to_end_cache_and_rerun(tiny_smollm_dir, prompt_file, tmp_p
   assert {s for s, v in t.items() if not v["skipped"]} == {"solve", "decode", "report"}
   assert [p["label"] for p in json.loads((wd / "report.json").read_text())["palettes"]] == ["diversity-70%", "all-60%"]
   assert json.loads((wd / "decoded.json").read_text())["palettes"][1] == first  # its draw did not move
+  # the first palette set's report is kept whole under reports/, and no figure of it stays at the top level
+  kept_dir = wd / "reports" / pipeline.palette_set(tiny_config(tiny_smollm_dir, prompt_file))
+  kept = json.loads((kept_dir / "report.json").read_text())
+  assert [p["label"] for p in kept["palettes"]] == ["all-60%", "both"]
+  assert (kept_dir / "hist_both.png").exists() and (kept_dir / "report.md").exists()
+  assert not (wd / "hist_both.png").exists() and (wd / "hist_diversity_70.png").exists()
 
   # a MAP-F run (the layout experiments.train_ppo writes) joins the report as one more row
   from map_jax.models.loading import load_model, save_params
