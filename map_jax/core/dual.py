@@ -96,7 +96,11 @@ def _standardize(rewards: jax.Array) -> _Standardized:
   # would leave rounding noise that a singular Hessian direction amplifies.
   constant = jnp.max(rewards, axis=0) == jnp.min(rewards, axis=0)
   mean = jnp.where(constant, rewards[0], jnp.mean(rewards, axis=0))
-  std = jnp.std(rewards, axis=0)
+  # σ of the centred column divided by its largest deviation first: the squares of rewards of order 1e-19
+  # underflow float32 (σ² ~ 1e-38), which would pass for a constant column.
+  spread = jnp.max(jnp.abs(rewards - mean), axis=0)
+  spread = jnp.where(spread > 0, spread, 1.0)
+  std = spread * jnp.std((rewards - mean) / spread, axis=0)
   scale = jnp.where(constant | (std == 0), 1.0, std)
   r = jnp.where(constant, 0.0, (rewards - mean) / scale)
   upper_i, upper_k = np.triu_indices(m)
@@ -280,15 +284,18 @@ def _solve_dual(rewards, palette, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
   lam = jnp.where(lp.feasible, state.lam / std.scale, 0.0)
   lam = implicit.attach_implicit_grad(rewards, palette, lam)
 
-  # Everything below is ordinary differentiable JAX of (rewards, palette, λ).
-  # (λᵀRᵀ rather than Rλ: under vmap over palettes the logits then come out
-  # (batch, n), with no transpose of the largest array in the solve.)
+  # Everything below is ordinary differentiable JAX of (rewards, palette, λ), in the standardized units of the
+  # solve: with R = μ + σ z (μ, σ held constant), λᵀr = λᵀμ + (σλ)ᵀz and the constant λᵀμ cancels in the
+  # weights, so rewards far from zero (1e4 + O(1)) cost no float32 precision in the logits, weights, levels,
+  # ESS or KL. (λᵀRᵀ rather than Rλ: under vmap over palettes the logits then come out (batch, n), with no
+  # transpose of the largest array in the solve.)
   n = rewards.shape[0]
-  logits = lam @ rewards.T
+  zt = ((rewards - std.mean) / std.scale).T
+  logits = (lam * std.scale) @ zt
   lse = jax.nn.logsumexp(logits)
   log_w = logits - lse
   w = jnp.exp(log_w)
-  realized = rewards.T @ w  # (not w @ rewards: see _Standardized.moments)
+  realized = std.mean + std.scale * (zt @ w)  # (not w @ z: see _Standardized.moments)
   kl = jnp.sum(w * (log_w + jnp.log(n)))
   margin = lp.margin - jnp.dot(lp.certificate, palette - c_sg)  # d margin / dc = −d
   converged = jnp.where(lp.feasible, state.residual <= tol, lp.converged)
@@ -300,7 +307,7 @@ def _solve_dual(rewards, palette, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
     certificate=lp.certificate,
     ess=feas.effective_sample_size(w),
     kl=kl,
-    dual_value=jnp.dot(lam, palette) - (lse - jnp.log(n)),  # dual_objective, sharing lse
+    dual_value=jnp.dot(lam, palette - std.mean) - (lse - jnp.log(n)),  # dual_objective, sharing lse
     kkt_residual=state.residual,
     converged=converged,
     num_steps=state.num_steps,

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from map_jax.core import dual
+from map_jax.core import dual, validation
 from map_jax.core import feasibility as feas
 
 
@@ -32,6 +32,8 @@ def _float_rewards(rewards) -> jax.Array:
     rewards = rewards.astype(jnp.result_type(float))
   if rewards.ndim != 2:
     raise ValueError(f"rewards must be a matrix (n, m); got shape {rewards.shape}.")
+  if validation.is_concrete(rewards):
+    validation.check_rewards(rewards)
   return rewards
 
 
@@ -273,6 +275,10 @@ def adjust_palette(
   palette = jnp.asarray(palette, dtype)
   if palette.shape != (m,):
     raise ValueError(f"palette must have shape ({m},); got {palette.shape}.")
+  if validation.is_concrete(palette):
+    validation.check_palette(palette, m)
+  if max_kl is not None and not math.isfinite(max_kl):
+    raise ValueError(f"max_kl must be a finite number of nats; got {max_kl}.")
   if method not in ("interpolate", "greedy"):
     raise ValueError(f"method must be 'interpolate' or 'greedy'; got {method!r}.")
   if priority is not None and method != "greedy":

@@ -311,3 +311,33 @@ def test_newton_step_solves_the_reduced_system_and_survives_an_indefinite_matrix
   step, _ = dual._newton_step(jnp.asarray(lam), jnp.asarray(grad), jnp.asarray(bad), jnp.asarray(1e-8), 0.0)
   assert np.all(np.isfinite(np.asarray(step)))
   np.testing.assert_allclose(np.asarray(step)[[0, 2, 3]], grad[[0, 2, 3]] / np.diag(bad)[[0, 2, 3]])
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e6])
+def test_float32_levels_ess_and_kl_hold_far_from_zero(reference_rewards, offset):
+  """Rewards of 1e4 + O(1) in float32: what the solution reports agrees with its own λ recomputed in float64 on
+  the same (float32-rounded) rewards, to the rounding of the outputs themselves."""
+  R32 = jnp.asarray(reference_rewards + offset, jnp.float32)
+  c32 = jnp.asarray(hhh_palette(reference_rewards, 0.6) + offset, jnp.float32)
+  sol = solve_dual(R32, c32)
+  assert bool(sol.feasible) and bool(sol.converged)
+  R = np.asarray(R32, np.float64)
+  z = R @ np.asarray(sol.lam, np.float64)
+  w = np.exp(z - z.max())
+  w /= w.sum()
+  ulp = np.spacing(np.float32(offset))  # the realized levels are float32 numbers near the offset
+  np.testing.assert_allclose(np.asarray(sol.realized, np.float64), R.T @ w, rtol=0, atol=2 * ulp)
+  np.testing.assert_allclose(float(sol.ess), 1 / np.sum(w**2), rtol=1e-4)
+  assert float(sol.ess) <= len(R)
+  np.testing.assert_allclose(float(sol.kl), np.sum(w * np.log(len(w) * w)), rtol=1e-4)
+  assert float(sol.kl) > 0
+
+
+def test_float32_rewards_of_tiny_scale_are_solved(reference_rewards):
+  """Rewards scaled by 1e-19 in float32 (their squares underflow): the same λ / 1e-19 and the same levels."""
+  c = hhh_palette(reference_rewards, 0.6)
+  ref = solve_dual(reference_rewards, c)
+  sol = solve_dual(jnp.asarray(reference_rewards * 1e-19, jnp.float32), jnp.asarray(c * 1e-19, jnp.float32))
+  assert bool(sol.feasible) and bool(sol.converged)
+  np.testing.assert_allclose(np.asarray(sol.lam, np.float64) * 1e-19, np.asarray(ref.lam), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(sol.realized, np.float64) / 1e-19, np.asarray(ref.realized), rtol=1e-5)

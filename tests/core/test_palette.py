@@ -287,3 +287,16 @@ def test_adjust_validation():
     pal.adjust_palette(R, np.ones(3))
   adj = adjust(R, np.full(2, 9.0))  # far outside: still a finite, feasible answer
   assert math.isfinite(float(adj.rho)) and lp_margin(R, np.asarray(adj.palette)) >= -1e-9
+
+
+def test_palette_tools_name_non_finite_input(reference_rewards):
+  bad = reference_rewards.copy()
+  bad[3, 4] = np.inf
+  with pytest.raises(ValueError, match=r"rewards of value column 4 are not finite \(NaN or inf\) in rows 3"):
+    pal.quantile_palette(bad, [0.5] * 6)
+  with pytest.raises(ValueError, match=r"rewards of value column 4 are not finite"):
+    pal.adjust_palette(bad, reference_rewards.mean(0))
+  with pytest.raises(ValueError, match="palette level of value column 2 is not finite: nan"):
+    pal.adjust_palette(reference_rewards, reference_rewards.mean(0) * np.array([1, 1, np.nan, 1, 1, 1]))
+  with pytest.raises(ValueError, match=r"quantiles\[1\] = nan is not finite"):
+    pal.quantile_palette(reference_rewards, [0.5, float("nan"), None, None, None, None])

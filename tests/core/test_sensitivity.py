@@ -38,3 +38,18 @@ def test_tradeoff_matrices(reference_rewards):
     e[k] = h
     fd = np.asarray(realized(c + e)) - np.asarray(realized(c - e))
     np.testing.assert_allclose(d_realized[:, k], fd / (2 * h), rtol=1e-4, atol=1e-7)
+
+
+def test_bad_input_and_a_singular_active_covariance_are_named(reference_rewards):
+  import pytest
+
+  c = hhh_palette(reference_rewards, 0.6)
+  bad = reference_rewards.copy()
+  bad[7, 1] = np.nan
+  with pytest.raises(ValueError, match=r"rewards of value column 1 are not finite \(NaN or inf\) in rows 7"):
+    sensitivity(bad, c)
+  with pytest.raises(ValueError, match="palette level of value column 0 is not finite"):
+    sensitivity(reference_rewards, c + np.array([np.inf, 0, 0, 0, 0, 0]))
+  dup = np.concatenate([reference_rewards[:, :3], reference_rewards[:, :1]], axis=1)
+  with pytest.raises(ValueError, match=r"active value columns \[0, 3\] under p_λ is singular"):
+    sensitivity(dup, np.concatenate([c[:3], c[:1]]))
