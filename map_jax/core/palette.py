@@ -277,7 +277,7 @@ def adjust_palette(
     raise ValueError(f"palette must have shape ({m},); got {palette.shape}.")
   if validation.is_concrete(palette):
     validation.check_palette(palette, m)
-  if max_kl is not None and not math.isfinite(max_kl):
+  if max_kl is not None and validation.is_concrete(max_kl) and not math.isfinite(float(max_kl)):
     raise ValueError(f"max_kl must be a finite number of nats; got {max_kl}.")
   if method not in ("interpolate", "greedy"):
     raise ValueError(f"method must be 'interpolate' or 'greedy'; got {method!r}.")

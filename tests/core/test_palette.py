@@ -300,3 +300,5 @@ def test_palette_tools_name_non_finite_input(reference_rewards):
     pal.adjust_palette(reference_rewards, reference_rewards.mean(0) * np.array([1, 1, np.nan, 1, 1, 1]))
   with pytest.raises(ValueError, match=r"quantiles\[1\] = nan is not finite"):
     pal.quantile_palette(reference_rewards, [0.5, float("nan"), None, None, None, None])
+  with pytest.raises(ValueError, match="max_kl must be a finite number of nats; got nan"):
+    pal.adjust_palette(reference_rewards, reference_rewards.mean(0), max_kl=float("nan"))
