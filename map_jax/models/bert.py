@@ -13,10 +13,11 @@ import numpy as np
 
 from map_jax.models import layers as L
 from map_jax.models import tokenizer as tok_lib
+from map_jax.models.family import FamilyConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(FamilyConfig):
   """A post-LayerNorm bidirectional encoder: BERT (`flavor="bert"`, token types, tanh pooler) or DistilBERT.
 
   `num_labels > 0` adds the sequence-classification head of `BertForSequenceClassification` (pooler ->

@@ -23,6 +23,16 @@ import numpy as np
 TensorGetter = Callable[[str], np.ndarray]
 
 
+class FamilyConfig:
+  """A base for family configs (subclass it under `@dataclasses.dataclass(frozen=True)`): the defaults of the
+  contract, so a family writes only what it changes. `params_from_hf` and `module` are its own."""
+
+  def adapt_to_weights(self, has: Callable[[str], bool]) -> "FamilyConfig":
+    """No tensor-dependent options: the config as it is."""
+    del has
+    return self
+
+
 @runtime_checkable
 class ModelFamily(Protocol):
   """A model config: frozen and hashable (a static argument of `jax.jit`), built from a transformers config."""
@@ -62,4 +72,4 @@ class CausalLM(ModelFamily, Protocol):
   eos_token_ids: tuple[int, ...]
 
 
-__all__ = ["CausalLM", "ModelFamily", "TensorGetter"]
+__all__ = ["CausalLM", "FamilyConfig", "ModelFamily", "TensorGetter"]

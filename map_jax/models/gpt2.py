@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from map_jax.models import layers as L
+from map_jax.models.family import FamilyConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class GPT2Config:
+class GPT2Config(FamilyConfig):
   """Shape and numerics of a GPT-2 model; field names follow map-jax's decoders (see `LlamaConfig`)."""
 
   vocab_size: int = 50257
@@ -61,10 +62,6 @@ class GPT2Config:
     )
     kw.update(overrides)
     return cls(**kw)
-
-  def adapt_to_weights(self, has) -> "GPT2Config":
-    """No tensor-dependent options: the config as it is."""
-    return self
 
   def params_from_hf(self, get) -> dict:
     """Flax params from the checkpoint's tensors (`params_from_hf` below)."""

@@ -9,10 +9,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from map_jax.models import layers as L
+from map_jax.models.family import FamilyConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(FamilyConfig):
   """A decoder backbone (`GPT2Config`, `LlamaConfig`, `OPTConfig`) plus a linear `score` head on the last token.
 
   This is transformers' `GPT2ForSequenceClassification` & co., the shape of many reward models (e.g.
@@ -46,10 +47,6 @@ class ClassifierConfig:
     id2label = hf.get("id2label") or {str(i): f"LABEL_{i}" for i in range(hf.get("num_labels", 2))}
     labels = tuple(id2label[k] for k in sorted(id2label, key=int))
     return cls(backbone, len(labels), labels)
-
-  def adapt_to_weights(self, has) -> "ClassifierConfig":
-    """No tensor-dependent options: the config as it is."""
-    return self
 
   def params_from_hf(self, get) -> dict:
     """Flax params from the checkpoint's tensors (`params_from_hf` below)."""

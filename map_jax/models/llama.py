@@ -9,10 +9,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from map_jax.models import layers as L
+from map_jax.models.family import FamilyConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class LlamaConfig:
+class LlamaConfig(FamilyConfig):
   """Shape and numerics of a Llama-architecture model (Llama 1/2/3, SmolLM, TinyLlama, ...).
 
   Built from a Hugging Face `config.json` (`from_hf`) or GGUF metadata (`loading.load_gguf`). Frozen and
@@ -76,10 +77,6 @@ class LlamaConfig:
     )
     kw.update(overrides)
     return cls(**kw)
-
-  def adapt_to_weights(self, has) -> "LlamaConfig":
-    """No tensor-dependent options: the config as it is."""
-    return self
 
   def params_from_hf(self, get) -> dict:
     """Flax params from the checkpoint's tensors (`params_from_hf` below)."""

@@ -10,12 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from map_jax.models import layers as L
+from map_jax.models.family import FamilyConfig
 
 POSITION_OFFSET = 2  # OPT's learned position table starts at index 2 (a fairseq legacy).
 
 
 @dataclasses.dataclass(frozen=True)
-class OPTConfig:
+class OPTConfig(FamilyConfig):
   """Shape and numerics of an OPT model (125M ... 66B); `word_embed_proj_dim` != hidden_size as in OPT-350M."""
 
   vocab_size: int = 50272
@@ -74,10 +75,6 @@ class OPTConfig:
     )
     kw.update(overrides)
     return cls(**kw)
-
-  def adapt_to_weights(self, has) -> "OPTConfig":
-    """No tensor-dependent options: the config as it is."""
-    return self
 
   def params_from_hf(self, get) -> dict:
     """Flax params from the checkpoint's tensors (`params_from_hf` below)."""
