@@ -9,7 +9,7 @@ Stages:
      c = quantile_palette(R, quantiles) for the one palette of config.palettes (the same schema and
      mini-language as run_map's, `map_jax.spec`);
      λ = solve_dual(R, c).lam (pilot.json records R's means, c, λ and feasibility).
-  2. PPO (`map_jax.align.trainer.fine_tune`) toward λᵀr with KL to the base model, or with
+  2. PPO (`map_jax.align.map_f.fine_tune`) toward λᵀr with KL to the base model, or with
      `sequential.rounds > 0` one value at a time along the solver's sequential λ schedule
      (`fine_tune_sequential`).
   3. run.json: what the evaluation stage needs to load the fine-tuned model as a "MAP-F" row.
@@ -152,7 +152,7 @@ def run(config, workdir: str) -> dict:
   """Runs the experiment into `workdir`; returns the run.json record."""
   import numpy as np
 
-  from map_jax.align import trainer
+  from map_jax.align import map_f
   from map_jax.data.prompts import load_prompts
   from map_jax.models.loading import load_model
   from map_jax.rewards import get_reward
@@ -187,10 +187,10 @@ def run(config, workdir: str) -> dict:
       logging.info("pilot: palette %s, λ %s", palette, lam)
     if config.sequential.rounds:
       order = list(config.sequential.order) or None
-      stages = trainer.sequential_stages(R, palette, rounds=config.sequential.rounds, order=order)
-      result = trainer.fine_tune_sequential(model, prompts, specs, stages, cfg, run_cfg, workdir, config_record=record)
+      stages = map_f.sequential_stages(R, palette, rounds=config.sequential.rounds, order=order)
+      result = map_f.fine_tune_sequential(model, prompts, specs, stages, cfg, run_cfg, workdir, config_record=record)
     else:
-      result = trainer.fine_tune(
+      result = map_f.fine_tune(
         model,
         prompts,
         values,

@@ -43,9 +43,9 @@ _LAZY = {
   "decode": "map_jax.align.decode:decode",
   "PPOConfig": "map_jax.align.ppo:PPOConfig",
   "RunConfig": "map_jax.align.trainer:RunConfig",
-  "fine_tune": "map_jax.align.trainer:fine_tune",
-  "fine_tune_sequential": "map_jax.align.trainer:fine_tune_sequential",
-  "sequential_stages": "map_jax.align.trainer:sequential_stages",
+  "fine_tune": "map_jax.align.map_f:fine_tune",
+  "fine_tune_sequential": "map_jax.align.map_f:fine_tune_sequential",
+  "sequential_stages": "map_jax.align.map_f:sequential_stages",
   "make_mesh": "map_jax.parallel:make_mesh",
 }
 

@@ -110,3 +110,10 @@ def test_public_names_are_callables_not_submodules():
     assert name not in submodules, name
     assert not isinstance(getattr(map_jax, name), types.ModuleType), name
   assert callable(map_jax.generate) and map_jax.generate.__module__ == "map_jax.sampling"
+
+
+def test_the_fine_tuning_loop_knows_no_method():
+  graph = import_graph()
+  methods = {"map_jax.align.ppo", "map_jax.align.dpo", "map_jax.align.map_f", "map_jax.rewards.registry"}
+  assert not graph["map_jax.align.trainer"] & methods, graph["map_jax.align.trainer"]
+  assert "map_jax.align.trainer" in graph["map_jax.align.ppo"]  # PPO runs on it

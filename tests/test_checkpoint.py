@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from map_jax.align import trainer
+from map_jax.align import map_f, trainer
 from map_jax.checkpoint import Checkpointer, ConfigMismatchError, config_diff, flatten_config
 from tests.align.test_ppo import TINY_PPO, TINY_RUN, tiny_model, tiny_prompts, token_fraction
 
@@ -43,12 +43,12 @@ def test_flatten_and_diff_name_the_changed_fields():
 
 def test_killed_and_resumed_run_is_bitwise_identical(tmp_path):
   model, prompts = tiny_model(), tiny_prompts()
-  straight = trainer.fine_tune(model, prompts, VALUES, [20.0], TINY_PPO, RUN, str(tmp_path / "straight"))
+  straight = map_f.fine_tune(model, prompts, VALUES, [20.0], TINY_PPO, RUN, str(tmp_path / "straight"))
   # Killed after step 3: checkpoints exist for step 2 only, so step 3 is redone after the resume.
   with pytest.raises(Crash):
-    trainer.fine_tune(model, prompts, VALUES, [20.0], TINY_PPO, RUN, str(tmp_path / "killed"), on_step=_crash_after(3))
+    map_f.fine_tune(model, prompts, VALUES, [20.0], TINY_PPO, RUN, str(tmp_path / "killed"), on_step=_crash_after(3))
   assert Checkpointer(str(tmp_path / "killed" / "checkpoints"), every=2, config={}).latest_step() == 2
-  resumed = trainer.fine_tune(model, prompts, VALUES, [20.0], TINY_PPO, RUN, str(tmp_path / "killed"))
+  resumed = map_f.fine_tune(model, prompts, VALUES, [20.0], TINY_PPO, RUN, str(tmp_path / "killed"))
   assert len(resumed.history) == 2  # steps 3 and 4
   assert int(resumed.state.step) == int(straight.state.step) == 4
   for a, b in zip(
@@ -78,10 +78,10 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path):
     match=r"ppo.clip_ratio: checkpoint 0.2, now 0.1\n  "
     r"ppo.learning_rate: checkpoint 0.003, now 0.0001",
   ):
-    trainer.fine_tune(model, prompts, VALUES, [20.0], other, RUN, str(tmp_path / "killed"))
+    map_f.fine_tune(model, prompts, VALUES, [20.0], other, RUN, str(tmp_path / "killed"))
   with pytest.raises(ConfigMismatchError, match=r"lam: checkpoint \[20.0\], now \[10.0\]"):
-    trainer.fine_tune(model, prompts, VALUES, [10.0], TINY_PPO, RUN, str(tmp_path / "killed"))
-  longer = trainer.fine_tune(
+    map_f.fine_tune(model, prompts, VALUES, [10.0], TINY_PPO, RUN, str(tmp_path / "killed"))
+  longer = map_f.fine_tune(
     model, prompts, VALUES, [20.0], TINY_PPO, dataclasses.replace(RUN, num_steps=5), str(tmp_path / "killed")
   )
   assert [int(longer.state.step), len(longer.history)] == [5, 1]
@@ -90,14 +90,14 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path):
 _KILLED = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-from map_jax.align import trainer
+from map_jax.align import map_f, trainer
 from tests.test_checkpoint import RUN, TINY_PPO, VALUES, tiny_model, tiny_prompts
 
 def die(step, metrics):
   if step == 3:
     os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush, no finally: a real kill
 
-trainer.fine_tune(tiny_model(), tiny_prompts(), VALUES, [20.0], TINY_PPO, RUN, {workdir!r}, on_step=die)
+map_f.fine_tune(tiny_model(), tiny_prompts(), VALUES, [20.0], TINY_PPO, RUN, {workdir!r}, on_step=die)
 """
 
 
@@ -115,8 +115,8 @@ def test_process_killed_by_sigkill_resumes_bitwise_identical(tmp_path):
   assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
   assert Checkpointer(str(tmp_path / "killed" / "checkpoints"), every=2, config={}).latest_step() == 2
   model, prompts = tiny_model(), tiny_prompts()
-  resumed = trainer.fine_tune(model, prompts, VALUES, [20.0], TINY_PPO, RUN, killed)
-  straight = trainer.fine_tune(model, prompts, VALUES, [20.0], TINY_PPO, RUN, str(tmp_path / "straight"))
+  resumed = map_f.fine_tune(model, prompts, VALUES, [20.0], TINY_PPO, RUN, killed)
+  straight = map_f.fine_tune(model, prompts, VALUES, [20.0], TINY_PPO, RUN, str(tmp_path / "straight"))
   assert int(resumed.state.step) == int(straight.state.step) == 4
   for a, b in zip(
     _leaves((straight.state.params, straight.state.opt_state)), _leaves((resumed.state.params, resumed.state.opt_state))
@@ -142,7 +142,7 @@ def test_nan_reward_stops_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     match=r"PPO step 3 stopped: value 'flaky' gave a non-finite reward "
     r"nan to prompt 5.*newest checkpoint, step 2",
   ):
-    trainer.fine_tune(tiny_model(), tiny_prompts(), [flaky], [20.0], TINY_PPO, RUN, str(tmp_path))
+    map_f.fine_tune(tiny_model(), tiny_prompts(), [flaky], [20.0], TINY_PPO, RUN, str(tmp_path))
   ckpt = Checkpointer(str(tmp_path / "checkpoints"), every=2, config={})
   assert ckpt.latest_step() == 2 and ckpt.read_meta()["data_position"] == 2 * RUN.batch_size
   assert [json.loads(x)["step"] for x in open(tmp_path / "metrics.jsonl")] == [1, 2]
@@ -157,6 +157,6 @@ def test_nan_loss_stops_before_anything_is_saved(tmp_path):
     match=r"PPO step 1 stopped: non-finite .*loss.*"
     r"no checkpoint was written",
   ):
-    trainer.fine_tune(model._replace(params=params), tiny_prompts(), VALUES, [20.0], TINY_PPO, RUN, str(tmp_path))
+    map_f.fine_tune(model._replace(params=params), tiny_prompts(), VALUES, [20.0], TINY_PPO, RUN, str(tmp_path))
   assert Checkpointer(str(tmp_path / "checkpoints"), every=2, config={}).latest_step() is None
   assert not (tmp_path / "params").exists()

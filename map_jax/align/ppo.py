@@ -83,6 +83,7 @@ import numpy as np
 import optax
 
 from map_jax import parallel
+from map_jax.align import trainer
 from map_jax.models.layers import positions_from_mask
 from map_jax.sampling import SampleOutput, sample, token_logprobs
 
@@ -726,3 +727,106 @@ def iteration(
     time_update=t4 - t3,
   )
   return IterationResult(state, metrics, responses, R)
+
+
+def value_names(values: Sequence[Any]) -> list[str]:
+  """The names of reward values given as names or as callables (their `name`, else value_i)."""
+  return [v if isinstance(v, str) else getattr(v, "name", f"value_{i}") for i, v in enumerate(values)]
+
+
+class PPOMethod:
+  """PPO toward λᵀr as a `map_jax.align.trainer.Method`: the examples are prompts, a step is one `iteration`.
+
+  Args:
+    model: a `LoadedModel` (config, params, tokenizer); its params are both the starting policy and the frozen
+      reference p0. Tokenizer None: prompts and responses are space-separated token ids.
+    prompts: raw prompt texts.
+    values: the m reward values: callables `value(prompts, responses)`, or names for `get_reward`, which are
+      loaded here and closed by `close`.
+    lam: λ [m], e.g. `solve_dual(R_pilot, palette).lam`.
+    cfg: PPO hyperparameters; run: the loop's settings (batch size, prompt length, chat, mesh).
+  """
+
+  name = "PPO"
+  progress_keys = ("score", "kl")
+
+  def __init__(self, model, prompts: Sequence[str], values: Sequence[Any], lam, cfg: PPOConfig, run):
+    from map_jax.models import tokenizer as tok_lib
+    from map_jax.rewards import get_reward
+    from map_jax.sampling import _eos_ids
+
+    self.module, tokenizer = model.config.module(), model.tokenizer
+    self.lam = [float(x) for x in np.asarray(lam, np.float64).reshape(-1)]
+    if len(self.lam) != len(values):
+      raise ValueError(f"lam has {len(self.lam)} entries but {len(values)} values were given")
+    self.mesh = parallel.make_mesh(run.mesh_data, run.mesh_fsdp)
+    parallel.check_batch_size(run.batch_size, self.mesh, "run.batch_size")
+    cfg.validate(run.batch_size)
+    context = self.module.config.max_position_embeddings
+    if run.max_prompt_tokens + cfg.max_new_tokens > context:
+      raise ValueError(
+        f"max_prompt_tokens={run.max_prompt_tokens} + max_new_tokens={cfg.max_new_tokens} exceeds "
+        f"the model's context of {context}"
+      )
+    self.cfg, self.run, self.prompts = cfg, run, list(prompts)
+    self.ids = trainer.encode_prompts(tokenizer, self.prompts, run.chat, run.max_prompt_tokens)
+    self.decode = trainer.text_codec(tokenizer, run.chat)[1]
+    self.eos = _eos_ids(self.module, tokenizer, None)
+    self.pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+    self.pad_left = tok_lib.pad_left
+    self.num_examples = len(self.prompts)
+    self.value_names = value_names(values)
+    self.record = {
+      "ppo": dataclasses.asdict(cfg),
+      "lam": self.lam,
+      "values": self.value_names,
+      "num_prompts": len(self.prompts),
+      "prompts_hash": trainer.texts_hash(self.prompts),
+    }
+    self.shardings = state_shardings(self.module, cfg, self.mesh)
+    self.model_params = nn.meta.unbox(model.params)
+    self.ref = parallel.shard(self.model_params, self.shardings.params["policy"])
+    self._loaded = [isinstance(v, str) for v in values]
+    self.fns = [get_reward(v) if isinstance(v, str) else v for v in values]
+
+  def abstract_state(self) -> TrainState:
+    return abstract_state(self.module, self.cfg)
+
+  def state_shardings(self) -> TrainState:
+    return self.shardings
+
+  def init_state(self, key: jax.Array) -> TrainState:
+    return compile_init(self.module, self.cfg, self.mesh)(self.model_params, key)
+
+  def step(self, state: TrainState, indices: np.ndarray, step: int) -> tuple[TrainState, dict]:
+    tokens, mask = self.pad_left([self.ids[i] for i in indices], self.pad_id, length=self.run.max_prompt_tokens)
+    try:
+      res = iteration(
+        self.module,
+        state,
+        self.ref,
+        [self.prompts[i] for i in indices],
+        tokens,
+        mask,
+        self.fns,
+        self.lam,
+        self.cfg,
+        mesh=self.mesh,
+        step=step,
+        detokenize=self.decode,
+        eos_ids=self.eos,
+        pad_id=self.pad_id,
+      )
+    except ValueError as e:
+      if "non-finite" not in str(e):
+        raise
+      raise trainer.NonFiniteStep(str(e)) from e
+    return res.state, res.metrics
+
+  def policy_params(self, state: TrainState):
+    return state.params["policy"]
+
+  def close(self) -> None:
+    for loaded, fn in zip(self._loaded, self.fns):
+      if loaded:
+        fn.close()  # a reward model this run loaded

@@ -1,20 +1,18 @@
-"""The MAP-F training loop around `ppo.iteration`: data order, logging, checkpoints, faults, sequential alignment.
+"""The one fine-tuning loop, method-agnostic: data order, checkpoints and bitwise resume, sharding, logs, NaN stop.
 
-`fine_tune` trains a model toward λᵀr for `num_steps` PPO iterations of `batch_size` prompts each:
+A method (`Method`: PPO in `map_jax.align.ppo`, DPO next) supplies its state, its shardings and one step on a
+batch of example indices; `train` runs `num_steps` such steps of `batch_size` examples each:
 
     workdir/
-      metrics.jsonl    one line per step: reward/<value>, score, kl, entropy, losses, tokens_per_s, times
+      metrics.jsonl    one line per step: the method's metrics (for PPO: reward/<value>, score, kl, losses, ...)
       tb/              the same scalars for TensorBoard
-      checkpoints/S/   orbax TrainState + metadata every `checkpoint_every` steps and at the end
+      checkpoints/S/   orbax state + metadata every `checkpoint_every` steps and at the end
       params/          the fine-tuned policy (orbax; `map_jax.models.loading.restore_params(path, config)`)
 
 Run it again with the same workdir and it resumes from the newest checkpoint (bitwise identically on CPU, see
-`map_jax.checkpoint`); a different config is refused with the differing fields named. A non-finite reward or
-loss stops the run with a `TrainingError` before anything is saved, so the newest checkpoint is the last good
-state.
-
-`fine_tune_sequential` is the paper's memory-light alternative: align one value at a time, with only that value's
-reward model loaded, following the coordinate-ascent λ schedule of `map_jax.core.sequential`.
+`map_jax.checkpoint`); a different config (the method's record or the loop's) is refused with the differing
+fields named. A non-finite reward, loss or metric stops the run with a `TrainingError` before anything is
+saved, so the newest checkpoint is the last good state. Nothing here knows which method it runs.
 """
 
 from __future__ import annotations
@@ -25,14 +23,12 @@ import json
 import math
 import os
 import shutil
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
-import flax.linen as nn
 import jax
 import numpy as np
 
-from map_jax import parallel, store
-from map_jax.align import ppo
+from map_jax import store
 from map_jax.checkpoint import Checkpointer
 
 # Fields that may change when resuming a run: how long it runs, how often it saves and on how many devices
@@ -50,11 +46,11 @@ RESUMABLE = (
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-  """The loop around PPO.
+  """The loop around a method.
 
-  num_steps: PPO iterations (one rollout of `batch_size` prompts and its update each).
-  batch_size: prompts per iteration; a multiple of the mesh's batch devices and of PPO's
-    num_minibatches × grad_accum.
+  num_steps: steps (for PPO, one rollout of `batch_size` prompts and its update each).
+  batch_size: examples per step; a multiple of the mesh's batch devices (and of PPO's
+    num_minibatches × grad_accum).
   seed: seeds the run's PRNG key and the prompt order.
   max_prompt_tokens: prompts are left-padded (or cut from the left) to this many tokens: one compiled shape.
   chat: wrap prompts in the tokenizer's chat template (instruct models).
@@ -82,10 +78,10 @@ class TrainingError(RuntimeError):
 
 
 class TrainResult(NamedTuple):
-  """state: the final TrainState; params: the policy's plain params; history: per-step metrics (this process's
-  steps only); params_dir: where the policy was saved (None without a workdir)."""
+  """state: the method's final state; params: the policy's plain params; history: per-step metrics (this
+  process's steps only); params_dir: where the policy was saved (None without a workdir)."""
 
-  state: ppo.TrainState
+  state: Any
   params: Any
   history: list[dict]
   params_dir: str | None
@@ -135,7 +131,7 @@ class MetricWriter:
       self._tb.close()
 
 
-def _codec(tokenizer, chat: bool):
+def text_codec(tokenizer, chat: bool):
   """(encode prompts -> id lists, decode id lists -> texts). Without a tokenizer, text is space-separated ids
   ("3 17 5"): tiny random models and synthetic rewards in tests use that."""
   if tokenizer is None:
@@ -151,82 +147,75 @@ def _codec(tokenizer, chat: bool):
 def encode_prompts(tokenizer, prompts: Sequence[str], chat: bool, max_tokens: int) -> list[list[int]]:
   """Token ids of each prompt (chat template applied if `chat`), cut to its last `max_tokens` tokens: the end
   holds the template's assistant-turn marker, which the response must follow."""
-  ids = [p[-max_tokens:] for p in _codec(tokenizer, chat)[0](prompts)]
+  ids = [p[-max_tokens:] for p in text_codec(tokenizer, chat)[0](prompts)]
   if any(len(p) == 0 for p in ids):
     raise ValueError("every prompt needs at least one token")
   return ids
 
 
-def _value_names(values) -> list[str]:
-  return [v if isinstance(v, str) else getattr(v, "name", f"value_{i}") for i, v in enumerate(values)]
+class NonFiniteStep(ValueError):
+  """Raised by a method's step when a reward or loss is not finite; `train` turns it into a `TrainingError`."""
 
 
-def fine_tune(
-  model,
-  prompts: Sequence[str],
-  values: Sequence[Any],
-  lam,
-  cfg: ppo.PPOConfig,
+class Method(Protocol):
+  """What a fine-tuning method gives the loop.
+
+  name: shown in progress bars and errors ("PPO"). record: the method's settings and the identity of its data
+  (JSON-able), saved with every checkpoint and compared on resume. num_examples: how many examples (prompts,
+  preference pairs) the steps draw batches from, in the loop's seeded order. progress_keys: metrics shown on the
+  progress bar.
+  """
+
+  name: str
+  record: dict
+  num_examples: int
+  progress_keys: tuple[str, ...]
+
+  def abstract_state(self) -> Any:
+    """The state's shapes and dtypes (`jax.eval_shape`), for restoring a checkpoint."""
+
+  def state_shardings(self) -> Any:
+    """The state's shardings over the method's mesh."""
+
+  def init_state(self, key: jax.Array) -> Any:
+    """A fresh state (sharded), from the model the method was built with."""
+
+  def step(self, state: Any, indices: np.ndarray, step: int) -> tuple[Any, dict]:
+    """One step on the examples `indices`: (new state, host-side float metrics). The state is donated.
+    Raises `NonFiniteStep` when a reward or loss is not finite."""
+
+  def policy_params(self, state: Any) -> Any:
+    """The policy's params in `state`."""
+
+  def close(self) -> None:
+    """Release what the method loaded for the run (reward models, ...)."""
+
+
+def train(
+  method: Method,
   run: RunConfig,
   workdir: str | None = None,
   *,
   config_record: dict | None = None,
   on_step: Callable[[int, dict], None] | None = None,
 ) -> TrainResult:
-  """Fine-tune `model` toward λᵀr with PPO (KL to the model as given), resuming from `workdir` if it has a run.
+  """Run `method` for `run.num_steps` steps, resuming from `workdir` if it holds a run (see the module docstring).
 
   Args:
-    model: a `LoadedModel` (config, params, tokenizer); its params are both the starting policy and the frozen
-      reference p0. Tokenizer None: prompts and responses are space-separated token ids.
-    prompts: raw prompt texts, cycled in seeded shuffles.
-    values: the m reward values: callables `value(prompts, responses)`, or names for `get_reward`, which are
-      loaded once here and closed when the run ends.
-    lam: λ [m], e.g. `solve_dual(R_pilot, palette).lam`.
-    cfg: PPO hyperparameters; run: the loop's settings.
+    method: the method, built for one model and one data set.
+    run: the loop's settings.
     workdir: where metrics, checkpoints and the final params go (None: nothing is written, no resume).
     config_record: extra fields (e.g. the model name) saved with checkpoints and checked on resume.
     on_step: called as on_step(step, metrics) after each step's checkpoint.
 
   Returns:
-    `TrainResult`.
+    `TrainResult`. The method is closed when the loop ends, whatever the outcome.
 
   Raises:
-    TrainingError: a non-finite reward or loss (message: step, cause, newest checkpoint).
+    TrainingError: a non-finite reward, loss or metric (message: step, cause, newest checkpoint).
     map_jax.checkpoint.ConfigMismatchError: workdir holds a run with a different config.
   """
-  module, tokenizer = model.config.module(), model.tokenizer
-  lam = [float(x) for x in np.asarray(lam, np.float64).reshape(-1)]
-  if len(lam) != len(values):
-    raise ValueError(f"lam has {len(lam)} entries but {len(values)} values were given")
-  mesh = parallel.make_mesh(run.mesh_data, run.mesh_fsdp)
-  parallel.check_batch_size(run.batch_size, mesh, "run.batch_size")
-  cfg.validate(run.batch_size)
-  context = module.config.max_position_embeddings
-  if run.max_prompt_tokens + cfg.max_new_tokens > context:
-    raise ValueError(
-      f"max_prompt_tokens={run.max_prompt_tokens} + max_new_tokens={cfg.max_new_tokens} exceeds "
-      f"the model's context of {context}"
-    )
-  prompts = list(prompts)
-  ids = encode_prompts(tokenizer, prompts, run.chat, run.max_prompt_tokens)
-  decode = _codec(tokenizer, run.chat)[1]
-  from map_jax.models import tokenizer as tok_lib
-  from map_jax.sampling import _eos_ids
-
-  eos = _eos_ids(module, tokenizer, None)
-  pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
-
-  record = {
-    "ppo": dataclasses.asdict(cfg),
-    "run": dataclasses.asdict(run),
-    "lam": lam,
-    "values": _value_names(values),
-    "num_prompts": len(prompts),
-    "prompts_hash": _hash(prompts),
-    **(config_record or {}),
-  }
-  shardings = ppo.state_shardings(module, cfg, mesh)
-  ref = parallel.shard(nn.meta.unbox(model.params), shardings.params["policy"])
+  record = {**method.record, "run": dataclasses.asdict(run), **(config_record or {})}
   ckpt = (
     Checkpointer(
       os.path.join(workdir, "checkpoints"),
@@ -238,60 +227,41 @@ def fine_tune(
     if workdir
     else None
   )
-  step, position = 0, 0
-  if ckpt is not None and ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(ppo.abstract_state(module, cfg), shardings)
-    step, position = int(meta["step"]), int(meta["data_position"])
-  else:
-    state = ppo.compile_init(module, cfg, mesh)(nn.meta.unbox(model.params), jax.random.key(run.seed))
-  writer = MetricWriter(workdir, step, run.tensorboard) if workdir else None
-  from map_jax.rewards import get_reward
-
-  fns = [get_reward(v) if isinstance(v, str) else v for v in values]
+  writer = None
   history: list[dict] = []
-  steps = range(step, run.num_steps)
-  if run.progress:
-    from tqdm.auto import tqdm
-
-    steps = tqdm(steps, desc="PPO", unit="step", initial=step, total=run.num_steps)
   try:
+    step, position = 0, 0
+    if ckpt is not None and ckpt.latest_step() is not None:
+      state, meta = ckpt.restore(method.abstract_state(), method.state_shardings())
+      step, position = int(meta["step"]), int(meta["data_position"])
+    else:
+      state = method.init_state(jax.random.key(run.seed))
+    writer = MetricWriter(workdir, step, run.tensorboard) if workdir else None
+    steps = range(step, run.num_steps)
+    if run.progress:
+      from tqdm.auto import tqdm
+
+      steps = tqdm(steps, desc=method.name, unit="step", initial=step, total=run.num_steps)
     for step in steps:
-      idx = prompt_order(len(prompts), run.seed, position, run.batch_size)
-      tokens, mask = tok_lib.pad_left([ids[i] for i in idx], pad_id, length=run.max_prompt_tokens)
+      idx = prompt_order(method.num_examples, run.seed, position, run.batch_size)
       try:
-        res = ppo.iteration(
-          module,
-          state,
-          ref,
-          [prompts[i] for i in idx],
-          tokens,
-          mask,
-          fns,
-          lam,
-          cfg,
-          mesh=mesh,
-          step=step,
-          detokenize=decode,
-          eos_ids=eos,
-          pad_id=pad_id,
-        )
-      except ValueError as e:
-        if "non-finite" not in str(e):
-          raise
-        raise TrainingError(_stopped(step + 1, str(e), ckpt)) from e
-      bad = sorted(k for k, v in res.metrics.items() if isinstance(v, float) and not math.isfinite(v))
+        state, metrics = method.step(state, idx, step)
+      except NonFiniteStep as e:
+        raise TrainingError(_stopped(method.name, step + 1, str(e), ckpt)) from e
+      bad = sorted(k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v))
       if bad:
-        raise TrainingError(_stopped(step + 1, f"non-finite {', '.join(bad)} (loss {res.metrics['loss']})", ckpt))
-      state, position = res.state, position + run.batch_size
-      history.append(res.metrics)
+        cause = f"non-finite {', '.join(bad)} (loss {metrics.get('loss')})"
+        raise TrainingError(_stopped(method.name, step + 1, cause, ckpt))
+      position += run.batch_size
+      history.append(metrics)
       if writer:
-        writer.write(step + 1, res.metrics)
+        writer.write(step + 1, metrics)
       if ckpt:
         ckpt.save(step + 1, state, data_position=position)
       if run.progress:
-        steps.set_postfix(score=f"{res.metrics['score']:.3f}", kl=f"{res.metrics['kl']:.3f}")
+        steps.set_postfix({k: f"{metrics[k]:.3f}" for k in method.progress_keys if k in metrics})
       if on_step:
-        on_step(step + 1, res.metrics)
+        on_step(step + 1, metrics)
     if ckpt:
       ckpt.save(run.num_steps, state, data_position=position, force=True)
   finally:
@@ -299,10 +269,8 @@ def fine_tune(
       ckpt.close()
     if writer:
       writer.close()
-    for v, fn in zip(values, fns):
-      if isinstance(v, str):
-        fn.close()  # a reward model this run loaded
-  params = state.params["policy"]
+    method.close()
+  params = method.policy_params(state)
   params_dir = None
   if workdir:
     from map_jax.models.loading import save_params
@@ -314,125 +282,34 @@ def fine_tune(
   return TrainResult(state, params, history, params_dir)
 
 
-def _hash(texts: Sequence[str]) -> str:
+def texts_hash(texts: Sequence[str]) -> str:
+  """A short hash of a list of texts (the identity of a run's data in its checkpoint record)."""
   h = hashlib.sha1()
   for t in texts:
     h.update(t.encode() + b"\x00")
   return h.hexdigest()[:16]
 
 
-def _stopped(step: int, cause: str, ckpt: Checkpointer | None) -> str:
+def _stopped(name: str, step: int, cause: str, ckpt: Checkpointer | None) -> str:
   last = ckpt.latest_step() if ckpt is not None else None
   where = (
     f"the newest checkpoint, step {last} in {ckpt.directory}, is the last good state"
     if last is not None
     else "no checkpoint was written before it"
   )
-  return f"PPO step {step} stopped: {cause}. Nothing of this step was saved; {where}."
+  return f"{name} step {step} stopped: {cause}. Nothing of this step was saved; {where}."
 
 
-# ------------------------------------------------------------------------------------------------ sequential
-
-
-class Stage(NamedTuple):
-  """One stage of sequential alignment: fine-tune toward `lam_step` · r_value, KL to the previous stage's model.
-
-  round: the pass over the values (0-based); value: the value's index; lam_step: the change of λ_value the
-  solver made at this step; lam: the full λ after the stage (the tilt the stage's model targets).
-  """
-
-  round: int
-  value: int
-  lam_step: float
-  lam: np.ndarray
-
-
-def sequential_stages(
-  rewards, palette, *, rounds: int, order: Sequence[int] | None = None, min_step: float = 1e-8
-) -> list[Stage]:
-  r"""The sequential λ schedule of `map_jax.core.sequential.sequential_solve`, as fine-tuning stages.
-
-  Step k of the solver moves one coordinate: λ_k = λ_{k−1} + Δ e_i. Since
-  p0·exp(λ_kᵀr) ∝ [p0·exp(λ_{k−1}ᵀr)]·exp(Δ r_i), a PPO stage with reward Δ·r_i, β = 1 and the
-  previous stage's model as KL reference has the next tilted model as its optimum: only r_i is needed, so
-  only its reward model is loaded. Steps with |Δ| < `min_step` (the value already met) are dropped.
-
-  Args:
-    rewards: pilot reward matrix R (n, m) of the base model's responses; palette: c (m,).
-    rounds, order: as for `sequential_solve`.
-
-  Returns:
-    The stages in order.
-  """
-  from map_jax.core.sequential import sequential_solve
-
-  R = np.asarray(rewards, np.float64)
-  order = list(range(R.shape[1])) if order is None else [int(i) for i in order]
-  with jax.enable_x64(True):
-    sol = sequential_solve(R, np.asarray(palette, np.float64), rounds=rounds, order=order)
-    traj = np.asarray(sol.trajectory)
-  stages, prev = [], np.zeros(R.shape[1])
-  for r in range(rounds):
-    for k, i in enumerate(order):
-      lam = traj[r, k]
-      if abs(lam[i] - prev[i]) >= min_step:
-        stages.append(Stage(r, i, float(lam[i] - prev[i]), lam))
-      prev = lam
-  return stages
-
-
-def fine_tune_sequential(
-  model,
-  prompts: Sequence[str],
-  values: Sequence[Any],
-  stages: Sequence[Stage],
-  cfg: ppo.PPOConfig,
-  run: RunConfig,
-  workdir: str,
-  *,
-  config_record: dict | None = None,
-) -> TrainResult:
-  """Align one value at a time: each stage runs `fine_tune` with a single value, its λ step and, as both start
-  and KL reference, the previous stage's model; only that value's reward model is loaded meanwhile.
-
-  Each stage writes into `workdir/stage_SS_NAME/` (resumable like `fine_tune`); a finished stage (its params saved)
-  is skipped when the sequence is run again. The last stage's policy is saved to `workdir/params`.
-
-  Args:
-    model: the base `LoadedModel`; values: the m values (names are loaded per stage and closed after it).
-    stages: from `sequential_stages`; cfg, run: as for `fine_tune` (run.num_steps is per stage).
-
-  Returns:
-    The last stage's `TrainResult` (params_dir: workdir/params).
-  """
-  from map_jax.models.loading import restore_params, save_params
-
-  names = _value_names(values)
-  result = None
-  for s, stage in enumerate(stages):
-    stage_dir = os.path.join(workdir, f"stage_{s:02d}_{names[stage.value]}")
-    done = os.path.join(stage_dir, "params")
-    if os.path.isdir(done) and result is None and os.path.exists(os.path.join(stage_dir, "done")):
-      model = model._replace(params=restore_params(done, model.config))
-      continue
-    record = dict(
-      config_record or {},
-      stage=s,
-      stage_round=stage.round,
-      stage_value=names[stage.value],
-      stage_lam=[float(x) for x in stage.lam],
-    )
-    # A value given by name is loaded by `fine_tune` and freed when the stage ends, before the next loads.
-    result = fine_tune(
-      model, prompts, [values[stage.value]], [stage.lam_step], cfg, run, stage_dir, config_record=record
-    )
-    open(os.path.join(stage_dir, "done"), "w").close()
-    model = model._replace(params=result.params)
-  params = nn.meta.unbox(model.params)
-  out = os.path.join(os.path.abspath(workdir), "params")
-  if os.path.isdir(out):
-    shutil.rmtree(out)
-  save_params(out, params)
-  if result is None:
-    return TrainResult(None, params, [], out)
-  return result._replace(params_dir=out)
+__all__ = [
+  "Method",
+  "MetricWriter",
+  "NonFiniteStep",
+  "RunConfig",
+  "TrainResult",
+  "TrainingError",
+  "encode_prompts",
+  "prompt_order",
+  "text_codec",
+  "texts_hash",
+  "train",
+]

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from map_jax.align import ppo, trainer
+from map_jax.align import map_f, ppo, trainer
 from map_jax.models.llama import LlamaConfig
 from map_jax.models.loading import LoadedModel, restore_params
 from map_jax.sampling import token_logprobs
@@ -251,7 +251,7 @@ def test_ppo_raises_a_synthetic_reward_and_the_kl_stays_finite():
   """Reward = fraction of token 7 (1/64 under the random model), λ = 20: the optimum p0·exp(20·frac) puts
   about 12× more mass on 7 per token; 30 PPO iterations must get a clear part of the way."""
   run = dataclasses.replace(TINY_RUN, num_steps=30)
-  res = trainer.fine_tune(tiny_model(), tiny_prompts(), [token_fraction("7")], [20.0], TINY_PPO, run)
+  res = map_f.fine_tune(tiny_model(), tiny_prompts(), [token_fraction("7")], [20.0], TINY_PPO, run)
   reward = np.array([m["reward/frac7"] for m in res.history])
   kl = np.array([m["kl"] for m in res.history])
   assert res.history[0]["kl"] == 0.0  # the first rollout comes from p0 itself
@@ -266,7 +266,7 @@ def test_sequential_stages_follow_the_solver_schedule():
   rng = np.random.default_rng(0)
   R = rng.normal(size=(200, 3))
   c = np.array([0.3, 0.2, 0.0])
-  stages = trainer.sequential_stages(R, c, rounds=3)
+  stages = map_f.sequential_stages(R, c, rounds=3)
   with jax.enable_x64(True):
     lam = np.asarray(sequential_solve(R, c, rounds=3).lam)
   total = np.zeros(3)
@@ -280,12 +280,12 @@ def test_sequential_stages_follow_the_solver_schedule():
 def test_train_sequential_runs_one_value_per_stage_and_resumes(tmp_path):
   model = tiny_model()
   values = [token_fraction("7"), token_fraction("9")]
-  stages = [trainer.Stage(0, 0, 5.0, np.array([5.0, 0.0])), trainer.Stage(0, 1, 5.0, np.array([5.0, 5.0]))]
+  stages = [map_f.Stage(0, 0, 5.0, np.array([5.0, 0.0])), map_f.Stage(0, 1, 5.0, np.array([5.0, 5.0]))]
   run = dataclasses.replace(TINY_RUN, num_steps=2)
-  res = trainer.fine_tune_sequential(model, tiny_prompts(), values, stages, TINY_PPO, run, str(tmp_path))
+  res = map_f.fine_tune_sequential(model, tiny_prompts(), values, stages, TINY_PPO, run, str(tmp_path))
   assert sorted(p.name for p in tmp_path.iterdir()) == ["params", "stage_00_frac7", "stage_01_frac9"]
   assert "reward/frac9" in res.history[0] and "reward/frac7" not in res.history[0]
   final = restore_params(str(tmp_path / "params"), TINY)
   jax.tree.map(np.testing.assert_array_equal, res.params, nn.meta.unbox(final))
-  again = trainer.fine_tune_sequential(model, tiny_prompts(), values, stages, TINY_PPO, run, str(tmp_path))
+  again = map_f.fine_tune_sequential(model, tiny_prompts(), values, stages, TINY_PPO, run, str(tmp_path))
   assert again.history == []  # both stages were done: nothing retrained
