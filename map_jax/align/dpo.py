@@ -18,18 +18,24 @@ chosen/rejected columns; `mix_pairs` draws a share α from a second set (the pap
 value-specific preference data).
 
 The shared fine-tuning loop (checkpoints, resume, sharding, logs) is `map_jax.align.trainer`'s; this file holds
-what is DPO's own: the batch, the loss and one update.
+what is DPO's own: the batch, the loss, one update and `DPOMethod`, which runs them on that loop.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import NamedTuple, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from map_jax import parallel
+from map_jax.align import trainer
+from map_jax.align.trainer import TrainState
 from map_jax.sampling import token_logprobs
 
 
@@ -86,20 +92,125 @@ def loss_fn(params, module, batch: PreferenceBatch, ref_logps: tuple[jax.Array, 
   return metrics.loss, metrics
 
 
-def make_update(module, optimizer: optax.GradientTransformation, beta: float):
-  """A jitted `update(params, opt_state, ref_params, batch) -> (params, opt_state, metrics)`.
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+  """beta: the KL strength β of the loss; learning_rate, adam_eps, max_grad_norm: the optimiser (AdamW after
+  global-norm clipping); max_response_tokens: responses are cut to (and padded to) this many tokens."""
 
-  The reference's log-probs are computed inside, under `stop_gradient`, so one call is one DPO step.
+  beta: float = 0.1
+  learning_rate: float = 5e-6
+  adam_eps: float = 1e-8
+  max_grad_norm: float = 1.0
+  max_response_tokens: int = 64
+
+  def validate(self) -> None:
+    if not self.beta > 0:
+      raise ValueError(f"beta must be > 0, got {self.beta}")
+    if self.max_response_tokens < 1:
+      raise ValueError(f"max_response_tokens must be >= 1, got {self.max_response_tokens}")
+
+
+def make_optimizer(cfg: DPOConfig) -> optax.GradientTransformation:
+  return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adamw(cfg.learning_rate, eps=cfg.adam_eps))
+
+
+def update(state: TrainState, ref_params, batch: PreferenceBatch, *, module, optimizer, beta: float):
+  """One DPO step: (new state, `DPOMetrics`). The reference's log-probs are computed under `stop_gradient`."""
+  ref = jax.lax.stop_gradient(sequence_logps(module, ref_params, batch))
+  grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, module, batch, ref, beta)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  return state.replace(
+    step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+  ), metrics
+
+
+class DPOMethod:
+  """DPO as a `map_jax.align.trainer.Method`: the examples are (prompt, chosen, rejected) texts, a step is one
+  `update` on `run.batch_size` of them; the reference is the model as given, held fixed.
+
+  Args:
+    model: a `LoadedModel` (tokenizer None: texts are space-separated token ids).
+    pairs: (prompt, chosen response, rejected response) triples.
+    cfg: `DPOConfig`; run: the loop's settings (batch size, prompt length, chat template, mesh).
   """
 
-  @jax.jit
-  def update(params, opt_state, ref_params, batch: PreferenceBatch):
-    ref = jax.lax.stop_gradient(sequence_logps(module, ref_params, batch))
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(params, module, batch, ref, beta)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, metrics
+  name = "DPO"
+  progress_keys = ("loss", "accuracy")
 
-  return update
+  def __init__(self, model, pairs: Sequence[tuple[str, str, str]], cfg: DPOConfig, run):
+    from map_jax.models import tokenizer as tok_lib
+    from map_jax.models.loading import abstract_params
+
+    cfg.validate()
+    self.cfg, self.run = cfg, run
+    self.module = model.config.module()
+    pairs = [tuple(p) for p in pairs]
+    if not pairs or any(len(p) != 3 or not all(isinstance(t, str) for t in p) for p in pairs):
+      raise ValueError("pairs must be a non-empty list of (prompt, chosen, rejected) texts")
+    self.mesh = parallel.make_mesh(run.mesh_data, run.mesh_fsdp)
+    parallel.check_batch_size(run.batch_size, self.mesh, "run.batch_size")
+    tokenizer = model.tokenizer
+    self.prompt_ids = trainer.encode_prompts(tokenizer, [p[0] for p in pairs], run.chat, run.max_prompt_tokens)
+    responses = [p[1] for p in pairs] + [p[2] for p in pairs]
+    if tokenizer is None:
+      ids = [[int(t) for t in r.split()] for r in responses]
+    else:
+      ids = tok_lib.encode(tokenizer, responses, add_special_tokens=False)
+    ids = [r[: cfg.max_response_tokens] for r in ids]
+    self.chosen_ids, self.rejected_ids = ids[: len(pairs)], ids[len(pairs) :]
+    self.pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+    self.pad_left, self.pad_right = tok_lib.pad_left, tok_lib.pad_right
+    self.num_examples = len(pairs)
+    self.record = {
+      "dpo": dataclasses.asdict(cfg),
+      "num_pairs": len(pairs),
+      "pairs_hash": trainer.texts_hash([t for p in pairs for t in p]),
+    }
+    optimizer = make_optimizer(cfg)
+    params = parallel.param_shardings(abstract_params(model.config), self.mesh)
+
+    def fresh(p, key):
+      p = nn.meta.unbox(p)
+      return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p), key=key)
+
+    self._abstract = jax.eval_shape(fresh, abstract_params(model.config), jax.random.key(0))
+    rep = parallel.replicated(self.mesh)
+    opt = parallel.opt_state_shardings(optimizer, self._abstract.opt_state, params, self.mesh)
+    self.shardings = TrainState(step=rep, params=params, opt_state=opt, key=rep)
+    self.ref = parallel.shard(nn.meta.unbox(model.params), params)
+    self._init = jax.jit(fresh, out_shardings=self.shardings)
+    rows = parallel.batch_sharding(self.mesh)
+    self._update = jax.jit(
+      functools.partial(update, module=self.module, optimizer=optimizer, beta=cfg.beta),
+      in_shardings=(self.shardings, params, rows),
+      out_shardings=(self.shardings, rep),
+      donate_argnums=(0,),
+    )
+
+  def abstract_state(self) -> TrainState:
+    return self._abstract
+
+  def state_shardings(self) -> TrainState:
+    return self.shardings
+
+  def init_state(self, key: jax.Array) -> TrainState:
+    return self._init(self.ref, key)  # DPO draws nothing at random; the key is kept for the state's layout
+
+  def step(self, state: TrainState, indices: np.ndarray, step: int) -> tuple[TrainState, dict]:
+    del step
+    pt, pm = self.pad_left([self.prompt_ids[i] for i in indices], self.pad_id, length=self.run.max_prompt_tokens)
+    C = self.cfg.max_response_tokens
+    ct, cm = self.pad_right([self.chosen_ids[i] for i in indices], self.pad_id, length=C)
+    rt, rm = self.pad_right([self.rejected_ids[i] for i in indices], self.pad_id, length=C)
+    batch = jax.device_put(PreferenceBatch(pt, pm, ct, cm, rt, rm), parallel.batch_sharding(self.mesh))
+    state, metrics = self._update(state, self.ref, batch)
+    return state, {k: float(v) for k, v in metrics._asdict().items()}
+
+  def policy_params(self, state: TrainState):
+    return state.params
+
+  def close(self) -> None:
+    pass
 
 
 # --------------------------------------------------------------------------------------------- preference data
@@ -166,13 +277,16 @@ def mix_pairs(a: Pairs, b: Pairs, alpha: float, num: int, key: jax.Array) -> tup
 
 
 __all__ = [
+  "DPOConfig",
+  "DPOMethod",
   "DPOMetrics",
   "Pairs",
   "PreferenceBatch",
   "dpo_loss",
   "loss_fn",
-  "make_update",
+  "make_optimizer",
   "mix_pairs",
   "preference_pairs",
   "sequence_logps",
+  "update",
 ]

@@ -84,6 +84,7 @@ import optax
 
 from map_jax import parallel
 from map_jax.align import trainer
+from map_jax.align.trainer import TrainState
 from map_jax.models.layers import positions_from_mask
 from map_jax.sampling import SampleOutput, sample, token_logprobs
 
@@ -172,16 +173,6 @@ class PPOConfig:
         f"{self.num_minibatches} × {self.grad_accum}"
       )
     return self
-
-
-@chex.dataclass(frozen=True)
-class TrainState:
-  """Everything an update changes. params = {"policy": LM params, "value": {"head": ..., ["trunk": ...]}}."""
-
-  step: jax.Array  # int32 scalar: updates applied so far
-  params: Any  # plain (unboxed) arrays
-  opt_state: Any  # optax state of the AdamW chain over `params`
-  key: jax.Array  # the run's PRNG key; iteration i uses fold_in(key, i), so resuming needs only (key, i)
 
 
 class Batch(NamedTuple):

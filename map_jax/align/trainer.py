@@ -25,6 +25,7 @@ import os
 import shutil
 from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
+import chex
 import jax
 import numpy as np
 
@@ -71,6 +72,17 @@ class RunConfig:
   mesh_fsdp: int = -1
   progress: bool = False
   tensorboard: bool = True
+
+
+@chex.dataclass(frozen=True)
+class TrainState:
+  """Everything a method's update changes, and what the loop checkpoints (PPO: params = {"policy": LM params,
+  "value": {...}}; DPO: the policy's params)."""
+
+  step: jax.Array  # int32 scalar: updates applied so far
+  params: Any  # plain (unboxed) arrays
+  opt_state: Any  # optax state of the AdamW chain over `params`
+  key: jax.Array  # the run's PRNG key; iteration i uses fold_in(key, i), so resuming needs only (key, i)
 
 
 class TrainingError(RuntimeError):
@@ -306,6 +318,7 @@ __all__ = [
   "NonFiniteStep",
   "RunConfig",
   "TrainResult",
+  "TrainState",
   "TrainingError",
   "encode_prompts",
   "prompt_order",

@@ -2,6 +2,7 @@
 preference pairs stay within a prompt and honour the gap; soups interpolate exactly."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ import pytest
 
 from map_jax.align import dpo
 from map_jax.align.soup import soup
+from map_jax.align.trainer import TrainState
 from map_jax.sampling import token_logprobs
 
 from .test_ppo import tiny_model
@@ -87,15 +89,55 @@ def test_updates_on_a_synthetic_preference_raise_the_chosen_log_ratio():
   module = model.config.module()
   batch = _batch(np.random.default_rng(1), B=8)
   optimizer = optax.adam(1e-2)
-  update = dpo.make_update(module, optimizer, beta=0.5)
-  params, state = model.params, optimizer.init(model.params)
-  before = dpo.loss_fn(params, module, batch, dpo.sequence_logps(module, model.params, batch), 0.5)[1]
+  step = jax.jit(functools.partial(dpo.update, module=module, optimizer=optimizer, beta=0.5))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32), params=model.params, opt_state=optimizer.init(model.params), key=jax.random.key(0)
+  )
+  before = dpo.loss_fn(model.params, module, batch, dpo.sequence_logps(module, model.params, batch), 0.5)[1]
   for _ in range(10):
-    params, state, metrics = update(params, state, model.params, batch)
+    state, metrics = step(state, model.params, batch)
   c0, r0 = dpo.sequence_logps(module, model.params, batch)
-  c1, r1 = dpo.sequence_logps(module, params, batch)
+  c1, r1 = dpo.sequence_logps(module, state.params, batch)
   assert float(jnp.mean(c1 - c0)) > 0.1 and float(jnp.mean(r1 - r0)) < -0.1
-  assert float(metrics.loss) < float(before.loss) and float(metrics.accuracy) == 1.0
+  assert float(metrics.loss) < float(before.loss) and float(metrics.accuracy) == 1.0 and int(state.step) == 10
+
+
+def _pairs(n=16):
+  """Synthetic preference: responses rich in token 7 are chosen over responses without it."""
+  rng = np.random.default_rng(3)
+  out = []
+  for _ in range(n):
+    prompt = " ".join(map(str, rng.integers(3, 64, 3)))
+    chosen = " ".join(["7"] * 3 + list(map(str, rng.integers(8, 64, 2))))
+    rejected = " ".join(map(str, rng.integers(8, 64, 5)))
+    out.append((prompt, chosen, rejected))
+  return out
+
+
+def test_dpo_runs_on_the_shared_trainer_and_resumes_bitwise(tmp_path):
+  from map_jax.align import trainer
+
+  model, pairs = tiny_model(), _pairs()
+  cfg = dpo.DPOConfig(beta=0.5, learning_rate=1e-2, max_response_tokens=6)
+  run = trainer.RunConfig(
+    num_steps=4, batch_size=4, max_prompt_tokens=4, chat=False, checkpoint_every=1, tensorboard=False
+  )
+  straight = trainer.train(dpo.DPOMethod(model, pairs, cfg, run), run, str(tmp_path / "straight"))
+
+  def crash(step, metrics):
+    if step == 2:
+      raise KeyboardInterrupt("killed")
+
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train(dpo.DPOMethod(model, pairs, cfg, run), run, str(tmp_path / "killed"), on_step=crash)
+  resumed = trainer.train(dpo.DPOMethod(model, pairs, cfg, run), run, str(tmp_path / "killed"))
+  for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert (tmp_path / "killed" / "metrics.jsonl").read_text() == (tmp_path / "straight" / "metrics.jsonl").read_text()
+  assert straight.history[-1]["margin"] > straight.history[0]["margin"] and straight.history[-1]["accuracy"] == 1.0
+  other = dpo.DPOConfig(beta=0.1, learning_rate=1e-2, max_response_tokens=6)
+  with pytest.raises(Exception, match="dpo.beta"):
+    trainer.train(dpo.DPOMethod(model, pairs, other, run), run, str(tmp_path / "killed"))
 
 
 def test_pairs_stay_within_a_prompt_and_honour_the_gap():
