@@ -33,6 +33,14 @@ import importlib.metadata
 from typing import Any, Iterable
 
 KINDS = ("value", "value_spec", "model_family", "method")
+# Where map_jax declares each kind's built-ins; imported (by name, so no import edge) the first time that kind is
+# read, so a lookup finds the built-ins whatever was imported before.
+_BUILTINS = {
+  "value": "map_jax.rewards.registry",
+  "value_spec": "map_jax.rewards.registry",
+  "model_family": "map_jax.models.loading",
+  "method": "map_jax.align",
+}
 ENTRY_POINT_GROUP = "map_jax.plugins"
 
 
@@ -72,6 +80,10 @@ def _check_kind(kind: str) -> None:
     raise PluginError(f"unknown plugin kind {kind!r}; kinds: {', '.join(KINDS)}")
 
 
+def _declare_builtins(kind: str) -> None:
+  importlib.import_module(_BUILTINS[kind])
+
+
 def register(kind: str, name: str, target: Any, description: str = "", *, replace: bool = False) -> None:
   """Register `target` as the `kind` extension called `name`.
 
@@ -95,6 +107,7 @@ def register(kind: str, name: str, target: Any, description: str = "", *, replac
 def entries(kind: str) -> dict[str, Entry]:
   """The registered `kind` entries by name (map_jax's built-ins, then plugins), sorted by name."""
   _check_kind(kind)
+  _declare_builtins(kind)
   _load_entry_points()
   return dict(sorted(_TABLES[kind].items()))
 
@@ -102,6 +115,8 @@ def entries(kind: str) -> dict[str, Entry]:
 def get(kind: str, name: str) -> Entry | None:
   """The `kind` entry called `name`, or None."""
   _check_kind(kind)
+  if name not in _TABLES[kind]:
+    _declare_builtins(kind)
   if name not in _TABLES[kind]:
     _load_entry_points()
   return _TABLES[kind].get(name)

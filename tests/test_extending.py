@@ -33,7 +33,7 @@ def guide_files() -> dict[str, str]:
 def user_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("user_code")
   files = guide_files()
-  assert set(files) == {"my_values.py", "my_mistral.py"}
+  assert set(files) == {"my_values.py", "my_mistral.py", "my_best_of_k.py"}
   for name, source in files.items():
     (d / name).write_text(source)
   sys.path.insert(0, str(d))
@@ -126,3 +126,18 @@ def test_a_model_family_from_a_user_module_matches_transformers(user_dir, tmp_pa
   (tmp_path / "config.json").write_text(json.dumps(config))
   with pytest.raises(loading.CheckpointError, match="sliding_window=16"):
     loading.load_hf(str(tmp_path), tokenizer=False)
+
+
+def test_an_alignment_method_from_a_user_module_runs_on_the_shared_loop(user_dir):
+  from map_jax.align import trainer
+
+  from .align.test_ppo import tiny_model, tiny_prompts, token_fraction
+
+  assert {"ppo", "dpo"} <= set(plugins.entries("method"))
+  assert plugins.lookup("method", "ppo").__name__ == "PPOMethod"
+  plugins.load_plugins("my_best_of_k")
+  method = plugins.lookup("method", "best-of-k")
+  run = trainer.RunConfig(num_steps=8, batch_size=8, max_prompt_tokens=4, chat=False, tensorboard=False)
+  result = trainer.train(method(tiny_model(), tiny_prompts(), token_fraction("7"), 1.0, run), run)
+  rewards = [h["reward"] for h in result.history]
+  assert rewards[0] < 0.1 and rewards[-1] > 0.5, rewards
