@@ -79,6 +79,15 @@ def write_jsonl(path: str, rows: Iterable[dict]) -> None:
   write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def append_jsonl(path: str, record: Any) -> None:
+  """Append one record as a JSON line, flushed and fsync'd before returning (a kill leaves at most a torn last
+  line, which `read_jsonl(..., repair=True)` cuts)."""
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def read_jsonl(path: str, *, repair: bool = False) -> list[Any]:
   """The records of a JSONL file up to its first line that does not parse ([] when there is no file).
 
@@ -147,11 +156,7 @@ class ChunkStore:
 
   def append(self, chunk: Any, data: Any) -> None:
     """Record a finished chunk (a JSON-able id and payload), durably, before returning."""
-    line = json.dumps({"chunk": chunk, "data": data}) + "\n"
-    with open(self.path, "a", encoding="utf-8") as f:
-      f.write(line)
-      f.flush()
-      os.fsync(f.fileno())
+    append_jsonl(self.path, {"chunk": chunk, "data": data})
     self.chunks[chunk] = data
 
   def finish(self) -> None:
@@ -160,4 +165,13 @@ class ChunkStore:
       os.remove(self.path)
 
 
-__all__ = ["ChunkStore", "content_key", "plain", "read_jsonl", "write_json", "write_jsonl", "write_text"]
+__all__ = [
+  "ChunkStore",
+  "append_jsonl",
+  "content_key",
+  "plain",
+  "read_jsonl",
+  "write_json",
+  "write_jsonl",
+  "write_text",
+]

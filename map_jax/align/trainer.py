@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -132,8 +131,7 @@ class MetricWriter:
       self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step + 1 if start_step else None)
 
   def write(self, step: int, metrics: dict) -> None:
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": step, **metrics}) + "\n")
+    store.append_jsonl(self.path, {"step": step, **metrics})
     for k, v in metrics.items():
       if self._tb is not None and isinstance(v, (int, float)):
         self._tb.add_scalar(k, v, step)
