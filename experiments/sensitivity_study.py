@@ -39,19 +39,22 @@ from map_jax.store import write_json  # noqa: E402
 
 VALUES = ("humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "perplexity")
 
-_REWARDS = flags.DEFINE_string(
-  "rewards",
-  os.path.join(os.path.dirname(__file__), "..", "examples", "map_reference", "opt1.3b-Anthropic-harmless.json"),
-  "Pilot table (.json, .jsonl, .csv, .npy).",
-)
-_VALUES = flags.DEFINE_list("values", list(VALUES), "Value columns, in order.")
-_TARGETED = flags.DEFINE_list(
-  "targeted", ["0", "1", "2"], "Indices of the values raised in the HHH path and the cloud."
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-_NUM = flags.DEFINE_integer("num_palettes", 10_000, "Palettes solved (about).")
-_BATCH = flags.DEFINE_integer("batch_size", 256, "Palettes per vmapped solver call (0: all in one call).")
-_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of the cloud and the MORL λ.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Define the launcher's flags (only when run as a program, so launchers can be imported together)."""
+  flags.DEFINE_string(
+    "rewards",
+    os.path.join(os.path.dirname(__file__), "..", "examples", "map_reference", "opt1.3b-Anthropic-harmless.json"),
+    "Pilot table (.json, .jsonl, .csv, .npy).",
+  )
+  flags.DEFINE_list("values", list(VALUES), "Value columns, in order.")
+  flags.DEFINE_list("targeted", ["0", "1", "2"], "Indices of the values raised in the HHH path and the cloud.")
+  flags.DEFINE_string("workdir", None, "Output directory.", required=True)
+  flags.DEFINE_integer("num_palettes", 10_000, "Palettes solved (about).")
+  flags.DEFINE_integer("batch_size", 256, "Palettes per vmapped solver call (0: all in one call).")
+  flags.DEFINE_integer("seed", 0, "PRNG seed of the cloud and the MORL λ.")
 
 
 def run(
@@ -116,16 +119,17 @@ def run(
 def main(argv):
   del argv
   summary = run(
-    _REWARDS.value,
-    _VALUES.value,
-    _WORKDIR.value,
-    _NUM.value,
-    targeted=_TARGETED.value,
-    batch_size=_BATCH.value or None,
-    seed=_SEED.value,
+    FLAGS.rewards,
+    FLAGS.values,
+    FLAGS.workdir,
+    FLAGS.num_palettes,
+    targeted=FLAGS.targeted,
+    batch_size=FLAGS.batch_size or None,
+    seed=FLAGS.seed,
   )
   print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
+  define_flags()
   _launch.run(main)

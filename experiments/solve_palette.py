@@ -31,16 +31,21 @@ from map_jax.eval.report import low_ess_warning, signed
 from map_jax.eval.report import solution_record as summarize
 from map_jax.store import write_json
 
-_REWARDS = flags.DEFINE_string("rewards", None, "Pilot table: .json, .jsonl, .csv or .npy.")
-_VALUES = flags.DEFINE_list("values", None, "Value columns to use, in order (default: all).")
-_QUANTILES = flags.DEFINE_list("quantiles", None, "One quantile in [0, 1] per value not in --keep (c = max(mean, q)).")
-_KAPPA = flags.DEFINE_list("kappa", None, "One κ per value not in --keep: c = mean + log(1 + κ) (log-prob rewards).")
-_PALETTE = flags.DEFINE_list("palette", None, "Explicit levels, one per value not in --keep.")
-_KEEP = flags.DEFINE_list("keep", [], "Values kept at their pilot mean.")
-_ADJUST = flags.DEFINE_enum("adjust", None, ["interpolate", "greedy"], "How to adjust an infeasible palette.")
-_PRIORITY = flags.DEFINE_list("priority", None, "Value order for --adjust=greedy.")
-_OUTPUT = flags.DEFINE_string("output", None, "Write the result as JSON here.")
-_FLOAT64 = flags.DEFINE_bool("float64", True, "Solve in float64.")
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Define the launcher's flags (only when run as a program, so launchers can be imported together)."""
+  flags.DEFINE_string("rewards", None, "Pilot table: .json, .jsonl, .csv or .npy.")
+  flags.DEFINE_list("values", None, "Value columns to use, in order (default: all).")
+  flags.DEFINE_list("quantiles", None, "One quantile in [0, 1] per value not in --keep (c = max(mean, q)).")
+  flags.DEFINE_list("kappa", None, "One κ per value not in --keep: c = mean + log(1 + κ) (log-prob rewards).")
+  flags.DEFINE_list("palette", None, "Explicit levels, one per value not in --keep.")
+  flags.DEFINE_list("keep", [], "Values kept at their pilot mean.")
+  flags.DEFINE_enum("adjust", None, ["interpolate", "greedy"], "How to adjust an infeasible palette.")
+  flags.DEFINE_list("priority", None, "Value order for --adjust=greedy.")
+  flags.DEFINE_string("output", None, "Write the result as JSON here.")
+  flags.DEFINE_bool("float64", True, "Solve in float64.")
 
 
 def build_palette(
@@ -140,32 +145,33 @@ def run(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if _REWARDS.value is None:
+  if FLAGS.rewards is None:
     raise app.UsageError("--rewards is required.")
-  out_dir = os.path.dirname(os.path.abspath(_OUTPUT.value)) if _OUTPUT.value else None
+  out_dir = os.path.dirname(os.path.abspath(FLAGS.output)) if FLAGS.output else None
   if out_dir and not (os.path.isdir(out_dir) and os.access(out_dir, os.W_OK)):
-    raise ValueError(f"--output={_OUTPUT.value}: {out_dir} is not a writable directory.")
+    raise ValueError(f"--output={FLAGS.output}: {out_dir} is not a writable directory.")
   record = run(
-    _REWARDS.value,
-    _VALUES.value,
-    _KEEP.value,
-    quantiles=_QUANTILES.value,
-    kappa=_KAPPA.value,
-    levels=_PALETTE.value,
-    adjust=_ADJUST.value,
-    priority=_PRIORITY.value,
-    float64=_FLOAT64.value,
+    FLAGS.rewards,
+    FLAGS.values,
+    FLAGS.keep,
+    quantiles=FLAGS.quantiles,
+    kappa=FLAGS.kappa,
+    levels=FLAGS.palette,
+    adjust=FLAGS.adjust,
+    priority=FLAGS.priority,
+    float64=FLAGS.float64,
   )
   print(format_table(record))
   if "adjusted" in record:
     adj = record["adjusted"]
     print(f"\nadjusted ({adj['method']}, ρ = {adj['rho']:.4f}):")
     print(format_table(adj))
-  if _OUTPUT.value:
-    write_json(_OUTPUT.value, record)
-    print(f"\nwrote {_OUTPUT.value}")
+  if FLAGS.output:
+    write_json(FLAGS.output, record)
+    print(f"\nwrote {FLAGS.output}")
   return 0
 
 
 if __name__ == "__main__":
+  define_flags()
   _launch.run(main)
