@@ -155,6 +155,11 @@ def _load_column(
       raise PromptFormatError(f"{p}: no column {field!r} (columns: {', '.join(columns)})")
     if missing:
       raise PromptFormatError(f"{p}: row {missing[0]} has no field {field!r}")
+    # A null is an empty prompt (dropped, as documented); anything else that is not text is an error.
+    bad = [i for i, r in enumerate(rows) if r[field] is not None and not isinstance(r[field], str)]
+    if bad:
+      v = rows[bad[0]][field]
+      raise PromptFormatError(f"{p}: row {bad[0]}, field {field!r} is {type(v).__name__} {v!r:.40}, expected text")
     out.extend(r[field] for r in rows)
   where = paths[0] if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} files)"
   return out, where

@@ -98,3 +98,44 @@ def test_a_launcher_prints_one_line_exits_1_and_writes_nothing(tmp_path, name):
   assert proc.returncode == 1 and not out.exists()
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: ") and name in lines[0], proc.stderr
+
+
+PROMPT_CASES = [
+  ("empty.jsonl", b"", r"empty.jsonl: no non-empty prompt"),
+  ("nocol.jsonl", b'{"text": "hi"}\n', r"nocol.jsonl: no column 'prompt' \(columns: text\)"),
+  ("missing.jsonl", b'{"prompt": "hi"}\n{"text": "x"}\n', r"missing.jsonl: row 1 has no field 'prompt'"),
+  ("number.jsonl", b'{"prompt": "hi"}\n{"prompt": 42}\n', r"number.jsonl: row 1, field 'prompt' is int 42"),
+  ("torn.jsonl", b'{"prompt": "hi"}\n{"prompt": "ho', r"torn.jsonl: line 2 is not valid JSON"),
+  ("latin1.csv", b"prompt\ncaf\xe9\n", r"latin1.csv: line 2 is not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize("name, data, pattern", PROMPT_CASES, ids=[c[0] for c in PROMPT_CASES])
+def test_prompt_files_name_file_row_and_field(tmp_path, name, data, pattern):
+  from map_jax.data.prompts import PromptFormatError, load_prompts
+
+  path = tmp_path / name
+  path.write_bytes(data)
+  with pytest.raises(PromptFormatError, match=pattern) as err:
+    load_prompts(str(path))
+  assert "\n" not in str(err.value)
+
+
+SCORE_CASES = [
+  ("empty.jsonl", b"", r"empty.jsonl: no rows"),
+  ("noresp.jsonl", b'{"prompt": "p", "text": "t"}\n', r"row 0 has no field 'response' \(fields: prompt, text\)"),
+  ("number.jsonl", b'{"prompt": "p", "response": 3}\n', r"row 0, field 'response' is int"),
+  ("latin1.jsonl", b'{"prompt": "p", "response": "caf\xe9"}\n', r"latin1.jsonl: line 1 is not UTF-8 text"),
+  ("surrogate.jsonl", b'{"prompt": "p", "response": "x\\ud800"}\n', r"row 0, field 'response' is not valid Unicode"),
+]
+
+
+@pytest.mark.parametrize("name, data, pattern", SCORE_CASES, ids=[c[0] for c in SCORE_CASES])
+def test_scoring_names_file_row_and_field_and_writes_nothing(tmp_path, name, data, pattern):
+  from map_jax.rewards.scoring import score_table
+
+  path = tmp_path / name
+  path.write_bytes(data)
+  with pytest.raises(ValueError, match=pattern) as err:
+    score_table(str(path), str(tmp_path / "out.jsonl"), ["length"], progress=False)
+  assert "\n" not in str(err.value) and not (tmp_path / "out.jsonl").exists()
