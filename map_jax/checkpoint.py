@@ -31,6 +31,8 @@ from typing import Any, Iterable
 import jax
 import numpy as np
 
+from map_jax.store import plain
+
 
 class ConfigMismatchError(ValueError):
   """A resume was asked for under a config that differs from the checkpoint's; the message names the fields."""
@@ -46,20 +48,8 @@ def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
     for k, v in config.items():
       out.update(flatten_config(v, f"{prefix}{k}."))
     return out
-  key = prefix[:-1]
-  if isinstance(config, (tuple, list)):
-    out[key] = [_plain(x) for x in config]
-  else:
-    out[key] = _plain(config)
+  out[prefix[:-1]] = plain(config)
   return out
-
-
-def _plain(x: Any) -> Any:
-  if isinstance(x, (tuple, list)):
-    return [_plain(v) for v in x]
-  if isinstance(x, np.generic):
-    return x.item()
-  return x
 
 
 def config_diff(saved: dict[str, Any], current: dict[str, Any], resumable: Iterable[str] = ()) -> list[str]:

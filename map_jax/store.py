@@ -22,10 +22,14 @@ import os
 from typing import Any, Iterable
 
 from absl import logging
+import numpy as np
 
 
 def plain(x: Any) -> Any:
-  """A config (ConfigDict, dict, list, scalar) as plain JSON-able Python, keys sorted."""
+  """A config (ConfigDict, dict, list, scalar) as plain JSON-able Python, keys sorted; tuples become lists and
+  NumPy scalars Python numbers."""
+  if isinstance(x, np.generic):
+    return x.item()
   if hasattr(x, "to_dict"):
     x = x.to_dict()
   if isinstance(x, dict):
