@@ -69,8 +69,6 @@ def launch(until: str, done_message=None):
     )
     timings = pipeline.run(FLAGS.config, FLAGS.workdir, until=until, force=FLAGS.force, on_stage=announce)
     for stage, t in timings.items():
-      if t.get("map_f", "") is None:
-        continue  # no MAP-F run is configured: its stages did nothing
       print(f"{stage:<20} {'skipped (done)' if t['skipped'] else 'ran'} {t.get('seconds', 0.0):8.1f} s")
     if done_message:
       print(done_message(FLAGS.workdir))

@@ -67,6 +67,7 @@ DEPENDS = {
   "score_map_f": ("generate_map_f",),
   "report": ("decode", "score_map_f"),
 }
+MAP_F_STAGES = ("generate_map_f", "score_map_f")  # run only when config.map_f names a MAP-F run
 
 
 def upstream(stage: str) -> list[str]:
@@ -475,10 +476,13 @@ def run(
     raise ValueError(f"unknown stage {unknown[0]!r} in force; stages: {', '.join(STAGES)}")
   load_plugins(config.get("plugins"))
   validate(config)
+  has_map_f = map_f_run(config) is not None
+  if until in MAP_F_STAGES and not has_map_f:
+    raise ValueError(f"stage {until} has nothing to do: config.map_f names no MAP-F run")
   wd = Workdir(workdir)
   wd.write_json(wd.path("config.json"), plain(config))
   keys = stage_keys(config)
-  needed = upstream(until)
+  needed = [s for s in upstream(until) if has_map_f or s not in MAP_F_STAGES]
   timings: dict[str, dict] = {}
   with _loaded_model(config) as load:
     for stage in needed:
@@ -542,8 +546,6 @@ def _run_stage(stage, config, wd, load, timings):
     return decode(config, wd)
   if stage == "generate_map_f":
     run = map_f_run(config)
-    if run is None:
-      return {"map_f": None}
     prompts = wd.read_json("prompts.json")["test"]
     n = sample_table(
       config,
@@ -558,8 +560,6 @@ def _run_stage(stage, config, wd, load, timings):
     )
     return {"rows": n, "map_f": config.map_f}
   if stage == "score_map_f":
-    if map_f_run(config) is None:
-      return {"map_f": None}
     score(config, wd, "map_f.jsonl")
     return {}
   return report(config, wd, timings)

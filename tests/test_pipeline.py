@@ -102,6 +102,9 @@ def test_tiny_run_end_to_end_cache_and_rerun(tiny_smollm_dir, prompt_file, tmp_p
   wd = tmp_path / "run"
   t = pipeline.run(c, str(wd))
   assert not any(v["skipped"] for v in t.values())
+  assert list(t) == [s for s in pipeline.STAGES if s not in pipeline.MAP_F_STAGES]  # no MAP-F run configured
+  with pytest.raises(ValueError, match="config.map_f names no MAP-F run"):
+    pipeline.run(c, str(wd), until="score_map_f")
 
   prompts = json.loads((wd / "prompts.json").read_text())
   assert len(prompts["pilot"]) == 8 and len(prompts["test"]) == 3

@@ -44,3 +44,39 @@ def test_the_solve_palette_command_runs_as_printed(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   record = json.loads((tmp_path / "out.json").read_text())
   assert not record["feasible"] and record["adjusted"]["feasible"]
+
+
+def test_the_models_snippet_runs_as_printed():
+  (code,) = section_blocks("## Models, generation and reward values", "python")
+  check = "\nassert len(out.text) == 4 and any(out.text)\n"
+  proc = subprocess.run([sys.executable, "-c", code + check], capture_output=True, text=True, timeout=600, cwd=ROOT)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  scores = [float(x) for x in proc.stdout.strip().strip("[]").split()]
+  assert len(scores) == 4 and all(-1 <= s <= 1 for s in scores)  # VADER compound scores
+
+
+def test_the_train_score_solve_commands_run_as_printed(tmp_path):
+  (block,) = [b for b in section_blocks("## Models, generation and reward values", "bash")]
+  lines = [shlex.split(line) for line in block.strip().splitlines()]
+  assert [argv[2] for argv in lines] == ["experiments.train_reward", "experiments.score", "experiments.solve_palette"]
+  # The default run's pilot table: prompts with 4 sampled responses each (here real chitchat turns).
+  from chitchat_dataset import Dataset
+
+  texts = [m["text"] for conv in list(Dataset().values())[:20] for turn in conv["messages"] for m in turn][:160]
+  (tmp_path / "runs" / "default").mkdir(parents=True)
+  rows = [
+    {"prompt": texts[i], "prompt_index": i, "sample": s, "response": texts[(i + 37 * s + 1) % len(texts)]}
+    for i in range(0, 80, 2)
+    for s in range(4)
+  ]
+  (tmp_path / "runs" / "default" / "pilot.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "MAP_JAX_TRACEBACK": "1"}
+  for argv in lines:
+    proc = subprocess.run(
+      [sys.executable, *argv[1:]], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env
+    )
+    assert proc.returncode == 0, (argv, proc.stderr[-3000:])
+  assert (tmp_path / "heads" / "witty" / "meta.json").exists()
+  scored = [json.loads(line) for line in (tmp_path / "runs" / "default" / "mine.jsonl").read_text().splitlines()]
+  assert len(scored) == len(rows) and all({"witty", "positiveness", "harmlessness", "length"} <= set(r) for r in scored)
+  assert "λ" in proc.stdout or "lambda" in proc.stdout.lower(), proc.stdout

@@ -66,3 +66,48 @@ def test_read_jsonl_stops_at_a_torn_line_and_repairs_only_when_asked(tmp_path):
   assert path.read_text().endswith('"lo')  # untouched without repair
   assert store.read_jsonl(str(path), repair=True) == [{"step": 1}, {"step": 2}]
   assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+WRITER = """
+import sys
+
+from map_jax.store import ChunkStore, write_text
+
+path, size = sys.argv[1], 1_000_000
+store = ChunkStore(path + ".parts", "key")
+print(len(store.chunks), flush=True)
+i = len(store.chunks)
+while True:
+  write_text(path, str(i % 10) * size)
+  store.append(i, {"i": i, "pad": "x" * 100_000})
+  i += 1
+"""
+
+
+def test_a_kill_during_any_write_leaves_each_file_whole(tmp_path):
+  """SIGKILL a process that rewrites a file and appends chunks in a loop, at random moments: the file is always
+  one whole version, the chunk file resumes at a whole chunk, and the next process carries on from there."""
+  import random
+  import signal
+  import subprocess
+  import sys
+  import time
+
+  path = tmp_path / "out.txt"
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  rng, seen = random.Random(0), 0
+  for _ in range(5):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True, cwd=root)
+    assert int(proc.stdout.readline()) == seen  # it resumed after every chunk the last one finished
+    time.sleep(rng.uniform(0.05, 0.4))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    text = path.read_text() if path.exists() else ""
+    assert len(text) in (0, 1_000_000) and len(set(text)) <= 1, "a torn rewrite"
+    chunks = ChunkStore(str(path) + ".parts", "key").chunks
+    assert list(chunks) == list(range(len(chunks))) and all(
+      d == {"i": i, "pad": "x" * 100_000} for i, d in chunks.items()
+    )
+    assert len(chunks) >= seen
+    seen = len(chunks)
+  assert seen > 0
