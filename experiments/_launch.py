@@ -12,13 +12,14 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+DEFAULT_CONFIG = os.path.join(CONFIGS, "default.py")
 
 
-def define_flags():
+def define_flags(default_config: str = DEFAULT_CONFIG):
   config_flags.DEFINE_config_file(
     "config",
-    DEFAULT_CONFIG,
+    default_config,
     "Run config (configs/*.py); override fields as --config.prompts.num_test=16.",
     lock_config=True,
   )
@@ -54,24 +55,31 @@ def run(main):
   app.run(wrapped)
 
 
+def workdir_of(argv) -> str:
+  """--workdir, required, and no positional arguments."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS.workdir:
+    raise app.UsageError("--workdir is required")
+  return flags.FLAGS.workdir
+
+
+def announce(stage: str, skipped: bool) -> None:
+  """Print a stage (or unit) as it starts, or that it is done from an earlier run."""
+  print(f"stage {stage}: {'done before, skipped' if skipped else 'running'}", flush=True)
+
+
 def launch(until: str, done_message=None):
   """Run the pipeline up to `until` from the flags; print where the results are."""
   from map_jax import pipeline
 
   def main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    FLAGS = flags.FLAGS
-    if not FLAGS.workdir:
-      raise app.UsageError("--workdir is required")
-    announce = lambda stage, skipped: print(  # noqa: E731
-      f"stage {stage}: {'done before, skipped' if skipped else 'running'}", flush=True
-    )
-    timings = pipeline.run(FLAGS.config, FLAGS.workdir, until=until, force=FLAGS.force, on_stage=announce)
+    workdir = workdir_of(argv)
+    timings = pipeline.run(flags.FLAGS.config, workdir, until=until, force=flags.FLAGS.force, on_stage=announce)
     for stage, t in timings.items():
       print(f"{stage:<20} {'skipped (done)' if t['skipped'] else 'ran'} {t.get('seconds', 0.0):8.1f} s")
     if done_message:
-      print(done_message(FLAGS.workdir))
+      print(done_message(workdir))
     return 0
 
   define_flags()

@@ -433,7 +433,7 @@ def report(config, wd: Workdir, timings: dict) -> dict:
 
 
 @contextlib.contextmanager
-def _loaded_model(config):
+def loaded_model(config):
   """Load the base model at most once per run, on first use."""
   cache = {}
 
@@ -484,7 +484,7 @@ def run(
   keys = stage_keys(config)
   needed = [s for s in upstream(until) if has_map_f or s not in MAP_F_STAGES]
   timings: dict[str, dict] = {}
-  with _loaded_model(config) as load:
+  with loaded_model(config) as load:
     for stage in needed:
       if wd.done(stage, keys[stage]) and stage not in force and stage != "report":
         rec = wd.record(stage)
@@ -565,4 +565,4 @@ def _run_stage(stage, config, wd, load, timings):
   return report(config, wd, timings)
 
 
-__all__ = ["STAGES", "run", "sample_table", "stage_keys", "validate"]
+__all__ = ["STAGES", "loaded_model", "run", "sample_table", "score", "stage_keys", "validate"]

@@ -1,0 +1,127 @@
+"""The method comparison: NE and the chance band on constructed points, the λ draws, HH-RLHF preference files,
+and the whole comparison on a tiny model, killed and resumed."""
+
+import json
+
+import numpy as np
+import pytest
+
+import configs
+from map_jax import compare
+from map_jax.data.preferences import hh_pairs
+from map_jax.data.tables import TableError
+from map_jax.eval import comparison
+
+PROMPTS = [f"Tell me something about topic number {i}." for i in range(24)]
+
+
+def test_desirable_regime_and_navigation_efficiency_on_constructed_points():
+  original = np.array([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [0.5, 0.5]])  # means (0.5, 0.5)
+  up = original + [0.1, 0.2]  # beats it everywhere, on every prompt
+  mixed = original + [0.3, -0.1]  # better in one value only
+  tie = original.copy()  # no better: expected equal, win rate exactly one half
+  points = [comparison.model_point(original, a) for a in (up, mixed, tie)]
+  assert points[0] == {"expected": pytest.approx([0.6, 0.7]), "win_rate": [1.0, 1.0]}
+  assert points[2]["win_rate"] == [0.5, 0.5]
+  assert comparison.desirable([p["expected"] for p in points], [0.5, 0.5]).tolist() == [True, False, False]
+  ne = comparison.navigation_efficiency(points, [0.5, 0.5])
+  assert ne == {"expected": pytest.approx(1 / 3), "win_rate": pytest.approx(1 / 3), "models": 3}
+  band = comparison.original_band(original)
+  assert band["expected"]["low"][0] < 0.5 < band["expected"]["high"][0]
+  assert band["win_rate"]["low"][0] < 0.5 < band["win_rate"]["high"][0]
+  rep, figures = comparison.comparison_report(
+    original,
+    [{"name": "a", "method": "X", "rewards": up}, {"name": "b", "method": "X", "rewards": mixed}],
+    names=["u", "v"],
+    targeted=["u", "v"],
+    costs={"X": {"seconds": 1.0}},
+  )
+  assert rep["methods"]["X"]["expected"] == 0.5 and sorted(figures) == ["expected.png", "win_rate.png"]
+  assert "| X | 2 | 50% | 50% |" in comparison.markdown(rep)
+
+
+def test_lambda_draws_are_feasible_stable_and_target_only_the_targeted_values():
+  rng = np.random.default_rng(0)
+  R = rng.normal(size=(400, 3))
+  few = compare.draw_lambdas(R, [0, 1], 5, max_l1=6.0, seed=0)
+  more = compare.draw_lambdas(R, [0, 1], 9, max_l1=6.0, seed=0)
+  assert more["MAP"][:5] == few["MAP"] and more["MORL"][:5] == few["MORL"]
+  for rec in more["MAP"]:
+    lam, c = np.array(rec["lambda"]), np.array(rec["palette"])
+    w = np.exp(R @ lam - (R @ lam).max())
+    realized = (w / w.sum()) @ R
+    assert np.all(realized >= c - 1e-6) and np.abs(lam).sum() <= 6.0
+    assert c[2] == pytest.approx(R[:, 2].mean())  # the untargeted value stays at its mean
+  morl = np.array([r["lambda"] for r in more["MORL"]])
+  assert np.all(morl[:, :2] >= 0) and np.all(morl[:, 2] == 0) and np.all(morl.sum(1) <= 6.0)
+  with pytest.raises(ValueError, match="max_l1"):
+    compare.draw_lambdas(R, [0, 1], 5, max_l1=1e-9, seed=0)
+
+
+def test_hh_rlhf_files_become_pairs_and_bad_rows_are_named(tmp_path):
+  h, a = "\n\nHuman:", "\n\nAssistant:"
+  rows = [
+    {"chosen": f"{h} Hi?{a} Hello!", "rejected": f"{h} Hi?{a} Go away."},
+    {"chosen": f"{h} A{a} B{h} C?{a} Sure.", "rejected": f"{h} A{a} B{h} C?{a} No."},
+    {"chosen": f"{h} Same{a} x", "rejected": f"{h} Same{a} x"},  # no preference: left out
+  ]
+  path = tmp_path / "hh.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert hh_pairs(str(path)) == [("Hi?", "Hello!", "Go away."), (f"{h} A{a} B{h} C?".strip(), "Sure.", "No.")]
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(json.dumps({"chosen": f"{h} Hi?{a} x", "rejected": f"{h} Other?{a} y"}) + "\n")
+  with pytest.raises(TableError, match=r"bad.jsonl: row 0: 'chosen' and 'rejected' differ before the last reply"):
+    hh_pairs(str(bad))
+  bad.write_text(json.dumps({"chosen": "no markers", "rejected": f"{h} Hi?{a} y"}) + "\n")
+  with pytest.raises(TableError, match=r"row 0, field 'chosen'"):
+    hh_pairs(str(bad))
+
+
+def tiny_config(model, prompt_file):
+  c = configs.load("compare_default")
+  c.model = model
+  c.prompts.source, c.prompts.num_pilot, c.prompts.num_test, c.prompts.max_chars = prompt_file, 8, 4, 200
+  c.pilot.samples_per_prompt = 4
+  c.generation.max_new_tokens, c.generation.batch_size, c.generation.min_bucket = 6, 4, 64
+  c.decode.num_candidates = 3
+  c.targeted = "positiveness,length"
+  c.compare.num_palettes, c.compare.num_finetuned, c.compare.ppo_steps = 4, 1, 2
+  c.ppo.max_new_tokens, c.ppo.ppo_epochs, c.ppo.num_minibatches, c.ppo.warmup_steps = 6, 1, 1, 0
+  c.run.batch_size, c.run.max_prompt_tokens, c.run.checkpoint_every, c.run.progress = 4, 48, 1, False
+  c.dpo.betas, c.dpo.alphas, c.dpo.num_steps, c.dpo.num_pairs = (0.5,), (0.0, 1.0), 2, 8
+  c.dpo.max_response_tokens, c.dpo.learning_rate, c.dpo.min_gap = 8, 1e-3, 0.0
+  c.soup.alphas = (0.5,)
+  return c
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+  path = tmp_path / "prompts.jsonl"
+  path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+  return str(path)
+
+
+def test_the_comparison_end_to_end_killed_and_resumed(tiny_smollm_dir, prompt_file, tmp_path, monkeypatch):
+  from map_jax.align import trainer
+
+  c = tiny_config(tiny_smollm_dir, prompt_file)
+  real, calls = trainer.train, []
+
+  def dying(*a, **kw):
+    calls.append(1)
+    if len(calls) == 3:
+      raise KeyboardInterrupt("killed")
+    return real(*a, **kw)
+
+  monkeypatch.setattr(trainer, "train", dying)
+  with pytest.raises(KeyboardInterrupt):
+    compare.run(c, str(tmp_path / "killed"))
+  seen = []
+  report = compare.run(c, str(tmp_path / "killed"), on_unit=lambda u, skipped: seen.append((u, skipped)))
+  assert [u for u, skipped in seen if u.startswith("model_") and skipped] == ["model_MAP-F-00", "model_MORL-F-00"]
+  assert set(report["methods"]) == {"MAP-D", "MORL-D", "MAP-F", "MORL-F", "DPO(0.5)", "DPO-Soup(0.5)"}
+  counts = {m: r["models"] for m, r in report["methods"].items()}
+  assert counts == {"MAP-D": 4, "MORL-D": 4, "MAP-F": 1, "MORL-F": 1, "DPO(0.5)": 2, "DPO-Soup(0.5)": 1}
+  wd = tmp_path / "killed"
+  assert (wd / "comparison.md").exists() and (wd / "expected.png").stat().st_size > 1000
+  print((wd / "comparison.md").read_text())
