@@ -232,7 +232,7 @@ def generate(
     raise ValueError(
       f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's context of {context} positions"
     )
-  pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+  pad_id = tok_lib.pad_id(tokenizer)
   tokens, mask = _pad_batch(*tok_lib.pad_left(ids, pad_id, min_bucket=min_bucket))
   out = sample(
     module,
@@ -321,7 +321,7 @@ def score(
   context = module.config.max_position_embeddings
   if max(len(p) for p in p_ids) + max(len(c) for c in c_ids) > context:
     raise ValueError(f"prompt + continuation longer than the model's context of {context} positions")
-  pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+  pad_id = tok_lib.pad_id(tokenizer)
   pt, pm = _pad_batch(*tok_lib.pad_left(p_ids, pad_id, min_bucket=min_bucket))
   ct, cm = _pad_batch(*tok_lib.pad_right(c_ids, pad_id, min_bucket=min_bucket))
   total, per = token_logprobs(module, params, pt, pm, ct, cm)

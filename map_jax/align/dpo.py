@@ -158,7 +158,7 @@ class DPOMethod:
       ids = tok_lib.encode(tokenizer, responses, add_special_tokens=False)
     ids = [r[: cfg.max_response_tokens] for r in ids]
     self.chosen_ids, self.rejected_ids = ids[: len(pairs)], ids[len(pairs) :]
-    self.pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+    self.pad_id = tok_lib.pad_id(tokenizer)
     self.pad_left, self.pad_right = tok_lib.pad_left, tok_lib.pad_right
     self.num_examples = len(pairs)
     self.record = {

@@ -763,7 +763,7 @@ class PPOMethod:
     self.ids = trainer.encode_prompts(tokenizer, self.prompts, run.chat, run.max_prompt_tokens)
     self.decode = trainer.text_codec(tokenizer, run.chat)[1]
     self.eos = _eos_ids(self.module, tokenizer, None)
-    self.pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+    self.pad_id = tok_lib.pad_id(tokenizer)
     self.pad_left = tok_lib.pad_left
     self.num_examples = len(self.prompts)
     self.value_names = value_names(values)

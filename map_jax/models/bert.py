@@ -323,7 +323,7 @@ class SentenceEncoder:
 
   def __call__(self, texts: Sequence[str], min_bucket: int = 16) -> np.ndarray:
     ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-    pad = self.tokenizer.pad_token_id or 0
+    pad = tok_lib.pad_id(self.tokenizer)
     longest = max((len(i) for i in ids), default=1)
     length = min(tok_lib.bucket(longest, min_bucket), self.config.max_position_embeddings)
     tokens, mask = tok_lib.pad_right(ids, pad, length=length)

@@ -77,6 +77,12 @@ def bucket(n: int, minimum: int = 16) -> int:
   return b
 
 
+def pad_id(tokenizer) -> int:
+  """The id that pads batches: the tokenizer's pad token, else 0 (also with no tokenizer: ids given as text)."""
+  pad = getattr(tokenizer, "pad_token_id", None)
+  return 0 if pad is None else int(pad)
+
+
 def pad_left(
   seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = None, min_bucket: int = 16
 ) -> tuple[np.ndarray, np.ndarray]:

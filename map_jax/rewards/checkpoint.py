@@ -128,6 +128,8 @@ class ClassifierReward(RewardFn):
     )
 
   def _tokenize(self, prompts, responses) -> list[list[int]]:
+    from map_jax.models import tokenizer as tok_lib
+
     texts = [self.template.format(prompt=p, response=r) for p, r in zip(prompts, responses)]
     ids = self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
     L, cut = self.context, 0
@@ -138,7 +140,7 @@ class ClassifierReward(RewardFn):
         ids[i] = s[: L - 1] + s[-1:] if self.encoder else s[-L:]
       elif not s:
         eos = self.tokenizer.eos_token_id
-        ids[i] = [eos if eos is not None else (self.tokenizer.pad_token_id or 0)]
+        ids[i] = [eos if eos is not None else tok_lib.pad_id(self.tokenizer)]
     self.notice(cut)
     return ids
 
@@ -146,7 +148,7 @@ class ClassifierReward(RewardFn):
     from map_jax.models import tokenizer as tok_lib
 
     ids = self._tokenize(prompts, responses)
-    pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+    pad = tok_lib.pad_id(self.tokenizer)
     logits = np.zeros((len(ids), len(self.labels)), np.float32)
     for idx in length_sorted_batches([len(s) for s in ids], self.batch_size):
       length = min(tok_lib.bucket(max(len(ids[i]) for i in idx)), self.context)

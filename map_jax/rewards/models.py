@@ -85,7 +85,7 @@ class TextEncoder:
     if not texts:
       return np.zeros((0, self.encoder.config.hidden_size), np.float32)
     ids = self.tokenize(texts)
-    pad = self.encoder.tokenizer.pad_token_id or 0
+    pad = tok_lib.pad_id(self.encoder.tokenizer)
     out = np.zeros((len(texts), self.encoder.config.hidden_size), np.float32)
     batches = length_sorted_batches([len(s) for s in ids], self.batch_size)
     if progress:
@@ -199,7 +199,7 @@ class Perplexity(RewardFn):
     from map_jax.sampling import token_logprobs
 
     p_ids, r_ids = self._ids(prompts, responses)
-    pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+    pad = tok_lib.pad_id(self.tokenizer)
     B = self.batch_size
     # Compiled shapes are (B, prompt bucket, response bucket): every batch is padded to B rows, and rows
     # are grouped by their pair of length buckets, so a table compiles once per bucket pair it contains

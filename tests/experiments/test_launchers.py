@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -40,9 +42,23 @@ def test_generate_pilot_on_a_tiny_model(tiny_smollm_dir, tmp_path):
   assert "tpu" not in proc.stderr.lower()
 
 
-def test_a_bad_config_is_one_line_and_exit_1(tmp_path):
-  proc = _run("experiments.run_map", f"--workdir={tmp_path / 'run'}", "--config.palettes=coherence-80%")
+@pytest.mark.parametrize(
+  "module, flag, error",
+  [
+    (
+      "experiments.run_map",
+      "--config.palettes=coherence-80%",
+      "error: palette 'coherence-80%' raises 'coherence', which is kept at its mean",
+    ),
+    (
+      "experiments.compare_methods",
+      "--config.compare.methods=MAP-D,GRPO",
+      "error: config.compare.methods: unknown ['GRPO']; methods: MAP-D, MORL-D, MAP-F, MORL-F, DPO, DPO-Soup",
+    ),
+  ],
+)
+def test_a_bad_config_is_one_line_and_exit_1_with_nothing_written(module, flag, error, tmp_path):
+  proc = _run(module, f"--workdir={tmp_path / 'run'}", flag)
   assert proc.returncode == 1
-  assert proc.stderr.strip().splitlines() == [
-    "error: palette 'coherence-80%' raises 'coherence', which is kept at its mean"
-  ], proc.stderr
+  assert proc.stderr.strip().splitlines() == [error], proc.stderr
+  assert not (tmp_path / "run").exists()
