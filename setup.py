@@ -38,6 +38,8 @@ TEST_REQUIRES = [
   "nbformat>=5.10",
   "ipykernel>=6.29",
   "ruff==0.17.6",  # the formatter and linter CI runs (ruff.toml); pinned, so a format is one format
+  # Drives Debian's chromium (apt-get install chromium chromium-driver) in the palette explorer's page tests.
+  "selenium>=4.20",
 ]
 
 setup(
@@ -46,6 +48,7 @@ setup(
   description="MAP (Multi-Human-Value Alignment Palette) in JAX: exact dual solver, "
   "Flax language and reward models, alignment by decoding and by PPO.",
   packages=find_packages(include=["map_jax", "map_jax.*"]),
+  package_data={"map_jax.explorer": ["static/*"]},  # the explorer's page, script and style sheet
   python_requires=">=3.10",
   install_requires=INSTALL_REQUIRES,
   extras_require={"test": TEST_REQUIRES},
