@@ -27,6 +27,7 @@ def main(argv):
   if bool(FLAGS.workdir) == bool(FLAGS.rewards):
     raise app.UsageError("give exactly one of --workdir and --rewards")
   explorer = Explorer.from_workdir(FLAGS.workdir) if FLAGS.workdir else Explorer.from_table(FLAGS.rewards)
+  explorer.warm_up()
   server = ExplorerServer(explorer, FLAGS.port)
   print(f"palette explorer on {server.url} (Ctrl-C stops it)", flush=True)
   try:

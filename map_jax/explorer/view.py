@@ -122,6 +122,11 @@ class Explorer:
         texts = [(str(r.get("prompt", "")), r["response"]) for r in rows]
     return cls(R, names, pilot_texts=texts)
 
+  def warm_up(self) -> None:
+    """Compile what a slider move runs (the solve and dλ/dc, seconds once) before the first user waits on it."""
+    start = self.info()["start"]
+    self.view(start, next((v for v, q in start.items() if q is not None), None))
+
   # ----------------------------------------------------------------------------------------------- requests
 
   def info(self) -> dict:

@@ -211,3 +211,34 @@ def test_the_page_in_a_real_browser(explorer, tmp_path):
   finally:
     browser.quit()
     server.close()
+
+
+def test_the_launcher_serves_a_scored_table_on_localhost():
+  import pathlib
+  import subprocess
+  import sys
+
+  root = pathlib.Path(__file__).resolve().parents[2]
+  table = root / "examples" / "map_reference" / "opt1.3b-Anthropic-harmless.json"
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "experiments.explore", f"--rewards={table}", "--port=0"],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    cwd=root,
+  )
+  try:
+    line = proc.stdout.readline()
+    assert line.startswith("palette explorer on http://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() else "")
+    url = line.split()[3]
+    with urllib.request.urlopen(url + "api/info", timeout=60) as r:
+      info = json.loads(r.read())
+    assert sorted(info["values"]) == sorted(
+      ["humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "perplexity"]
+    )
+    assert info["n"] == 2312 and not info["has_test"]
+    with urllib.request.urlopen(url, timeout=60) as r:
+      assert b"MAP palette explorer" in r.read()
+  finally:
+    proc.terminate()
+    proc.wait(timeout=60)
