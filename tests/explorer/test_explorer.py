@@ -213,19 +213,40 @@ def test_the_page_in_a_real_browser(explorer, tmp_path):
     server.close()
 
 
-def test_the_launcher_serves_a_scored_table_on_localhost():
+def test_a_scored_table_without_texts_is_explored_by_its_value_columns():
   import pathlib
+
+  table = pathlib.Path(__file__).resolve().parents[2] / "examples" / "map_reference" / "opt1.3b-Anthropic-harmless.json"
+  e = Explorer.from_table(str(table))
+  info = e.info()
+  assert sorted(info["values"]) == sorted(
+    ["humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "perplexity"]
+  )
+  assert info["n"] == 2312 and not info["has_test"] and not info["has_texts"]
+  qs = {v: 0.6 for v in e.names}
+  np.testing.assert_allclose(e.view(qs)["lambda"], reference_lambda(e.R, e.names, qs), rtol=0, atol=1e-9)
+
+
+def test_the_readme_command_serves_the_workdir_on_localhost(tiny_workdir, tmp_path):
+  import os
+  import pathlib
+  import re
+  import shlex
   import subprocess
   import sys
 
   root = pathlib.Path(__file__).resolve().parents[2]
-  table = root / "examples" / "map_reference" / "opt1.3b-Anthropic-harmless.json"
+  (command,) = re.findall(r"^python -m experiments\.explore .*$", (root / "README.md").read_text(), re.M)
+  argv = shlex.split(command.split("#")[0])
+  (tmp_path / "runs").mkdir()
+  os.symlink(tiny_workdir, tmp_path / "runs" / "default")  # the workdir the README's first command makes
   proc = subprocess.Popen(
-    [sys.executable, "-m", "experiments.explore", f"--rewards={table}", "--port=0"],
+    [sys.executable, *argv[1:]],
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,
-    cwd=root,
+    cwd=tmp_path,
+    env={**os.environ, "PYTHONPATH": str(root)},
   )
   try:
     line = proc.stdout.readline()
@@ -233,10 +254,7 @@ def test_the_launcher_serves_a_scored_table_on_localhost():
     url = line.split()[3]
     with urllib.request.urlopen(url + "api/info", timeout=60) as r:
       info = json.loads(r.read())
-    assert sorted(info["values"]) == sorted(
-      ["humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "perplexity"]
-    )
-    assert info["n"] == 2312 and not info["has_test"]
+    assert info["values"] == ["length", "diversity", "positiveness"] and info["has_test"] and info["has_texts"]
     with urllib.request.urlopen(url, timeout=60) as r:
       assert b"MAP palette explorer" in r.read()
   finally:
