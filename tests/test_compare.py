@@ -87,6 +87,7 @@ def tiny_config(model, prompt_file):
   c.targeted = "positiveness,length"
   c.compare.num_palettes, c.compare.num_finetuned, c.compare.ppo_steps = 4, 1, 2
   c.ppo.max_new_tokens, c.ppo.ppo_epochs, c.ppo.num_minibatches, c.ppo.warmup_steps = 6, 1, 1, 0
+  c.ppo.learning_rate = 1e-3
   c.run.batch_size, c.run.max_prompt_tokens, c.run.checkpoint_every, c.run.progress = 4, 48, 1, False
   c.dpo.betas, c.dpo.alphas, c.dpo.num_steps, c.dpo.num_pairs = (0.5,), (0.0, 1.0), 2, 8
   c.dpo.max_response_tokens, c.dpo.learning_rate, c.dpo.min_gap = 8, 1e-3, 0.0
@@ -124,4 +125,19 @@ def test_the_comparison_end_to_end_killed_and_resumed(tiny_smollm_dir, prompt_fi
   assert counts == {"MAP-D": 4, "MORL-D": 4, "MAP-F": 1, "MORL-F": 1, "DPO(0.5)": 2, "DPO-Soup(0.5)": 1}
   wd = tmp_path / "killed"
   assert (wd / "comparison.md").exists() and (wd / "expected.png").stat().st_size > 1000
-  print((wd / "comparison.md").read_text())
+  test_prompts = json.loads((wd / "decoding" / "prompts.json").read_text())["test"]
+  for name in ("MAP-F-00", "DPO-b0.5-a0", "Soup-b0.5-a0.5"):  # every model answered every test prompt once
+    rows = [json.loads(line) for line in (wd / "answers" / f"{name}.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == test_prompts
+  steps = [json.loads(line)["step"] for line in (wd / "models" / "DPO-b0.5-a0" / "metrics.jsonl").open()]
+  assert steps == [1, 2]  # the unit killed before it trained ran whole on resume
+
+  # More palettes: only the λ draw reruns; every trained model is reused, the earlier draws kept.
+  c.compare.num_palettes = 5
+  seen.clear()
+  grown = compare.run(c, str(wd), on_unit=lambda u, skipped: seen.append((u, skipped)))
+  assert [u for u, skipped in seen if not skipped] == ["lambdas"]
+  assert grown["methods"]["MAP-D"]["models"] == 5
+  assert [m for m in grown["models"] if m["name"] == "MAP-D-03"] == [
+    m for m in report["models"] if m["name"] == "MAP-D-03"
+  ]
