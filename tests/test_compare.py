@@ -141,3 +141,25 @@ def test_the_comparison_end_to_end_killed_and_resumed(tiny_smollm_dir, prompt_fi
   assert [m for m in grown["models"] if m["name"] == "MAP-D-03"] == [
     m for m in report["models"] if m["name"] == "MAP-D-03"
   ]
+
+
+def test_both_configs_validate_and_plan_their_models():
+  lams = {"MAP": [{"lambda": [0.0, 0.0]}] * 20, "MORL": [{"lambda": [0.0, 0.0]}] * 20}
+  default, paper = configs.load("compare_default"), configs.load("compare_opt1.3b")
+  for c in (default, paper):
+    compare.validate(c)
+  plan = [(u.method, u.kind) for u in compare.units(default, lams)]
+  assert plan.count(("MAP-F", "ppo")) == 2 and plan.count(("MORL-F", "ppo")) == 2
+  assert plan.count(("DPO(0.1)", "dpo")) == 3 and plan.count(("DPO-Soup(0.5)", "soup")) == 3
+  assert len(plan) == 16  # the soups' endpoints are DPO's own α = 0 and α = 1 models
+  assert len(compare.units(paper, lams)) == 20 + 20 + 2 * 11 + 2 * 9
+  for field, value, message in (
+    ("compare.num_finetuned", 30, "exceeds num_palettes"),
+    ("dpo.alphas", (0.0, 1.5), r"mixing ratios must lie in \[0, 1\]"),
+    ("targeted", "positiveness", "target at least two values"),
+    ("compare.methods", "MAP-D,PPO", r"unknown \['PPO'\]"),
+  ):
+    bad = configs.load("compare_default")
+    bad.update_from_flattened_dict({field: value})
+    with pytest.raises(ValueError, match=message):
+      compare.validate(bad)
