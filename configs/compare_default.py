@@ -55,8 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
     dict(
       betas=(0.1, 0.5),
       alphas=(0.0, 0.5, 1.0),  # share of the second targeted value's pairs
-      num_steps=16,
-      num_pairs=256,  # pairs per model (fewer when a set holds fewer)
+      num_steps=12,
+      batch_size=8,  # pairs per step (PPO's prompts per step are run.batch_size)
+      num_pairs=96,  # pairs per model (fewer when a set holds fewer)
       min_gap=0.25,  # in pilot standard deviations of the value
       learning_rate=5e-6,
       max_response_tokens=32,

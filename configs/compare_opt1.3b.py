@@ -39,6 +39,7 @@ def get_config():
   c.dpo.update(
     alphas=tuple(i / 10 for i in range(11)),
     num_steps=500,
+    batch_size=20,
     num_pairs=10_000,
     learning_rate=5e-7,
     max_response_tokens=128,

@@ -82,6 +82,9 @@ def validate(config) -> None:
     raise ValueError("preference pairs from the pilot need config.pilot.samples_per_prompt >= 2")
   _ppo_config(config).validate(int(config.run.batch_size))
   _dpo_config(config, float(config.dpo.betas[0])).validate()
+  for name in ("num_steps", "batch_size", "num_pairs"):
+    if int(config.dpo[name]) < 1:
+      raise ValueError(f"config.dpo.{name} must be >= 1, got {config.dpo[name]}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -158,10 +161,13 @@ def _dpo_config(config, beta: float):
   )
 
 
-def _run_config(config, num_steps: int):
+def _run_config(config, num_steps: int, batch_size: int | None = None):
   from map_jax.align.trainer import RunConfig
 
-  return RunConfig(**plain(config.run), num_steps=int(num_steps), chat=bool(config.chat), seed=int(config.seed))
+  run = {**plain(config.run), "num_steps": int(num_steps), "chat": bool(config.chat), "seed": int(config.seed)}
+  if batch_size is not None:
+    run["batch_size"] = int(batch_size)
+  return RunConfig(**run)
 
 
 def _tag(x: float) -> str:
@@ -200,7 +206,15 @@ def _unit_key(config, unit: Unit, data_key: str) -> str:
   if unit.kind == "dpo":
     d = config.dpo
     return content_key(
-      base, d.learning_rate, d.max_response_tokens, d.max_grad_norm, d.num_pairs, d.num_steps, d.min_gap, data_key
+      base,
+      d.learning_rate,
+      d.max_response_tokens,
+      d.max_grad_norm,
+      d.num_pairs,
+      d.num_steps,
+      d.batch_size,
+      d.min_gap,
+      data_key,
     )
   return content_key(base, data_key)  # a soup: its endpoints' keys are in data_key
 
@@ -318,7 +332,7 @@ class _Comparison:
       jax.random.fold_in(jax.random.key(int(config.seed)), 6),
     )
     pairs = [(a, b)[s][i] for s, i in zip(source, index)]
-    run = _run_config(config, int(config.dpo.num_steps))
+    run = _run_config(config, int(config.dpo.num_steps), int(config.dpo.batch_size))
     cfg = _dpo_config(config, unit.spec["beta"])
     trainer.train(dpo.DPOMethod(self.load(), pairs, cfg, run), run, d, config_record=record)
     tokens = run.num_steps * run.batch_size * 2 * (run.max_prompt_tokens + cfg.max_response_tokens)
@@ -481,7 +495,7 @@ def _report(cmp: _Comparison, lambdas: dict, todo: Sequence[Unit], records: dict
     if label.startswith(("MAP-F", "MORL-F")):
       c["notes"] = f"{config.compare.ppo_steps} PPO steps of {config.run.batch_size} prompts per model"
     if label.startswith("DPO("):
-      c["notes"] = f"{config.dpo.num_steps} DPO steps of {config.run.batch_size} pairs per model"
+      c["notes"] = f"{config.dpo.num_steps} DPO steps of {config.dpo.batch_size} pairs per model"
   for m in ("MAP-D", "MORL-D"):
     if m not in methods:
       costs.pop(m)

@@ -89,7 +89,7 @@ def tiny_config(model, prompt_file):
   c.ppo.max_new_tokens, c.ppo.ppo_epochs, c.ppo.num_minibatches, c.ppo.warmup_steps = 6, 1, 1, 0
   c.ppo.learning_rate = 1e-3
   c.run.batch_size, c.run.max_prompt_tokens, c.run.checkpoint_every, c.run.progress = 4, 48, 1, False
-  c.dpo.betas, c.dpo.alphas, c.dpo.num_steps, c.dpo.num_pairs = (0.5,), (0.0, 1.0), 2, 8
+  c.dpo.betas, c.dpo.alphas, c.dpo.num_steps, c.dpo.num_pairs, c.dpo.batch_size = (0.5,), (0.0, 1.0), 2, 8, 4
   c.dpo.max_response_tokens, c.dpo.learning_rate, c.dpo.min_gap = 8, 1e-3, 0.0
   c.soup.alphas = (0.5,)
   return c

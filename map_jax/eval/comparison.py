@@ -219,8 +219,10 @@ def scatter_figure(report: dict, measure: str, path: str) -> None:
   t = report["targeted"]
   fig, ax = plt.subplots(figsize=(6, 5), constrained_layout=True)
   band = report["original"][measure]
-  ax.axvspan(band["low"][0], band["high"][0], color="0.85", zorder=0)
-  ax.axhspan(band["low"][1], band["high"][1], color="0.85", zorder=0, label="original model, 95% band")
+  ax.axvspan(band["low"][0], band["high"][0], color="0.6", alpha=0.18, lw=0, zorder=0)
+  ax.axhspan(band["low"][1], band["high"][1], color="0.6", alpha=0.18, lw=0, zorder=0, label="original model, 95% band")
+  ax.axvline(band["mean"][0], color="0.4", ls=":", lw=1, zorder=0)
+  ax.axhline(band["mean"][1], color="0.4", ls=":", lw=1, zorder=0)
   ax.plot([band["mean"][0]], [band["mean"][1]], "k*", ms=14, label="original model")
   markers = "osD^vP<>Xh"
   for i, method in enumerate(report["methods"]):
