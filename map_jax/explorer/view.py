@@ -23,8 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from map_jax.align.decode import select
 from map_jax.core import frontier
 from map_jax.core.dual import solve_dual
+from map_jax.core.implicit import tilted_moments
 from map_jax.core.palette import adjust_palette, quantile_palette
 from map_jax.core.sensitivity import sensitivity
 from map_jax.eval.report import LOW_ESS, signed
@@ -267,12 +269,12 @@ class Explorer:
     if self.test is None:
       return None
     C = self.test["rewards"][:limit, 1:]  # [P, k, m]
-    logits = C @ lam
-    probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
+    with jax.enable_x64(True):
+      sel = select(jax.random.key(0), jnp.asarray(C), jnp.asarray(lam), mode="argmax")
+      index, probs = np.asarray(sel.index), np.asarray(sel.probs)
     out = []
     for p in range(C.shape[0]):
-      i = int(probs[p].argmax())
+      i = int(index[p])
       out.append(
         {
           "prompt": self.test["prompts"][p],
@@ -289,9 +291,8 @@ class Explorer:
     """The pilot rows whose weight p_λ / p0 = n·softmax(Rλ) is largest."""
     if self.pilot_texts is None:
       return None
-    logits = self.R @ lam
-    w = np.exp(logits - logits.max())
-    w = w / w.sum() * len(w)
+    with jax.enable_x64(True):
+      w = np.asarray(tilted_moments(self._R, jnp.asarray(lam))[0]) * len(self.R)
     idx = np.argsort(-w, kind="stable")[:top]
     return [
       {
