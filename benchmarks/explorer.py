@@ -1,7 +1,7 @@
 """Latency of one palette explorer update (a slider move) over HTTP, against the bare solve in the same run.
 
-    python benchmarks/explorer.py                                   # the MAP authors' OPT-1.3B pilot set
-    python benchmarks/explorer.py --rewards=runs/default/pilot.rewards.jsonl
+    python -m benchmarks.explorer                                   # the MAP authors' OPT-1.3B pilot set
+    python -m benchmarks.explorer --rewards=runs/default/pilot.rewards.jsonl
 
 Starts the explorer's server on 127.0.0.1 over a scored pilot table (default: the 2,312 × 6 reference set in
 examples/map_reference), warms it up, then sends --moves POST /api/view requests one after another, each moving

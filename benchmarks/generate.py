@@ -1,8 +1,8 @@
 """Sampling throughput of map-jax's jit'd KV-cache decoder against transformers' `generate` in the same run.
 
-    python benchmarks/generate.py                               # SmolLM2-135M on CPU, vs transformers (~2 min)
-    python benchmarks/generate.py --model=llama2-7b-random      # Llama-2-7B shape, random bf16, accelerator
-    python benchmarks/generate.py --model=llama-tiny-random --repeats=1   # smoke test of that path on CPU
+    python -m benchmarks.generate                               # SmolLM2-135M on CPU, vs transformers (~2 min)
+    python -m benchmarks.generate --model=llama2-7b-random      # Llama-2-7B shape, random bf16, accelerator
+    python -m benchmarks.generate --model=llama-tiny-random --repeats=1   # smoke test of that path on CPU
 
 Both sides sample the same prompts with top-k 50 for exactly --new_tokens tokens (EOS does not stop rows), so
 tokens/s = batch * new_tokens / seconds, best of --repeats after one warm-up (compile) run. The 7B mode has no
@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import hardware
+from benchmarks.hardware import RANDOM_MODELS
 from map_jax import sampling as G
 from map_jax.models import loading
 from map_jax.models import tokenizer as tok_lib
@@ -35,19 +36,6 @@ PROMPTS = [
   "Translate 'good morning, how are you?' into French and Spanish.",
   "What is the difference between weather and climate?",
 ]
-
-# Peak memory bandwidth (GB/s) by device kind, for the roofline.
-BANDWIDTH_GBPS = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0}
-
-
-def best_time(fn, repeats):
-  fn()  # compile / warm up
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return min(times)
 
 
 def bench_smollm2(args):
@@ -74,7 +62,7 @@ def bench_smollm2(args):
     )
     jax.block_until_ready(out.tokens)
 
-  t_ours = best_time(ours, args.repeats)
+  t_ours = hardware.best_seconds(ours, args.repeats)
   print(f"map-jax      : {n_tok / t_ours:8.1f} tokens/s  ({t_ours:.2f} s for {args.batch} x {args.new_tokens})")
   if args.no_reference:
     return
@@ -98,29 +86,12 @@ def bench_smollm2(args):
         pad_token_id=tok.pad_token_id,
       )
 
-  t_hf = best_time(theirs, args.repeats)
+  t_hf = hardware.best_seconds(theirs, args.repeats)
   print(
     f"transformers : {n_tok / t_hf:8.1f} tokens/s  ({t_hf:.2f} s, torch {torch.__version__}, "
     f"{torch.get_num_threads()} threads)"
   )
   print(f"ratio        : {t_hf / t_ours:8.2f}x  (goal >= 1.5x)")
-
-
-# Random-weight Llama shapes for accelerator benchmarks ("llama-tiny-random" smoke-tests the code path on CPU).
-RANDOM_MODELS = {
-  "llama2-7b-random": dict(
-    vocab_size=32000,
-    hidden_size=4096,
-    intermediate_size=11008,
-    num_layers=32,
-    num_heads=32,
-    num_kv_heads=32,
-    head_dim=128,
-  ),
-  "llama-tiny-random": dict(
-    vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32
-  ),
-}
 
 
 def bench_random_llama(args):
@@ -142,11 +113,11 @@ def bench_random_llama(args):
       ).tokens
     )
 
-  t1 = best_time(run(1), args.repeats)  # prefill + one token
-  tn = best_time(run(args.new_tokens), args.repeats)
+  t1 = hardware.best_seconds(run(1), args.repeats)  # prefill + one token
+  tn = hardware.best_seconds(run(args.new_tokens), args.repeats)
   decode_s = (tn - t1) / (args.new_tokens - 1)
   kind = jax.devices()[0].device_kind
-  bw = args.bandwidth_gbps or next((v for k, v in BANDWIDTH_GBPS.items() if k in kind), None)
+  bw = args.bandwidth_gbps or (hardware.nominal(kind) or (0.0, 0.0))[1] / 1e9
   kv_bytes = 2 * cfg.num_layers * args.batch * (T + args.new_tokens) * cfg.num_kv_heads * cfg.head_dim * 2
   step_bytes = n_params * 2 + kv_bytes / 2  # weights + on average half the final cache
   print(f"device {kind}: {n_params / 1e9:.2f}B params, batch {args.batch}, prompt {T}, new {args.new_tokens}")

@@ -1,8 +1,8 @@
 """Throughput of one MAP-F PPO iteration (rollout, reward, scoring, update) against plain sampling in the same run.
 
-    taskset -c 0 python benchmarks/ppo.py                   # SmolLM2-135M on CPU, positiveness + diversity
-    python benchmarks/ppo.py --model=llama-1b-random        # 1B Llama shape, random bf16 weights, accelerator
-    python benchmarks/ppo.py --model=llama-tiny-random --repeats=1   # smoke test of that path on CPU
+    taskset -c 0 python -m benchmarks.ppo  # SmolLM2-135M on CPU, positiveness + diversity
+    python -m benchmarks.ppo --model=llama-1b-random        # 1B Llama shape, random bf16 weights, accelerator
+    python -m benchmarks.ppo --model=llama-tiny-random --repeats=1   # smoke test of that path on CPU
 
 An iteration samples one response of exactly --new_tokens tokens (EOS does not stop rows) for each of --batch
 prompts, scores them on the host, computes π_old / p0 log-probs, values and GAE (`make_batch`), and runs the
@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import hardware
+from benchmarks.hardware import RANDOM_MODELS
 from map_jax import parallel
 from map_jax.align import ppo
 from map_jax.models import loading
@@ -42,17 +44,6 @@ PROMPTS = [
   "Any recommendations for a good book?",
   "How was your day?",
 ]
-
-# Random-weight Llama shapes for accelerator runs; "llama-tiny-random" smoke-tests the path on CPU.
-RANDOM_MODELS = {
-  "llama-1b-random": dict(
-    vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32, num_kv_heads=4, head_dim=64
-  ),  # TinyLlama-1.1B shape
-  "llama-tiny-random": dict(
-    vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=32
-  ),
-}
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def _token_fraction(prompts, responses):
@@ -173,7 +164,7 @@ def main():
     print(f"  {name:<12}: {t / t_iter:6.1%}  ({t:.2f} s)")
   print(f"sampling only : {n_tok / t_sample:8.1f} tokens/s  ({t_sample:.2f} s, reference)")
   print(f"ratio         : {t_sample / t_iter:8.2f}x of plain sampling throughput")
-  peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in jax.devices()[0].device_kind), None)
+  peak = (hardware.nominal() or (None, None))[0]
   flops = 6 * n_params * args.batch * (args.prompt_len + args.new_tokens) * args.ppo_epochs
   print(
     f"update        : {flops / t_upd / 1e12:8.2f} TFLOP/s (6·params·tokens·epochs)"
