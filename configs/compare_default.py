@@ -62,6 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
       learning_rate=5e-6,
       max_response_tokens=32,
       max_grad_norm=1.0,
+      lora_rank=0,  # > 0: train rank-r adapters over a frozen base instead of every weight (map_jax.align.lora)
+      lora_alpha=16.0,
     )
   )
   c.soup = ml_collections.ConfigDict(dict(alphas=(0.25, 0.5, 0.75)))

@@ -158,6 +158,8 @@ def _dpo_config(config, beta: float):
     learning_rate=float(d.learning_rate),
     max_response_tokens=int(d.max_response_tokens),
     max_grad_norm=float(d.max_grad_norm),
+    lora_rank=int(d.get("lora_rank", 0)),
+    lora_alpha=float(d.get("lora_alpha", 16.0)),
   )
 
 
@@ -214,6 +216,7 @@ def _unit_key(config, unit: Unit, data_key: str) -> str:
       d.num_steps,
       d.batch_size,
       d.min_gap,
+      *((("lora", int(d.lora_rank), float(d.lora_alpha)),) if d.get("lora_rank") else ()),
       data_key,
     )
   return content_key(base, data_key)  # a soup: its endpoints' keys are in data_key
@@ -325,11 +328,7 @@ class _Comparison:
     a, b, _ = dpo_sets
     num = min(int(config.dpo.num_pairs), len(a), len(b))
     source, index = dpo.mix_pairs(
-      dpo.Pairs(np.arange(len(a)), np.arange(len(a)), np.ones(len(a))),
-      dpo.Pairs(np.arange(len(b)), np.arange(len(b)), np.ones(len(b))),
-      unit.spec["alpha"],
-      num,
-      jax.random.fold_in(jax.random.key(int(config.seed)), 6),
+      len(a), len(b), unit.spec["alpha"], num, jax.random.fold_in(jax.random.key(int(config.seed)), 6)
     )
     pairs = [(a, b)[s][i] for s, i in zip(source, index)]
     run = _run_config(config, int(config.dpo.num_steps), int(config.dpo.batch_size))

@@ -53,6 +53,7 @@ RULES: tuple[tuple[str, str | None], ...] = (
   ("layers", None),
   ("norm", None),
   ("positions", None),
+  ("lora", None),
 )
 
 

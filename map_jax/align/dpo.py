@@ -34,8 +34,10 @@ import numpy as np
 import optax
 
 from map_jax import parallel
+from map_jax.align import lora as lora_lib
 from map_jax.align import trainer
 from map_jax.align.trainer import TrainState
+from map_jax.models.layers import ATTENTION_AND_MLP, LoRA
 from map_jax.sampling import token_logprobs
 
 
@@ -85,9 +87,10 @@ def dpo_loss(
   )
 
 
-def loss_fn(params, module, batch: PreferenceBatch, ref_logps: tuple[jax.Array, jax.Array], beta: float):
-  """(loss, metrics) of the policy `params` on a batch, the reference's log-probs given."""
-  chosen, rejected = sequence_logps(module, params, batch)
+def loss_fn(params, module, batch: PreferenceBatch, ref_logps: tuple[jax.Array, jax.Array], beta: float, base=None):
+  """(loss, metrics) of the policy `params` on a batch, the reference's log-probs given; with LoRA `params` are
+  the adapters and `base` the frozen weights they apply to."""
+  chosen, rejected = sequence_logps(module, params if base is None else lora_lib.combine(base, params), batch)
   metrics = dpo_loss(chosen, rejected, ref_logps[0], ref_logps[1], beta)
   return metrics.loss, metrics
 
@@ -95,15 +98,28 @@ def loss_fn(params, module, batch: PreferenceBatch, ref_logps: tuple[jax.Array, 
 @dataclasses.dataclass(frozen=True)
 class DPOConfig:
   """beta: the KL strength β of the loss; learning_rate, adam_eps, max_grad_norm: the optimiser (AdamW after
-  global-norm clipping); max_response_tokens: responses are cut to (and padded to) this many tokens."""
+  global-norm clipping); max_response_tokens: responses are cut to (and padded to) this many tokens.
+  lora_rank, lora_alpha, lora_targets: rank-r adapters on the named projections instead of every weight (0:
+  every weight trains); the frozen base is then also the reference (see `map_jax.align.ppo.PPOConfig`)."""
 
   beta: float = 0.1
   learning_rate: float = 5e-6
   adam_eps: float = 1e-8
   max_grad_norm: float = 1.0
   max_response_tokens: int = 64
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ATTENTION_AND_MLP
+
+  def __post_init__(self):
+    object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+
+  @property
+  def lora(self) -> LoRA | None:
+    return lora_lib.settings(self.lora_rank, self.lora_alpha, self.lora_targets)
 
   def validate(self) -> None:
+    lora_lib.settings(self.lora_rank, self.lora_alpha, self.lora_targets)
     if not self.beta > 0:
       raise ValueError(f"beta must be > 0, got {self.beta}")
     if self.max_response_tokens < 1:
@@ -114,10 +130,14 @@ def make_optimizer(cfg: DPOConfig) -> optax.GradientTransformation:
   return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adamw(cfg.learning_rate, eps=cfg.adam_eps))
 
 
-def update(state: TrainState, ref_params, batch: PreferenceBatch, *, module, optimizer, beta: float):
-  """One DPO step: (new state, `DPOMetrics`). The reference's log-probs are computed under `stop_gradient`."""
+def update(
+  state: TrainState, ref_params, batch: PreferenceBatch, *, module, optimizer, beta: float, adapters: bool = False
+):
+  """One DPO step: (new state, `DPOMetrics`). The reference's log-probs are computed under `stop_gradient`.
+  adapters: the state holds LoRA adapters over the frozen `ref_params` (see `DPOConfig`)."""
   ref = jax.lax.stop_gradient(sequence_logps(module, ref_params, batch))
-  grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, module, batch, ref, beta)
+  base = ref_params if adapters else None
+  grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params, module, batch, ref, beta, base)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   return state.replace(
     step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
@@ -143,7 +163,7 @@ class DPOMethod:
 
     cfg.validate()
     self.cfg, self.run = cfg, run
-    self.module = model.config.module()
+    self.module = model.config.module(lora=cfg.lora)
     pairs = [tuple(p) for p in pairs]
     if not pairs or any(len(p) != 3 or not all(isinstance(t, str) for t in p) for p in pairs):
       raise ValueError("pairs must be a non-empty list of (prompt, chosen, rejected) texts")
@@ -167,22 +187,23 @@ class DPOMethod:
       "pairs_hash": trainer.texts_hash([t for p in pairs for t in p]),
     }
     optimizer = make_optimizer(cfg)
-    params = parallel.param_shardings(abstract_params(model.config), self.mesh)
+    base = parallel.param_shardings(abstract_params(model.config), self.mesh)
+    trained = base if cfg.lora is None else parallel.param_shardings(lora_lib.abstract_adapters(self.module), self.mesh)
 
-    def fresh(p, key):
-      p = nn.meta.unbox(p)
+    def fresh(p, key):  # p: the model's weights; with LoRA the state trains fresh adapters over them instead
+      p = nn.meta.unbox(p) if cfg.lora is None else nn.meta.unbox(lora_lib.init_adapters(self.module, key))
       return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p), key=key)
 
     self._abstract = jax.eval_shape(fresh, abstract_params(model.config), jax.random.key(0))
     rep = parallel.replicated(self.mesh)
-    opt = parallel.opt_state_shardings(optimizer, self._abstract.opt_state, params, self.mesh)
-    self.shardings = TrainState(step=rep, params=params, opt_state=opt, key=rep)
-    self.ref = parallel.shard(nn.meta.unbox(model.params), params)
+    opt = parallel.opt_state_shardings(optimizer, self._abstract.opt_state, trained, self.mesh)
+    self.shardings = TrainState(step=rep, params=trained, opt_state=opt, key=rep)
+    self.ref = parallel.shard(nn.meta.unbox(model.params), base)
     self._init = jax.jit(fresh, out_shardings=self.shardings)
     rows = parallel.batch_sharding(self.mesh)
     self._update = jax.jit(
-      functools.partial(update, module=self.module, optimizer=optimizer, beta=cfg.beta),
-      in_shardings=(self.shardings, params, rows),
+      functools.partial(update, module=self.module, optimizer=optimizer, beta=cfg.beta, adapters=cfg.lora is not None),
+      in_shardings=(self.shardings, base, rows),
       out_shardings=(self.shardings, rep),
       donate_argnums=(0,),
     )
@@ -194,7 +215,7 @@ class DPOMethod:
     return self.shardings
 
   def init_state(self, key: jax.Array) -> TrainState:
-    return self._init(self.ref, key)  # DPO draws nothing at random; the key is kept for the state's layout
+    return self._init(self.ref, key)  # the key draws LoRA's A; without adapters DPO draws nothing at random
 
   def step(self, state: TrainState, indices: np.ndarray, step: int) -> tuple[TrainState, dict]:
     del step
@@ -207,7 +228,10 @@ class DPOMethod:
     return state, {k: float(v) for k, v in metrics._asdict().items()}
 
   def policy_params(self, state: TrainState):
-    return state.params
+    """The policy's params; with LoRA the adapters merged into the base (`lora.merge`), a plain checkpoint."""
+    if self.cfg.lora is None:
+      return state.params
+    return lora_lib.merge(lora_lib.combine(self.ref, state.params), self.cfg.lora)
 
   def close(self) -> None:
     pass
@@ -258,8 +282,8 @@ def preference_pairs(prompt_index: Sequence[int], rewards: Sequence[float], *, m
   return Pairs(chosen, rejected, r[chosen] - r[rejected])
 
 
-def mix_pairs(a: Pairs, b: Pairs, alpha: float, num: int, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
-  """`num` pairs drawn without replacement, round(α·num) of them from `b` and the rest from `a`.
+def mix_pairs(size_a: int, size_b: int, alpha: float, num: int, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+  """`num` pairs drawn without replacement from two sets of `size_a` and `size_b` pairs: round(α·num) from b.
 
   Returns:
     (source [num] 0 for a / 1 for b, index [num] into that source's pairs).
@@ -268,11 +292,11 @@ def mix_pairs(a: Pairs, b: Pairs, alpha: float, num: int, key: jax.Array) -> tup
     raise ValueError(f"alpha must be in [0, 1], got {alpha}")
   from_b = int(round(alpha * num))
   from_a = num - from_b
-  if from_a > len(a.chosen) or from_b > len(b.chosen):
-    raise ValueError(f"asked for {from_a} + {from_b} pairs; the sets hold {len(a.chosen)} and {len(b.chosen)}")
+  if from_a > size_a or from_b > size_b:
+    raise ValueError(f"asked for {from_a} + {from_b} pairs; the sets hold {size_a} and {size_b}")
   ka, kb = jax.random.split(key)
-  ia = np.asarray(jax.random.permutation(ka, len(a.chosen)))[:from_a]
-  ib = np.asarray(jax.random.permutation(kb, len(b.chosen)))[:from_b]
+  ia = np.asarray(jax.random.permutation(ka, size_a))[:from_a]
+  ib = np.asarray(jax.random.permutation(kb, size_b))[:from_b]
   return np.r_[np.zeros(from_a, np.int64), np.ones(from_b, np.int64)], np.r_[ia, ib]
 
 

@@ -83,9 +83,10 @@ import numpy as np
 import optax
 
 from map_jax import parallel
+from map_jax.align import lora as lora_lib
 from map_jax.align import trainer
 from map_jax.align.trainer import TrainState
-from map_jax.models.layers import positions_from_mask
+from map_jax.models.layers import ATTENTION_AND_MLP, LoRA, positions_from_mask
 from map_jax.sampling import SampleOutput, sample, token_logprobs
 
 VALUE_MODELS = ("head", "separate")
@@ -124,6 +125,12 @@ class PPOConfig:
       gradient's size; a warm-up keeps the first rollouts' noise from throwing the policy away from p0.
     ppo_epochs: passes over each rollout; num_minibatches: optimizer steps per pass;
     grad_accum: micro-batches per minibatch (rows per micro-batch = B / (num_minibatches · grad_accum)).
+  Low-rank adapters (`map_jax.align.lora`):
+    lora_rank: 0 trains every weight; r > 0 freezes the base model and trains rank-r adapters on the projections
+      named in `lora_targets` (and the value head). The base is then also the reference p0 (no second copy),
+      the state and its checkpoints hold only the adapters, and the exported params have them merged in.
+      With value_model="separate" the value trunk is the same frozen base with adapters of its own.
+    lora_alpha: the adapters' scale α (updates are (α / r)·B A).
   """
 
   beta: float = 1.0
@@ -151,6 +158,17 @@ class PPOConfig:
   ppo_epochs: int = 4
   num_minibatches: int = 1
   grad_accum: int = 1
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ATTENTION_AND_MLP
+
+  def __post_init__(self):
+    object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # a config's list: keep it hashable
+
+  @property
+  def lora(self) -> LoRA | None:
+    """The adapters' settings, or None when every weight trains."""
+    return lora_lib.settings(self.lora_rank, self.lora_alpha, self.lora_targets)
 
   def validate(self, batch_size: int | None = None) -> "PPOConfig":
     """Raise a ValueError naming the field for an out-of-range setting; return self."""
@@ -164,6 +182,7 @@ class PPOConfig:
       raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
     if self.warmup_steps < 0:
       raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+    lora_lib.settings(self.lora_rank, self.lora_alpha, self.lora_targets)
     for name in ("ppo_epochs", "num_minibatches", "grad_accum"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -327,22 +346,25 @@ def forward(
   mask,
   value_model: str = "head",
   ref_logprobs: jax.Array | None = None,
+  base=None,
 ):
   """Policy log-probs, entropies and values of response tokens in one pass (two with a separate value LM).
 
   Args:
     ref_logprobs: optional [B, N, V] log p0 over the vocabulary; given, the per-token KL(π ‖ p0) comes back too.
+    base: with LoRA, the frozen base weights that `params`' adapters (policy, value trunk) apply to.
 
   Returns:
     (logprobs [B, N] log π(y_t | x, y_<t), entropy [B, N] of π(· | x, y_<t), values [B, N] V(x, y_<t),
     kl [B, N] KL(π(· | x, y_<t) ‖ p0(· | x, y_<t)) or None), 0 off the mask. Differentiable in `params`.
   """
-  h = _hidden(module, params["policy"], prompt_tokens, prompt_mask, tokens, mask)
-  logp_all = jax.nn.log_softmax(module.apply({"params": params["policy"]}, h, method="logits"), axis=-1)
+  policy = lm_params(params["policy"], base)
+  h = _hidden(module, policy, prompt_tokens, prompt_mask, tokens, mask)
+  logp_all = jax.nn.log_softmax(module.apply({"params": policy}, h, method="logits"), axis=-1)
   logp = jnp.take_along_axis(logp_all, tokens[..., None], axis=-1)[..., 0]
   entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
   if value_model == "separate":
-    h = _hidden(module, params["value"]["trunk"], prompt_tokens, prompt_mask, tokens, mask)
+    h = _hidden(module, lm_params(params["value"]["trunk"], base), prompt_tokens, prompt_mask, tokens, mask)
   values = ValueHead().apply({"params": params["value"]["head"]}, h)
   zero = lambda x: jnp.where(mask, x, 0.0)  # noqa: E731
   kl = None if ref_logprobs is None else zero(exact_kl(logp_all, ref_logprobs))
@@ -360,16 +382,35 @@ def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
   )
 
 
+def lm_params(trained, base=None):
+  """The LM params a forward pass uses: `trained` itself, or with LoRA (`base` given) the base plus the trained
+  adapters."""
+  return trained if base is None else lora_lib.combine(base, trained)
+
+
+# fold_in data of the adapters' initial draw: never a step index, so no iteration's keys repeat it.
+_ADAPTER_KEY = 2**31 - 1
+
+
 def init_state(module: nn.Module, params, key: jax.Array, cfg: PPOConfig) -> TrainState:
   """A fresh TrainState: the policy from `params` (boxed or plain), a zero value head, AdamW moments at 0.
 
-  With value_model="separate" the value trunk starts as a copy of the policy. `key` seeds the whole run.
+  With value_model="separate" the value trunk starts as a copy of the policy. `key` seeds the whole run. With
+  LoRA (`cfg.lora_rank` > 0, `module` built with `cfg.lora`) `params` are the frozen base and the state holds
+  fresh adapters instead (B = 0: the policy starts as the base), one set per trunk.
   """
-  policy = nn.meta.unbox(params)
-  width = jax.eval_shape(lambda p: module.apply({"params": p}, jnp.zeros((1, 1), jnp.int32)).hidden, policy).shape[-1]
+  base = nn.meta.unbox(params)
+  width = jax.eval_shape(lambda p: module.apply({"params": p}, jnp.zeros((1, 1), jnp.int32)).hidden, base).shape[-1]
   value = {"head": ValueHead().init(jax.random.key(0), jnp.zeros((1, width)))["params"]}
-  if cfg.value_model == "separate":
-    value["trunk"] = jax.tree.map(jnp.copy, policy)
+  if cfg.lora is not None:
+    keys = jax.random.split(jax.random.fold_in(key, _ADAPTER_KEY))
+    policy = nn.meta.unbox(lora_lib.init_adapters(module, keys[0]))
+    if cfg.value_model == "separate":
+      value["trunk"] = nn.meta.unbox(lora_lib.init_adapters(module, keys[1]))
+  else:
+    policy = base
+    if cfg.value_model == "separate":
+      value["trunk"] = jax.tree.map(jnp.copy, policy)
   all_params = {"policy": policy, "value": value}
   return TrainState(
     step=jnp.zeros((), jnp.int32), params=all_params, opt_state=make_optimizer(cfg).init(all_params), key=key
@@ -389,11 +430,12 @@ def rollout(
   *,
   eos_ids: tuple[int, ...] = (),
   pad_id: int = 0,
+  base=None,
 ) -> SampleOutput:
-  """Sample one response per prompt from the current policy (`map_jax.sampling.sample`)."""
+  """Sample one response per prompt from the current policy (`map_jax.sampling.sample`); `base`: see `forward`."""
   return sample(
     module,
-    state.params["policy"],
+    lm_params(state.params["policy"], base),
     prompt_tokens,
     prompt_mask,
     key,
@@ -435,7 +477,8 @@ def make_batch(
   """Everything PPO needs from a scored rollout: π_old and p0 log-probs, V_old, token rewards, GAE.
 
   Args:
-    params: TrainState.params (policy and value); ref_params: the frozen reference LM p0 (plain arrays).
+    params: TrainState.params (policy and value); ref_params: the frozen reference LM p0 (plain arrays), with
+      LoRA also the base that the adapters in `params` apply to.
     prompt_tokens, prompt_mask [B, T]; tokens, mask [B, N]: the rollout.
     scores: [B] λᵀr of each response.
 
@@ -445,14 +488,17 @@ def make_batch(
   """
   logging.info("compiling PPO make_batch: batch=%d prompt_len=%d new=%d", *prompt_tokens.shape, tokens.shape[1])
   mask = mask.astype(bool)
+  base = ref_params if cfg.lora is not None else None
   ref_all = None
   if cfg.kl_estimator == "exact":
     ref_all = vocab_logprobs(module, ref_params, prompt_tokens, prompt_mask, tokens, mask)
     logp, entropy, values, kl = forward(
-      module, params, prompt_tokens, prompt_mask, tokens, mask, cfg.value_model, ref_all
+      module, params, prompt_tokens, prompt_mask, tokens, mask, cfg.value_model, ref_all, base
     )
   else:
-    logp, entropy, values, _ = forward(module, params, prompt_tokens, prompt_mask, tokens, mask, cfg.value_model)
+    logp, entropy, values, _ = forward(
+      module, params, prompt_tokens, prompt_mask, tokens, mask, cfg.value_model, base=base
+    )
     _, ref_logp = token_logprobs(module, ref_params, prompt_tokens, prompt_mask, tokens, mask)
     kl = jnp.where(mask, logp - ref_logp, 0.0)
   rewards = token_rewards(scores.astype(jnp.float32), kl, mask, cfg.beta)
@@ -491,11 +537,11 @@ def make_batch(
 # ------------------------------------------------------------------------------------------- the update
 
 
-def loss_fn(params, mb: Batch, *, module: nn.Module, cfg: PPOConfig) -> tuple[jax.Array, dict]:
+def loss_fn(params, mb: Batch, base=None, *, module: nn.Module, cfg: PPOConfig) -> tuple[jax.Array, dict]:
   """PPO loss of one micro-batch: clipped policy loss + value_coef · clipped value loss − entropy bonus
-  (+ the direct KL term kl_weight · KL(π ‖ p0) per token with kl_estimator="exact")."""
+  (+ the direct KL term kl_weight · KL(π ‖ p0) per token with kl_estimator="exact"). `base`: see `forward`."""
   logp, entropy, values, kl = forward(
-    module, params, mb.prompt_tokens, mb.prompt_mask, mb.tokens, mb.mask, cfg.value_model, mb.ref_logprobs
+    module, params, mb.prompt_tokens, mb.prompt_mask, mb.tokens, mb.mask, cfg.value_model, mb.ref_logprobs, base
   )
   pg, stats = policy_loss(logp, mb.logprobs, mb.advantages, mb.mask, cfg.clip_ratio)
   vf = value_loss(values, mb.values, mb.returns, mb.mask, cfg.clip_value)
@@ -509,12 +555,13 @@ def loss_fn(params, mb: Batch, *, module: nn.Module, cfg: PPOConfig) -> tuple[ja
 
 
 def update(
-  state: TrainState, batch: Batch, key: jax.Array, *, module: nn.Module, cfg: PPOConfig
+  state: TrainState, batch: Batch, key: jax.Array, base=None, *, module: nn.Module, cfg: PPOConfig
 ) -> tuple[TrainState, dict]:
   """PPO on one rollout: `ppo_epochs` shuffled passes, `num_minibatches` AdamW steps each.
 
   Each minibatch's gradient is the mean over `grad_accum` micro-batches, accumulated in a `lax.scan` so only
   one micro-batch's activations live at a time. Pure: the same (state, batch, key) gives the same result.
+  With LoRA, `base` is the frozen base (not differentiated, not updated) and the state holds the adapters.
 
   Returns:
     (new state with step + 1, metrics averaged over all minibatches: loss, policy_loss, value_loss,
@@ -538,7 +585,7 @@ def update(
     params, opt_state = carry
 
     def accumulate(acc, x):
-      g, metrics = grad_fn(params, x)
+      g, metrics = grad_fn(params, x, base)
       return jax.tree.map(jnp.add, acc, g), metrics
 
     grads, metrics = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, params), mb)
@@ -571,11 +618,13 @@ def abstract_state(module: nn.Module, cfg: PPOConfig) -> TrainState:
 
 @functools.lru_cache(maxsize=None)
 def state_shardings(module: nn.Module, cfg: PPOConfig, mesh) -> TrainState:
-  """NamedShardings of the TrainState: LM weights (policy, value trunk) and their Adam moments FSDP-sharded
-  by their logical axes; the value head, step and key replicated."""
+  """NamedShardings of the TrainState: LM weights (policy, value trunk; with LoRA their adapters) and their Adam
+  moments FSDP-sharded by their logical axes; the value head, step and key replicated."""
   from map_jax.models.loading import abstract_params
 
-  lm = parallel.param_shardings(abstract_params(module.config), mesh)
+  lm = parallel.param_shardings(
+    abstract_params(module.config) if cfg.lora is None else lora_lib.abstract_adapters(module), mesh
+  )
   abstract = abstract_state(module, cfg)
   value = {"head": jax.tree.map(lambda _: parallel.replicated(mesh), abstract.params["value"]["head"])}
   if cfg.value_model == "separate":
@@ -587,17 +636,27 @@ def state_shardings(module: nn.Module, cfg: PPOConfig, mesh) -> TrainState:
 
 
 @functools.lru_cache(maxsize=None)
+def base_shardings(module: nn.Module, mesh) -> Any:
+  """NamedShardings of the model's own (base, reference) weights, FSDP-sharded by their logical axes."""
+  from map_jax.models.loading import abstract_params
+
+  return parallel.param_shardings(abstract_params(module.config), mesh)
+
+
+@functools.lru_cache(maxsize=None)
 def compile_update(
   module: nn.Module, cfg: PPOConfig, mesh
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
   """`update` as one `jax.jit` with the state's shardings in and out, the batch split over the mesh's batch
-  axes, and the input state donated (its buffers are reused for the new state). Cached per
-  (module, cfg, mesh), so trainers in one process share the compiled program."""
+  axes, and the input state donated (its buffers are reused for the new state); with LoRA it also takes the
+  base weights (sharded, not donated). Cached per (module, cfg, mesh), so trainers in one process share the
+  compiled program."""
   shardings = state_shardings(module, cfg, mesh)
   rep = parallel.replicated(mesh)
+  base = (base_shardings(module, mesh),) if cfg.lora is not None else ()
   return jax.jit(
     functools.partial(update, module=module, cfg=cfg),
-    in_shardings=(shardings, parallel.batch_sharding(mesh), rep),
+    in_shardings=(shardings, parallel.batch_sharding(mesh), rep) + base,
     out_shardings=(shardings, rep),
     donate_argnums=(0,),
   )
@@ -610,7 +669,7 @@ def compile_make_batch(module: nn.Module, cfg: PPOConfig, mesh) -> Callable:
   rows, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
   return jax.jit(
     functools.partial(make_batch, module=module, cfg=cfg),
-    in_shardings=(shardings.params, shardings.params["policy"], rows, rows, rows, rows, rows),
+    in_shardings=(shardings.params, base_shardings(module, mesh), rows, rows, rows, rows, rows),
     out_shardings=(rows, rep),
   )
 
@@ -666,7 +725,7 @@ def iteration(
 
   Args:
     module, state, ref_params: the LM module, the sharded TrainState (donated: do not reuse it) and p0's
-      sharded params.
+      sharded params (with LoRA also the base the state's adapters apply to).
     prompts: the B raw prompt texts (what the reward values see); prompt_tokens, prompt_mask: [B, T] their
       left-padded token ids (chat template applied or not), B a multiple of the mesh's batch devices.
     values, lam: the m reward values (callables `value(prompts, responses)` or names) and λ [m].
@@ -685,8 +744,19 @@ def iteration(
   rows = parallel.batch_sharding(mesh)
   prompt_tokens, prompt_mask = jax.device_put((jnp.asarray(prompt_tokens), jnp.asarray(prompt_mask)), rows)
   roll_key, update_key = iteration_keys(state.key, step)
+  base = (ref_params,) if cfg.lora is not None else ()
   t0 = time.perf_counter()
-  out = rollout(module, state, prompt_tokens, prompt_mask, roll_key, cfg, eos_ids=eos_ids, pad_id=pad_id)
+  out = rollout(
+    module,
+    state,
+    prompt_tokens,
+    prompt_mask,
+    roll_key,
+    cfg,
+    eos_ids=eos_ids,
+    pad_id=pad_id,
+    base=base[0] if base else None,
+  )
   tokens, lengths = _to_host(out.tokens), _to_host(out.lengths)
   t1 = time.perf_counter()
   responses = detokenize([t[:n].tolist() for t, n in zip(tokens, lengths)])
@@ -702,7 +772,7 @@ def iteration(
   )
   stats = jax.tree.map(_to_host, stats)
   t3 = time.perf_counter()
-  state, metrics = compile_update(module, cfg, mesh)(state, batch, update_key)
+  state, metrics = compile_update(module, cfg, mesh)(state, batch, update_key, *base)
   metrics = {k: float(_to_host(v)) for k, v in metrics.items()}
   t4 = time.perf_counter()
   n_tokens = int(lengths.sum())
@@ -746,7 +816,7 @@ class PPOMethod:
     from map_jax.rewards import get_reward
     from map_jax.sampling import _eos_ids
 
-    self.module, tokenizer = model.config.module(), model.tokenizer
+    self.module, tokenizer = model.config.module(lora=cfg.lora), model.tokenizer
     self.lam = [float(x) for x in np.asarray(lam, np.float64).reshape(-1)]
     if len(self.lam) != len(values):
       raise ValueError(f"lam has {len(self.lam)} entries but {len(values)} values were given")
@@ -776,7 +846,7 @@ class PPOMethod:
     }
     self.shardings = state_shardings(self.module, cfg, self.mesh)
     self.model_params = nn.meta.unbox(model.params)
-    self.ref = parallel.shard(self.model_params, self.shardings.params["policy"])
+    self.ref = parallel.shard(self.model_params, base_shardings(self.module, self.mesh))
     self._loaded = [isinstance(v, str) for v in values]
     self.fns = [get_reward(v) if isinstance(v, str) else v for v in values]
 
@@ -815,7 +885,10 @@ class PPOMethod:
     return res.state, res.metrics
 
   def policy_params(self, state: TrainState):
-    return state.params["policy"]
+    """The policy's params; with LoRA the adapters merged into the base (`lora.merge`), a plain checkpoint."""
+    if self.cfg.lora is None:
+      return state.params["policy"]
+    return lora_lib.merge(lm_params(state.params["policy"], self.ref), self.cfg.lora)
 
   def close(self) -> None:
     for loaded, fn in zip(self._loaded, self.fns):

@@ -76,6 +76,7 @@ class GPT2Block(nn.Module):
   """x + Attn(LN(x)), then x + MLP(LN(x))."""
 
   config: GPT2Config
+  lora: L.LoRA | None = None
 
   @nn.compact
   def __call__(self, carry, kv_mask, cache_index):
@@ -85,7 +86,9 @@ class GPT2Block(nn.Module):
     H, D = c.num_heads, c.head_dim
     x = L.layer_norm(c.layer_norm_eps, dt, pdt, name="ln_1")(h)
     q, k, v = (
-      L.dense((H, D), (L.EMBED, L.HEADS, L.HEAD_DIM), use_bias=True, dtype=dt, param_dtype=pdt, name=n)(x)
+      L.dense((H, D), (L.EMBED, L.HEADS, L.HEAD_DIM), use_bias=True, dtype=dt, param_dtype=pdt, lora=self.lora, name=n)(
+        x
+      )
       for n in ("q_proj", "k_proj", "v_proj")
     )
     a, cache = L.attend(q, k, v, kv_mask=kv_mask, layer=layer, cache=cache, cache_index=cache_index)
@@ -96,12 +99,15 @@ class GPT2Block(nn.Module):
       use_bias=True,
       dtype=dt,
       param_dtype=pdt,
+      lora=self.lora,
       name="o_proj",
       bias_names=(L.EMBED,),
     )(a)
     x = L.layer_norm(c.layer_norm_eps, dt, pdt, name="ln_2")(h)
-    x = L.dense(c.intermediate_size, (L.EMBED, L.MLP), use_bias=True, dtype=dt, param_dtype=pdt, name="fc")(x)
-    x = L.dense(c.hidden_size, (L.MLP, L.EMBED), use_bias=True, dtype=dt, param_dtype=pdt, name="proj")(
+    x = L.dense(
+      c.intermediate_size, (L.EMBED, L.MLP), use_bias=True, dtype=dt, param_dtype=pdt, lora=self.lora, name="fc"
+    )(x)
+    x = L.dense(c.hidden_size, (L.MLP, L.EMBED), use_bias=True, dtype=dt, param_dtype=pdt, lora=self.lora, name="proj")(
       L.activation(c.hidden_act)(x)
     )
     return (h + x, cache, layer + 1), None
@@ -111,6 +117,7 @@ class GPT2(nn.Module):
   """GPT-2 causal LM with the same call signature and `LMOutput` as `llama.Llama` (tied output embedding)."""
 
   config: GPT2Config
+  lora: L.LoRA | None = None  # low-rank adapters on the projections (`layers.LoRA`); None: none
 
   def setup(self):
     c = self.config
@@ -126,7 +133,7 @@ class GPT2(nn.Module):
       param_dtype=pdt,
       embedding_init=L.partitioned(init, (L.POSITIONS, L.EMBED)),
     )
-    self.layers = L.scan_layers(GPT2Block, c.num_layers, 2, c.remat)(c)
+    self.layers = L.scan_layers(GPT2Block, c.num_layers, 2, c.remat)(c, self.lora)
     self.ln_f = L.layer_norm(c.layer_norm_eps, dt, pdt)
 
   def __call__(self, tokens, positions=None, kv_mask=None, cache=None, cache_index=0, last_only=False):

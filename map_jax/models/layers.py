@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
+from flax.linen.dtypes import promote_dtype
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 # Logical axis names used in every param's partitioning metadata. `parallel.py` maps these onto mesh axes
 # (e.g. "embed" -> "fsdp", "mlp"/"heads"/"vocab" -> "tensor"); "layers" is the stacked axis added by the scan.
-EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, VOCAB, LAYERS, POSITIONS, NORM = (
+# "lora" is the rank axis of low-rank adapters (`LoRA`).
+EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, VOCAB, LAYERS, POSITIONS, NORM, LORA_RANK = (
   "embed",
   "mlp",
   "heads",
@@ -22,6 +25,7 @@ EMBED, MLP, HEADS, KV_HEADS, HEAD_DIM, VOCAB, LAYERS, POSITIONS, NORM = (
   "layers",
   "positions",
   "norm",
+  "lora",
 )
 
 Dtype = Any
@@ -44,13 +48,116 @@ def partitioned(init: Callable, names: tuple[str | None, ...]) -> Callable:
   return nn.with_logical_partitioning(init, names)
 
 
+# The projections every decoder family names the same way (attention in, attention out, MLP in, MLP out); a
+# family whose names differ lists its own in `LoRA.targets`.
+ATTENTION_AND_MLP = (
+  "q_proj",
+  "k_proj",
+  "v_proj",
+  "o_proj",
+  "out_proj",
+  "gate_proj",
+  "up_proj",
+  "down_proj",
+  "fc",
+  "fc1",
+  "fc2",
+  "proj",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRA:
+  """Low-rank adapters (Hu et al., 2021) on a decoder's projections: W x becomes W x + (α / r) · B A x.
+
+  A decoder built with `config.module(lora=LoRA(...))` adds `lora_a` [in..., r] (uniform ±1/sqrt(fan-in), as
+  PEFT) and `lora_b` [r, out...] (zeros) beside the kernel of every projection named in `targets`. Adapters
+  count only when they are in the params: the same module applied to params without them (the frozen base)
+  computes the base model exactly, so a reference model p0 costs no second copy of the weights, and a fresh
+  adapter (B = 0) changes nothing. `map_jax.align.lora` splits, combines and merges such params.
+
+  rank: r; alpha: α (the update's scale is α / r); targets: projection names (the default covers the
+  attention and MLP projections of every built-in decoder family); param_dtype: the adapters' storage dtype,
+  float32 whatever the base's (a bf16 adapter would round small Adam updates away); they compute in the
+  module's dtype.
+  """
+
+  rank: int = 8
+  alpha: float = 16.0
+  targets: tuple[str, ...] = ATTENTION_AND_MLP
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.rank < 1:
+      raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
+    if not self.targets:
+      raise ValueError("LoRA targets name no projection")
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+  def on(self, name: str) -> "LoRA | None":
+    """This LoRA if it targets the projection `name`, else None."""
+    return self if name in self.targets else None
+
+
+class LoRADenseGeneral(nn.DenseGeneral):
+  """`nn.DenseGeneral` plus a low-rank update (see `LoRA`) when its `lora_a`/`lora_b` params are present.
+
+  `kernel_names` are the kernel's logical axes (inputs, then features): the adapters take the input names (A)
+  and the feature names (B) with `LORA_RANK` between. The contracted axes must be the input's last ones.
+  """
+
+  lora: LoRA | None = None
+  kernel_names: tuple[str | None, ...] = ()
+
+  @nn.compact
+  def __call__(self, inputs):
+    y = super().__call__(inputs)
+    if self.lora is None or not (self.is_initializing() or self.has_variable("params", "lora_a")):
+      return y
+    axis = tuple(sorted(a % inputs.ndim for a in (self.axis if isinstance(self.axis, tuple) else (self.axis,))))
+    if axis != tuple(range(inputs.ndim - len(axis), inputs.ndim)):
+      raise ValueError(f"LoRA needs the contracted axes last, got axis={self.axis} for input rank {inputs.ndim}")
+    features = self.features if isinstance(self.features, tuple) else (self.features,)
+    n_in, r = len(axis), self.lora.rank
+    in_shape = inputs.shape[-n_in:]
+    init_a = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", in_axis=tuple(range(n_in)), out_axis=-1)
+    a = self.param(
+      "lora_a",
+      partitioned(init_a, self.kernel_names[:n_in] + (LORA_RANK,)),
+      in_shape + (r,),
+      dtype_of(self.lora.param_dtype),
+    )
+    b = self.param(
+      "lora_b",
+      partitioned(nn.initializers.zeros_init(), (LORA_RANK,) + self.kernel_names[n_in:]),
+      (r,) + features,
+      dtype_of(self.lora.param_dtype),
+    )
+    x, a, b = promote_dtype(inputs, a, b, dtype=self.dtype)
+    low = jnp.tensordot(x, a, axes=n_in)  # [..., r]
+    return y + jnp.tensordot(low, b, axes=1) * jnp.asarray(self.lora.scale, y.dtype)
+
+
 def dense(
-  features, names, *, axis=-1, use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32, name=None, bias_names=None
+  features,
+  names,
+  *,
+  axis=-1,
+  use_bias=False,
+  dtype=jnp.float32,
+  param_dtype=jnp.float32,
+  name=None,
+  bias_names=None,
+  lora: LoRA | None = None,
 ) -> nn.DenseGeneral:
-  """`nn.DenseGeneral` whose kernel (and bias) carry logical axis names for sharding."""
+  """`nn.DenseGeneral` whose kernel (and bias) carry logical axis names for sharding; with `lora` targeting
+  `name`, a `LoRADenseGeneral` with the same kernel and bias (so checkpoints load unchanged)."""
   features_t = features if isinstance(features, tuple) else (features,)
   bias_names = bias_names if bias_names is not None else names[-len(features_t) :]
-  return nn.DenseGeneral(
+  kw = dict(
     features=features,
     axis=axis,
     use_bias=use_bias,
@@ -60,6 +167,10 @@ def dense(
     kernel_init=partitioned(nn.initializers.normal(0.02), names),
     bias_init=partitioned(nn.initializers.zeros_init(), bias_names),
   )
+  lora = lora.on(name) if lora is not None and name is not None else None
+  if lora is None:
+    return nn.DenseGeneral(**kw)
+  return LoRADenseGeneral(**kw, lora=lora, kernel_names=tuple(names))
 
 
 class RMSNorm(nn.Module):

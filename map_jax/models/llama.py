@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -91,58 +92,27 @@ class LlamaBlock(nn.Module):
   """One pre-norm decoder layer: x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x))."""
 
   config: LlamaConfig
+  lora: L.LoRA | None = None
 
   @nn.compact
   def __call__(self, carry, cos, sin, kv_mask, cache_index):
     c = self.config
     h, cache, layer = carry
     dt, pdt = L.dtype_of(c.dtype), L.dtype_of(c.param_dtype)
+    proj = functools.partial(L.dense, dtype=dt, param_dtype=pdt, lora=self.lora)
+    attn_in = functools.partial(proj, use_bias=c.attention_bias)
+    mlp = functools.partial(proj, use_bias=c.mlp_bias)
     x = L.RMSNorm(c.rms_norm_eps, dt, pdt, name="input_norm")(h)
-    q = L.dense(
-      (c.num_heads, c.head_dim),
-      (L.EMBED, L.HEADS, L.HEAD_DIM),
-      use_bias=c.attention_bias,
-      dtype=dt,
-      param_dtype=pdt,
-      name="q_proj",
-    )(x)
-    k = L.dense(
-      (c.num_kv_heads, c.head_dim),
-      (L.EMBED, L.KV_HEADS, L.HEAD_DIM),
-      use_bias=c.attention_bias,
-      dtype=dt,
-      param_dtype=pdt,
-      name="k_proj",
-    )(x)
-    v = L.dense(
-      (c.num_kv_heads, c.head_dim),
-      (L.EMBED, L.KV_HEADS, L.HEAD_DIM),
-      use_bias=c.attention_bias,
-      dtype=dt,
-      param_dtype=pdt,
-      name="v_proj",
-    )(x)
+    q = attn_in((c.num_heads, c.head_dim), (L.EMBED, L.HEADS, L.HEAD_DIM), name="q_proj")(x)
+    k = attn_in((c.num_kv_heads, c.head_dim), (L.EMBED, L.KV_HEADS, L.HEAD_DIM), name="k_proj")(x)
+    v = attn_in((c.num_kv_heads, c.head_dim), (L.EMBED, L.KV_HEADS, L.HEAD_DIM), name="v_proj")(x)
     q, k = L.apply_rope(q, cos, sin), L.apply_rope(k, cos, sin)
     a, cache = L.attend(q, k, v, kv_mask=kv_mask, layer=layer, cache=cache, cache_index=cache_index)
-    h = h + L.dense(
-      c.hidden_size,
-      (L.HEADS, L.HEAD_DIM, L.EMBED),
-      axis=(-2, -1),
-      use_bias=c.attention_bias,
-      dtype=dt,
-      param_dtype=pdt,
-      name="o_proj",
-    )(a)
+    h = h + attn_in(c.hidden_size, (L.HEADS, L.HEAD_DIM, L.EMBED), axis=(-2, -1), name="o_proj")(a)
     x = L.RMSNorm(c.rms_norm_eps, dt, pdt, name="post_attention_norm")(h)
-    gate = L.dense(
-      c.intermediate_size, (L.EMBED, L.MLP), use_bias=c.mlp_bias, dtype=dt, param_dtype=pdt, name="gate_proj"
-    )(x)
-    up = L.dense(c.intermediate_size, (L.EMBED, L.MLP), use_bias=c.mlp_bias, dtype=dt, param_dtype=pdt, name="up_proj")(
-      x
-    )
-    h = h + L.dense(c.hidden_size, (L.MLP, L.EMBED), use_bias=c.mlp_bias, dtype=dt, param_dtype=pdt, name="down_proj")(
-      L.activation(c.hidden_act)(gate) * up
-    )
+    gate = mlp(c.intermediate_size, (L.EMBED, L.MLP), name="gate_proj")(x)
+    up = mlp(c.intermediate_size, (L.EMBED, L.MLP), name="up_proj")(x)
+    h = h + mlp(c.hidden_size, (L.MLP, L.EMBED), name="down_proj")(L.activation(c.hidden_act)(gate) * up)
     return (h, cache, layer + 1), None
 
 
@@ -168,6 +138,7 @@ class Llama(nn.Module):
   """
 
   config: LlamaConfig
+  lora: L.LoRA | None = None  # low-rank adapters on the projections (`layers.LoRA`); None: none
 
   def setup(self):
     c = self.config
@@ -179,7 +150,7 @@ class Llama(nn.Module):
       param_dtype=pdt,
       embedding_init=L.partitioned(nn.initializers.normal(0.02), (L.VOCAB, L.EMBED)),
     )
-    self.layers = L.scan_layers(LlamaBlock, c.num_layers, 4, c.remat)(c)
+    self.layers = L.scan_layers(LlamaBlock, c.num_layers, 4, c.remat)(c, self.lora)
     self.norm = L.RMSNorm(c.rms_norm_eps, dt, pdt)
     if not c.tie_word_embeddings:
       self.lm_head = L.dense(c.vocab_size, (L.EMBED, L.VOCAB), dtype=dt, param_dtype=pdt)

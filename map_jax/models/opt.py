@@ -89,6 +89,7 @@ class OPTBlock(nn.Module):
   """Pre-LN (most sizes) or post-LN (OPT-350M) residual attention + ReLU MLP."""
 
   config: OPTConfig
+  lora: L.LoRA | None = None
 
   @nn.compact
   def __call__(self, carry, kv_mask, cache_index):
@@ -101,7 +102,7 @@ class OPTBlock(nn.Module):
     ln2 = L.layer_norm(c.layer_norm_eps, dt, pdt, name="final_layer_norm")
     x = ln1(h) if pre else h
     q, k, v = (
-      L.dense((H, D), (L.EMBED, L.HEADS, L.HEAD_DIM), use_bias=b, dtype=dt, param_dtype=pdt, name=n)(x)
+      L.dense((H, D), (L.EMBED, L.HEADS, L.HEAD_DIM), use_bias=b, dtype=dt, param_dtype=pdt, lora=self.lora, name=n)(x)
       for n in ("q_proj", "k_proj", "v_proj")
     )
     a, cache = L.attend(q, k, v, kv_mask=kv_mask, layer=layer, cache=cache, cache_index=cache_index)
@@ -112,14 +113,17 @@ class OPTBlock(nn.Module):
       use_bias=b,
       dtype=dt,
       param_dtype=pdt,
+      lora=self.lora,
       name="out_proj",
       bias_names=(L.EMBED,),
     )(a)
     if not pre:
       h = ln1(h)
     x = ln2(h) if pre else h
-    x = L.dense(c.intermediate_size, (L.EMBED, L.MLP), use_bias=b, dtype=dt, param_dtype=pdt, name="fc1")(x)
-    h = h + L.dense(c.hidden_size, (L.MLP, L.EMBED), use_bias=b, dtype=dt, param_dtype=pdt, name="fc2")(
+    x = L.dense(
+      c.intermediate_size, (L.EMBED, L.MLP), use_bias=b, dtype=dt, param_dtype=pdt, lora=self.lora, name="fc1"
+    )(x)
+    h = h + L.dense(c.hidden_size, (L.MLP, L.EMBED), use_bias=b, dtype=dt, param_dtype=pdt, lora=self.lora, name="fc2")(
       L.activation(c.hidden_act)(x)
     )
     if not pre:
@@ -131,6 +135,7 @@ class OPT(nn.Module):
   """OPT causal LM with the same call signature and `LMOutput` as `llama.Llama` (tied output embedding)."""
 
   config: OPTConfig
+  lora: L.LoRA | None = None  # low-rank adapters on the projections (`layers.LoRA`); None: none
 
   def setup(self):
     c = self.config
@@ -153,7 +158,7 @@ class OPT(nn.Module):
     if c.projects:
       self.project_in = L.dense(c.hidden_size, (None, L.EMBED), dtype=dt, param_dtype=pdt)
       self.project_out = L.dense(c.word_embed_proj_dim, (L.EMBED, None), dtype=dt, param_dtype=pdt)
-    self.layers = L.scan_layers(OPTBlock, c.num_layers, 2, c.remat)(c)
+    self.layers = L.scan_layers(OPTBlock, c.num_layers, 2, c.remat)(c, self.lora)
     if c.final_layer_norm:
       self.final_layer_norm = L.layer_norm(c.layer_norm_eps, dt, pdt)
 

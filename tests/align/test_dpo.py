@@ -158,8 +158,12 @@ def test_pairs_stay_within_a_prompt_and_honour_the_gap():
   assert len(dpo.preference_pairs(prompt, reward).chosen) >= expected  # gap 0: ties only are left out
   with pytest.raises(ValueError, match="non-finite"):
     dpo.preference_pairs(prompt, np.r_[reward[:-1], np.nan])
-  src, idx = dpo.mix_pairs(pairs, pairs._replace(chosen=pairs.chosen[:10]), 0.25, 20, jax.random.key(0))
+  size = len(pairs.chosen)
+  src, idx = dpo.mix_pairs(size, 10, 0.25, 20, jax.random.key(0))
   assert (src == 1).sum() == 5 and (src == 0).sum() == 15 and len(set(idx[src == 0])) == 15
+  assert np.all(idx[src == 1] < 10) and np.all(idx[src == 0] < size) and len(set(idx[src == 1])) == 5
+  with pytest.raises(ValueError, match="the sets hold 30 and 10"):
+    dpo.mix_pairs(30, 10, 0.75, 20, jax.random.key(0))
 
 
 def test_soup_endpoints_and_a_soup_of_one_model():

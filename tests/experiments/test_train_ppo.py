@@ -27,6 +27,8 @@ def test_configs_build_and_validate():
     1.0,
     "sample",
   )
+  cfg, run = train_ppo.build(_config("ppo_llama2_7b_lora"))
+  assert (cfg.lora_rank, cfg.lora_alpha, run.batch_size, cfg.grad_accum, run.chat) == (16, 32.0, 20, 4, True)
   bad = _config("ppo_default")
   bad.kept = "no-such-value"
   with pytest.raises(ValueError, match=r"unknown values \['no-such-value'\]"):
@@ -35,6 +37,23 @@ def test_configs_build_and_validate():
   bad.run.batch_size = 7
   with pytest.raises(ValueError, match="not a multiple of num_minibatches"):
     train_ppo.build(bad)
+
+
+def test_the_7b_lora_configs_memory_arithmetic_holds_for_the_llama2_7b_shape():
+  """configs/ppo_llama2_7b_lora.py counts 6.74e9 base weights and 39.98e6 adapter parameters: check both on the
+  Llama-2-7B shape, abstractly (nothing is allocated)."""
+  from benchmarks.hardware import RANDOM_MODELS
+  from experiments import train_ppo
+  from map_jax.align import lora
+  from map_jax.models.llama import LlamaConfig
+  from map_jax.models.loading import abstract_params
+
+  shape = LlamaConfig(**RANDOM_MODELS["llama2-7b-random"], dtype="bfloat16", param_dtype="bfloat16")
+  cfg, _ = train_ppo.build(_config("ppo_llama2_7b_lora"))
+  adapters = lora.abstract_adapters(shape.module(lora=cfg.lora))
+  assert round(lora.num_params(adapters) / 1e6, 2) == 39.98
+  assert round(lora.num_params(abstract_params(shape)) / 1e9, 2) == 6.74
+  assert {x.dtype for x in jax.tree.leaves(nn.meta.unbox(adapters))} == {np.dtype("float32")}
 
 
 def _tiny_config(tiny_smollm_dir):
