@@ -9,7 +9,8 @@ the same runs and was as fast. The pin must come before JAX starts its CPU clien
 
 The suite runs in two pytest-xdist workers (pytest.ini: -n 2), each pinned to its own core, which keeps
 both the one-core pin and the machine's two cores busy. Tests group by file (the reward tests as one group:
-they share a trained head in the user cache), so module and session fixtures load once per worker.
+they share a trained head in the user cache; the SmolLM2 parity tests as another: they share the GGUF loaded
+by map-jax and by transformers, most of a minute each), so module and session fixtures load once per worker.
 """
 
 import os
@@ -30,11 +31,35 @@ import pytest  # noqa: E402  (after the pin)
 _TESTS = pathlib.Path(__file__).resolve().parent
 
 
+# Files whose tests share expensive session fixtures run in one group (see the module docstring).
+_SHARED = {"models/test_llama.py": "smollm2-parity", "models/test_generate.py": "smollm2-parity"}
+
+
+# The longest groups (a minute or more on one core), longest first. The workers take groups in collection
+# order, so these go first and the short ones fill in around them, instead of a long group starting last.
+_LONGEST_FIRST = (
+  "test_compare.py",
+  "notebooks/test_notebooks.py",
+  "test_faults.py",
+  "test_pipeline.py",
+  "smollm2-parity",
+  "align/test_lora.py",
+  "test_benchmarks.py",
+  "test_readme.py",
+  "experiments/test_sensitivity_study.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
-  """One xdist group per test file, and one for all of tests/rewards (see the module docstring)."""
+  """One xdist group per test file, one for all of tests/rewards, one per `_SHARED` name; longest first."""
+  groups = {}
   for item in items:
     rel = pathlib.Path(str(item.fspath)).resolve().relative_to(_TESTS)
-    item.add_marker(pytest.mark.xdist_group("rewards" if rel.parts[0] == "rewards" else str(rel)))
+    group = "rewards" if rel.parts[0] == "rewards" else _SHARED.get(rel.as_posix(), rel.as_posix())
+    item.add_marker(pytest.mark.xdist_group(group))
+    groups[item] = group
+  rank = {g: i for i, g in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(groups[item], len(rank)))  # stable: file order otherwise kept
 
 
 @pytest.fixture(scope="session")

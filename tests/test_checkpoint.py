@@ -87,44 +87,6 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path):
   assert [int(longer.state.step), len(longer.history)] == [5, 1]
 
 
-_KILLED = """
-import os, signal, sys
-sys.path.insert(0, {root!r})
-from map_jax.align import map_f, trainer
-from tests.test_checkpoint import RUN, TINY_PPO, VALUES, tiny_model, tiny_prompts
-
-def die(step, metrics):
-  if step == 3:
-    os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush, no finally: a real kill
-
-map_f.fine_tune(tiny_model(), tiny_prompts(), VALUES, [20.0], TINY_PPO, RUN, {workdir!r}, on_step=die)
-"""
-
-
-def test_process_killed_by_sigkill_resumes_bitwise_identical(tmp_path):
-  import pathlib
-  import signal
-  import subprocess
-  import sys
-
-  root = str(pathlib.Path(__file__).resolve().parents[1])
-  killed = str(tmp_path / "killed")
-  proc = subprocess.run(
-    [sys.executable, "-c", _KILLED.format(root=root, workdir=killed)], capture_output=True, text=True, timeout=600
-  )
-  assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-  assert Checkpointer(str(tmp_path / "killed" / "checkpoints"), every=2, config={}).latest_step() == 2
-  model, prompts = tiny_model(), tiny_prompts()
-  resumed = map_f.fine_tune(model, prompts, VALUES, [20.0], TINY_PPO, RUN, killed)
-  straight = map_f.fine_tune(model, prompts, VALUES, [20.0], TINY_PPO, RUN, str(tmp_path / "straight"))
-  assert int(resumed.state.step) == int(straight.state.step) == 4
-  for a, b in zip(
-    _leaves((straight.state.params, straight.state.opt_state)), _leaves((resumed.state.params, resumed.state.opt_state))
-  ):
-    np.testing.assert_array_equal(a, b)
-  assert [json.loads(x)["step"] for x in open(tmp_path / "killed" / "metrics.jsonl")] == [1, 2, 3, 4]
-
-
 def test_nan_reward_stops_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
   calls = []
 
