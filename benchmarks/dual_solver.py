@@ -11,9 +11,28 @@ residual of every λ is measured independently in float64 NumPy.
 
 The default pilot set is the MAP authors' OPT-1.3B / Anthropic-harmless data in
 examples/map_reference (n = 2,312, m = 6).
+
+  python -m benchmarks.dual_solver --scaling [--sizes=2312:6,1000000:12]
+
+prints the solver at scale instead, against SciPy: L-BFGS-B (float64, bounds λ >= 0, analytic gradient) on the
+same dual, the usual general-purpose answer, timed on the same palettes in the same process. Pilot sets of n rows
+and m values are drawn from the reference set: its rows resampled with replacement plus noise of 5% of each
+column's standard deviation, and for m > 6 further columns that mix the six standardized ones at random plus
+noise of half their scale (not copies, which would make the Hessian nearly singular). Palettes lie between the
+pilot mean and the 75% quantile of each value. Each (n, m) runs in a process of its own, so its peak resident
+memory (ru_maxrss) is its own: measured after the prepared single-palette solves (the process with JAX, R, the
+prepared pilot set and the solver; before the unprepared calls, which prepare again, and SciPy's float64 copy) and
+again at the end, batched solves included. Columns: prepare = ``prepare_pilot`` once; single =
+``solve_dual`` on the prepared set (median over palettes); unprepared = ``solve_dual(R, c)``, preparation
+included; SciPy; the ratio SciPy / single; batched palettes/s with ``vmap`` over chunks of --chunk palettes (fewer
+where the chunk's (chunk, n) logits would pass 256 MB); KKT residuals of both, in float64 NumPy.
 """
 
+import json
 import os
+import resource
+import subprocess
+import sys
 import time
 
 from absl import app, flags
@@ -21,9 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from scipy import special
+from scipy import optimize, special
 
-from map_jax.core.dual import solve_dual
+from map_jax.core.dual import prepare_pilot, solve_dual
 from map_jax.data.pilot import load_pilot
 
 _DEFAULT = os.path.join(os.path.dirname(__file__), "..", "examples", "map_reference", "opt1.3b-Anthropic-harmless.json")
@@ -32,6 +51,13 @@ _NUM = flags.DEFINE_integer("num_palettes", 10_000, "Palettes in the batched run
 _SINGLE = flags.DEFINE_integer("num_single", 20, "Palettes timed one at a time.")
 _CHUNK = flags.DEFINE_integer("chunk", 2_000, "Palettes per vmapped call in the batched run.")
 _REPEATS = flags.DEFINE_integer("repeats", 15, "Passes over the single palettes (median reported).")
+_SCALING = flags.DEFINE_bool("scaling", False, "Print the table of the solver at scale against SciPy instead.")
+_SIZES = flags.DEFINE_string(
+  "sizes",
+  ",".join(f"{n}:{m}" for n in (2_312, 23_120, 231_200, 1_000_000) for m in (6, 12, 16)),
+  "The (n, m) rows of --scaling, as n:m pairs.",
+)
+_ROW = flags.DEFINE_string("row", None, "(internal) one n:m row of --scaling in this process; prints JSON.")
 
 
 def adam150(rewards: jax.Array, palette: jax.Array) -> jax.Array:
@@ -112,10 +138,133 @@ def time_batched(fn, palettes, chunk) -> tuple[float, list]:
   return time.perf_counter() - start, outs
 
 
+def scaled_pilot(reference: np.ndarray, n: int, m: int, seed: int = 0) -> np.ndarray:
+  """An (n, m) float32 pilot set drawn from the reference rows (see the module docstring)."""
+  rng = np.random.default_rng(seed)
+  reference = reference.astype(np.float32)
+  base = reference[rng.integers(0, len(reference), n)]
+  sd = reference.std(0)
+  out = base + 0.05 * sd * rng.standard_normal(base.shape, np.float32)
+  if m > out.shape[1]:
+    z = (base - reference.mean(0)) / sd
+    mix = rng.normal(size=(reference.shape[1], m - out.shape[1])).astype(np.float32) / np.sqrt(reference.shape[1])
+    out = np.concatenate([out, z @ mix + 0.5 * rng.standard_normal((n, m - out.shape[1]), np.float32)], axis=1)
+  return out[:, :m]
+
+
+def scipy_dual(rewards: np.ndarray, palette: np.ndarray) -> np.ndarray:
+  """λ by SciPy's L-BFGS-B on −g(λ) with λ >= 0, float64, analytic gradient."""
+
+  def f(lam):
+    logits = rewards @ lam
+    lse = special.logsumexp(logits)
+    w = np.exp(logits - lse)
+    return lse - np.log(len(rewards)) - lam @ palette, rewards.T @ w - palette
+
+  m = rewards.shape[1]
+  out = optimize.minimize(f, np.zeros(m), jac=True, method="L-BFGS-B", bounds=[(0, None)] * m)
+  return out.x
+
+
+def _peak_rss_gb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def scaling_row(reference: np.ndarray, n: int, m: int) -> dict:
+  """One row of the scaling table, measured in this process."""
+  r32 = scaled_pilot(reference, n, m)
+  rng = np.random.default_rng(1)
+  c0, q75 = r32.mean(0, dtype=np.float64), np.quantile(r32, 0.75, axis=0)
+  palettes = (c0 + rng.uniform(size=(max(_SINGLE.value, 64), m)) * (q75 - c0)).astype(np.float32)
+  few = 5 if n * m > 2_000_000 else _SINGLE.value
+  single = palettes[:few]
+  R = jnp.asarray(r32)
+
+  jax.block_until_ready(prepare_pilot(R))
+  t0 = time.perf_counter()
+  pilot = jax.block_until_ready(prepare_pilot(R))
+  t_prepare = time.perf_counter() - t0
+  repeats = 3 if n * m > 2_000_000 else _REPEATS.value
+  t_single, outs = time_single(lambda c: solve_dual(pilot, c), single, repeats)
+  rss_single = _peak_rss_gb()
+  t_unprepared, _ = time_single(lambda c: solve_dual(R, c), single, 1)
+  r64 = r32.astype(np.float64)
+  t_scipy = []
+  lam_scipy = []
+  for c in single:
+    start = time.perf_counter()
+    lam_scipy.append(scipy_dual(r64, c.astype(np.float64)))
+    t_scipy.append(time.perf_counter() - start)
+  feasible = [bool(o.feasible) for o in outs]
+  res_ours = [kkt_residual(r64, c, np.asarray(o.lam)) for c, o, f in zip(single, outs, feasible) if f]
+  res_scipy = [kkt_residual(r64, c, lam) for c, lam, f in zip(single, lam_scipy, feasible) if f]
+
+  chunk = max(1, min(_CHUNK.value, 256, (256 << 20) // (4 * n)))
+  # The prepared set is an argument, not a constant closed over: XLA would fold hundreds of MB into the program.
+  batched = jax.jit(jax.vmap(solve_dual, in_axes=(None, 0)))
+  t_batched, _ = time_batched(lambda c: batched(pilot, c), palettes, chunk)
+  return {
+    "n": n,
+    "m": m,
+    "prepare_ms": 1e3 * t_prepare,
+    "single_ms": 1e3 * t_single,
+    "unprepared_ms": 1e3 * t_unprepared,
+    "scipy_ms": 1e3 * float(np.median(t_scipy)),
+    "palettes_per_s": len(palettes) / t_batched,
+    "chunk": chunk,
+    "kkt_ours": float(np.median(res_ours)) if res_ours else float("nan"),
+    "kkt_scipy": float(np.median(res_scipy)) if res_scipy else float("nan"),
+    "feasible": f"{sum(feasible)}/{len(feasible)}",
+    "rss_single_gb": rss_single,
+    "rss_gb": _peak_rss_gb(),
+  }
+
+
+def scaling_table(sizes: list[tuple[int, int]]) -> list[dict]:
+  """Every (n, m) row in a fresh process of its own; prints the table as rows arrive."""
+  print(f"solver at scale: float32 ours, float64 SciPy L-BFGS-B; {os.cpu_count()} cores, jax {jax.__version__}")
+  header = (
+    "| n | m | prepare | single palette | unprepared | SciPy | SciPy / single | palettes/s (chunk) | "
+    "KKT ours / SciPy | feasible | peak RSS single / all |"
+  )
+  print(header)
+  print("|" + "---|" * header.count(" | ") + "---|")
+  rows = []
+  for n, m in sizes:
+    cmd = [sys.executable, "-m", "benchmarks.dual_solver", f"--row={n}:{m}", f"--rewards={_REWARDS.value}"]
+    cmd += [f"--num_single={_SINGLE.value}", f"--repeats={_REPEATS.value}", f"--chunk={_CHUNK.value}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+      print(f"| {n:,} | {m} | failed: {proc.stderr.strip().splitlines()[-1:]} |")
+      continue
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows.append(row)
+    print(
+      f"| {n:,} | {m} | {row['prepare_ms']:.1f} ms | {row['single_ms']:.2f} ms | {row['unprepared_ms']:.2f} ms | "
+      f"{row['scipy_ms']:.2f} ms | {row['scipy_ms'] / row['single_ms']:.1f}x | "
+      f"{row['palettes_per_s']:,.0f} ({row['chunk']}) | {row['kkt_ours']:.1e} / {row['kkt_scipy']:.1e} | "
+      f"{row['feasible']} | {row['rss_single_gb']:.2f} / {row['rss_gb']:.2f} GB |",
+      flush=True,
+    )
+  return rows
+
+
+def _reference_rewards() -> np.ndarray:
+  names = ["humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "perplexity"]
+  rewards, _ = load_pilot(_REWARDS.value, names if "map_reference" in _REWARDS.value else None)
+  return rewards
+
+
 def main(argv):
   del argv
-  names = ["humor", "gpt2-helpful", "gpt2-harmless", "diversity", "coherence", "perplexity"]
-  rewards64, names = load_pilot(_REWARDS.value, names if "map_reference" in _REWARDS.value else None)
+  if _ROW.value:
+    n, m = (int(x) for x in _ROW.value.split(":"))
+    print(json.dumps(scaling_row(_reference_rewards(), n, m)))
+    return
+  if _SCALING.value:
+    scaling_table([tuple(int(x) for x in size.split(":")) for size in _SIZES.value.split(",")])
+    return
+  rewards64 = _reference_rewards()
   rewards32 = rewards64.astype(np.float32)
   n, m = rewards64.shape
   rng = np.random.default_rng(0)

@@ -7,7 +7,7 @@ work on reward matrices alone.
 
 import importlib
 
-from map_jax.core.dual import DualSolution, dual_objective, solve_dual
+from map_jax.core.dual import DualSolution, PreparedPilot, dual_objective, prepare_pilot, solve_dual
 from map_jax.core.feasibility import Feasibility, effective_sample_size, feasibility, upper_bounds
 from map_jax.core.frontier import (
   RandomPalettes,
@@ -79,6 +79,8 @@ __all__ = [
   "sensitivity",
   "sequential_solve",
   "solve_dual",
+  "prepare_pilot",
+  "PreparedPilot",
   "upper_bounds",
   *_LAZY,
 ]

@@ -276,7 +276,7 @@ def solve(config, wd: Workdir) -> dict:
   """Solve every palette on the pilot rewards (float64), adjusting infeasible ones; writes palettes.json."""
   import jax
 
-  from map_jax.core.dual import solve_dual
+  from map_jax.core.dual import prepare_pilot, solve_dual
   from map_jax.core.palette import adjust_palette, quantile_palette
   from map_jax.eval.report import low_ess_warning, solution_record
 
@@ -285,13 +285,14 @@ def solve(config, wd: Workdir) -> dict:
   R = _rewards(wd, "pilot.rewards.jsonl", names)
   records = []
   with jax.enable_x64(True):
+    pilot = prepare_pilot(jax.numpy.asarray(R))
     for label, qs in parse_palettes(config.palettes, targeted, kept):
       c = np.asarray(quantile_palette(R, palette_quantiles(qs, names)))
-      rec = solution_record(R, names, c, solve_dual(R, c))
+      rec = solution_record(R, names, c, solve_dual(pilot, c))
       rec.update(label=label, quantiles={v: qs.get(v) for v in names}, use="palette")
       if not rec["feasible"] and config.adjust:
         adj = adjust_palette(R, c, method=config.adjust)
-        arec = solution_record(R, names, np.asarray(adj.palette), solve_dual(R, adj.palette))
+        arec = solution_record(R, names, np.asarray(adj.palette), solve_dual(pilot, adj.palette))
         arec.update(method=config.adjust, rho=float(adj.rho))
         rec.update(adjusted=arec, use="adjusted")
       warning = low_ess_warning({**(rec.get("adjusted") or rec), "n": int(R.shape[0])})

@@ -14,11 +14,13 @@ Hessian is −Cov_w(R). At the optimum Rᵀw >= c, with equality where λ_i > 0 
 The solver is Bertsekas' projected Newton method with an Armijo search along the
 projection arc. Each loop iteration evaluates the objective, gradient and Hessian at
 one trial point in a single pass over the pilot set (the Hessian from precomputed
-outer products R_j R_jᵀ, so a batch of palettes costs one matmul), and either accepts
-it and takes a new Newton direction or halves the step. Values whose constraint is
+outer products R_j R_jᵀ, so a batch of palettes costs one matmul, or for very large
+pilot sets from the weighted product Rᵀ diag(w) R), and either accepts it and takes a
+new Newton direction or halves the step. Values whose constraint is
 slack are held at exactly λ_i = 0. Feasibility is decided first by the exact LP in
 :mod:`map_jax.core.feasibility`; infeasible palettes get λ = 0 and a certificate,
-never NaN.
+never NaN. Everything that depends on R alone is built once by :func:`prepare_pilot`;
+keep its result to solve many palettes on one pilot set.
 
 Everything is pure JAX: ``solve_dual`` works under ``jit``, ``vmap`` (over palettes and
 over reward matrices) and ``jax.jacobian`` with respect to the palette or rewards,
@@ -26,6 +28,7 @@ where the derivative comes from the implicit function theorem
 (:mod:`map_jax.core.implicit`), not from unrolled iterations.
 """
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -77,35 +80,135 @@ def dual_objective(rewards: jax.Array, palette: jax.Array, lam: jax.Array) -> ja
   return jnp.dot(lam, palette) - (jax.nn.logsumexp(rewards @ lam) - jnp.log(n))
 
 
-class _Standardized(NamedTuple):
-  """The pilot set in standardized units, shared by every palette."""
+# The Hessian comes from a table of the rows' outer products (one matrix–vector product per evaluation, and one
+# matrix product for a whole batch of palettes) while that table stays within 2²⁷ entries (512 MB in float32:
+# n = 10⁶ rows of up to 12 values); beyond it, from the weighted product zᵀ diag(w) z, whose memory is that of R
+# itself. On XLA:CPU the table is the faster of the two at every size measured (2–3× at n = 10⁶,
+# benchmarks/dual_solver.py), so only memory decides.
+_MOMENT_TABLE_MAX_ENTRIES = 1 << 27
+# Sums over the n rows run over blocks of this many rows, then over the blocks. One long float32 dot over 10⁶
+# rows drifts by about 3e-6 relative to the sum, which would show up in the KKT residual (documented at 1e-6);
+# summed per block and then across blocks it stays near 1e-7, at the same speed (a batched dot with few
+# batches). Pilot sets of at most one block keep one plain product.
+_BLOCK_ROWS = 1 << 14
 
-  r: jax.Array  # (n, m): (R − μ) / σ
-  # rt: (m, n): rᵀ, so that logits λᵀrᵀ of a batch of palettes come out (batch, n) with no transpose
-  rt: jax.Array
-  # moments: (m + m(m+1)/2, n): the columns of r, then the upper triangle of the rows' outer products
-  # (transposed: XLA:CPU runs moments @ weights several times faster than weights @ momentsᵀ)
-  moments: jax.Array
+
+def _num_blocks(n: int) -> tuple[int, int]:
+  """(count, size) of the row blocks for n rows: one block of n, or blocks of _BLOCK_ROWS, the last zero-padded."""
+  size = min(n, _BLOCK_ROWS)
+  return -(-n // size), size
+
+
+@functools.partial(
+  jax.tree_util.register_dataclass,
+  data_fields=["rewards", "mean", "scale", "zt", "zb", "z", "moments", "lp"],
+  meta_fields=[],
+)
+@dataclasses.dataclass(frozen=True)
+class PreparedPilot:
+  """A pilot set prepared once for any number of palettes: :func:`prepare_pilot`, passed to :func:`solve_dual`.
+
+  A pytree: keep it across calls (a slider drag, a sweep of palettes), or pass it unbatched to ``jit`` and
+  ``vmap`` as an argument (closed over as a constant, XLA would fold it into the program). It holds R, its
+  standardized rows and the LP's row blocks (about three copies of R), and the Hessian's data: for up to 2²⁷
+  entries the table of the rows' outer products, otherwise one more copy of the standardized rows.
+  """
+
+  rewards: jax.Array  # R (n, m) as given
   mean: jax.Array  # μ (m,)
   scale: jax.Array  # σ (m,), 1 for constant columns
+  # zt: (m, count · size) zᵀ = ((R − μ) / σ)ᵀ, zero-padded to whole blocks of rows (see _BLOCK_ROWS); the
+  # logits λᵀzᵀ of a batch of palettes come out (batch, n) with no transpose, and XLA:CPU runs this product
+  # several times faster than zλ with m numbers per row. zb: (count, m, size) the same in blocks, for the
+  # blocked sums zᵀw (a batched product; over zt's layout XLA:CPU runs it ten times slower). Both
+  # differentiable in R (μ and σ are held constant).
+  zt: jax.Array
+  zb: jax.Array
+  # The Hessian's data, one of the two (see _MOMENT_TABLE_MAX_ENTRIES), zero-padded like zb: moments
+  # (count, m + m(m+1)/2, size), the rows of zᵀ and then the upper triangle of the rows' outer products; or z
+  # (count, size, m), the rows themselves, for zᵀ diag(w) z.
+  z: jax.Array | None
+  moments: jax.Array | None
+  lp: feas.PreparedLP
 
 
-def _standardize(rewards: jax.Array) -> _Standardized:
+def prepare_pilot(rewards: jax.Array, *, hessian: str = "auto") -> PreparedPilot:
+  """Prepares a pilot reward matrix R (n, m) for :func:`solve_dual`, once for all its palettes.
+
+  Everything in a solve that depends on R alone (standardization, the LP's row blocks and starting shortlist,
+  the Hessian's moment table) is built here; a palette then costs only its Newton and simplex steps. On a
+  pilot set of 231,200 rows and 6 values that is about half of a single solve
+  (`python -m benchmarks.dual_solver --scaling`).
+
+  Args:
+    rewards: pilot reward matrix R, shape (n, m), float32 or float64.
+    hessian: how each Newton step forms the Hessian Cov_w(z): ``"moments"`` (a table of the rows' m(m+1)/2
+      outer products, one matrix–vector product per step and one matrix product for a batch of palettes),
+      ``"matmul"`` (zᵀ diag(w) z, memory like R itself) or ``"auto"`` (the table while it has at most 2²⁷
+      entries). The two agree to rounding.
+
+  Raises:
+    ValueError: on a concrete R that is not a finite, non-empty (n, m) matrix.
+
+  Example:
+    >>> R = jnp.array([[0., 1.], [1., 0.], [0.5, 0.5]])
+    >>> pilot = prepare_pilot(R)
+    >>> [bool(solve_dual(pilot, c).feasible) for c in jnp.array([[0.4, 0.45], [0.9, 0.9]])]
+    [True, False]
+  """
+  if hessian not in ("auto", "moments", "matmul"):
+    raise ValueError(f"hessian must be 'auto', 'moments' or 'matmul'; got {hessian!r}.")
+  if validation.is_concrete(rewards):
+    validation.check_rewards(rewards)
+  return _prepare(rewards, hessian=hessian)
+
+
+@functools.partial(jax.jit, static_argnames=("hessian",))
+def _prepare(rewards, *, hessian):
+  rewards = jnp.asarray(rewards)
+  if not jnp.issubdtype(rewards.dtype, jnp.floating):
+    rewards = rewards.astype(jnp.result_type(float))
+  if rewards.ndim != 2:
+    raise ValueError(f"rewards must be a 2-D (samples × values) matrix; got shape {rewards.shape}.")
   n, m = rewards.shape
-  # A constant column is exactly zero once centred; computing it as (R − mean) / std
+  if hessian == "auto":
+    hessian = "moments" if n * (m + m * (m + 1) // 2) <= _MOMENT_TABLE_MAX_ENTRIES else "matmul"
+  r_sg = jax.lax.stop_gradient(rewards)
+  # A constant column is exactly zero once centred on its value; computing it as (R − mean) / std
   # would leave rounding noise that a singular Hessian direction amplifies.
-  constant = jnp.max(rewards, axis=0) == jnp.min(rewards, axis=0)
-  mean = jnp.where(constant, rewards[0], jnp.mean(rewards, axis=0))
+  constant = jnp.max(r_sg, axis=0) == jnp.min(r_sg, axis=0)
+  mean = jnp.where(constant, r_sg[0], jnp.mean(r_sg, axis=0))
   # σ of the centred column divided by its largest deviation first: the squares of rewards of order 1e-19
   # underflow float32 (σ² ~ 1e-38), which would pass for a constant column.
-  spread = jnp.max(jnp.abs(rewards - mean), axis=0)
+  spread = jnp.max(jnp.abs(r_sg - mean), axis=0)
   spread = jnp.where(spread > 0, spread, 1.0)
-  std = spread * jnp.std((rewards - mean) / spread, axis=0)
+  std = spread * jnp.std((r_sg - mean) / spread, axis=0)
   scale = jnp.where(constant | (std == 0), 1.0, std)
-  r = jnp.where(constant, 0.0, (rewards - mean) / scale)
-  upper_i, upper_k = np.triu_indices(m)
-  moments = jnp.concatenate([r, r[:, upper_i] * r[:, upper_k]], axis=1).T
-  return _Standardized(r, r.T, moments, mean, scale)
+  count, size = _num_blocks(n)
+  z_rows = jnp.pad((rewards - mean) / scale, ((0, count * size - n), (0, 0))).reshape(count, size, m)
+  zb = z_rows.transpose(0, 2, 1)
+  zt = z_rows.reshape(count * size, m).T
+  z = moments = None
+  if hessian == "moments":
+    upper_i, upper_k = np.triu_indices(m)
+    zs = jax.lax.stop_gradient(zb)
+    moments = jnp.concatenate([zs, zs[:, upper_i] * zs[:, upper_k]], axis=1)
+  else:
+    z = jax.lax.stop_gradient(z_rows)
+  return PreparedPilot(rewards, mean, scale, zt, zb, z, moments, feas.prepare(r_sg))
+
+
+def _row_mask(count: int, size: int, n: int) -> jax.Array:
+  """(count, size): True on the n real rows, False on the padding."""
+  return (np.arange(count)[:, None] * size + np.arange(size)[None, :]) < n
+
+
+def _row_sums(blocks: jax.Array, w: jax.Array) -> jax.Array:
+  """Σ_j w_j x_j for blocks (count, k, size) of columns x_j and weights w (count, size): per block, then over
+  the blocks (see _BLOCK_ROWS)."""
+  if blocks.shape[0] == 1:
+    return blocks[0] @ w[0]
+  return jnp.einsum("cks,cs->ck", blocks, w).sum(0)
 
 
 class _NewtonState(NamedTuple):
@@ -120,26 +223,36 @@ class _NewtonState(NamedTuple):
   residual: jax.Array
 
 
-def _evaluate(std: _Standardized, c: jax.Array, lam: jax.Array):
-  """−g, its gradient and Hessian at lam, in one pass over the pilot set.
+def _evaluate(zt, zb, z, moments, n: int, c: jax.Array, lam: jax.Array):
+  """−g, its gradient and Hessian at lam, in one pass over the pilot set (standardized units).
 
-  The Hessian comes from the shared outer products (E_w[r rᵀ] − μμᵀ) rather than from
-  centred rows as in :func:`map_jax.core.implicit.tilted_moments`: under ``vmap``
-  over palettes the mean and the second moments are one matmul of the (batch, n)
-  weights against a matrix all palettes share (its m(m+1)/2 distinct products only).
-  In standardized units the cancellation costs little, and Newton needs only a good
-  direction; the exact derivative uses the centred form.
+  With a moment table the Hessian comes from the shared outer products (E_w[z zᵀ] − μμᵀ) rather than from
+  centred rows as in :func:`map_jax.core.implicit.tilted_moments`: under ``vmap`` over palettes the mean and
+  the second moments are one matmul of the (batch, n) weights against a matrix all palettes share (its
+  m(m+1)/2 distinct products only). Without one, E_w[z zᵀ] is zᵀ diag(w) z, a product over the n rows that
+  reads R once more and holds one weighted copy of it. In standardized units the cancellation costs little,
+  and Newton needs only a good direction; the exact derivative uses the centred form. Every sum over rows is
+  a sum over blocks of per-block sums (see _BLOCK_ROWS).
   """
-  n, m = std.r.shape
-  logits = lam @ std.rt
+  count, m, size = zb.shape
+  logits = (lam @ zt).reshape(count, size)
+  # Padding rows have logit 0, never above the largest real one (the real logits average 0 in these units).
   top = jnp.max(logits)
   e = jnp.exp(logits - top)
-  total = jnp.sum(e)
+  if count * size != n:
+    e = jnp.where(_row_mask(count, size, n), e, 0.0)
+  total = jnp.sum(jnp.sum(e, axis=1))
   lse = top + jnp.log(total) - jnp.log(n)
-  moments = (std.moments @ e) / total
-  mean = moments[:m]
-  upper = jnp.zeros((m, m), moments.dtype).at[np.triu_indices(m)].set(moments[m:])
-  second = upper + jnp.triu(upper, 1).T
+  if moments is not None:
+    table = _row_sums(moments, e) / total
+    mean = table[:m]
+    upper = jnp.zeros((m, m), table.dtype).at[np.triu_indices(m)].set(table[m:])
+    second = upper + jnp.triu(upper, 1).T
+  else:
+    mean = _row_sums(zb, e) / total
+    # zᵀ diag(e) z from the rows in (n, m) layout: XLA:CPU runs this product over the rows about twice as fast
+    # as with zᵀ's layout (measured at n = 10⁶).
+    second = jnp.einsum("csm,csk->cmk", z * e[..., None], z).sum(0) / total
   hess = second - jnp.outer(mean, mean)
   return lse - jnp.dot(lam, c), mean - c, hess
 
@@ -173,14 +286,14 @@ def _newton_step(lam, grad, hess, residual, ridge):
   return step, active
 
 
-def _newton(std: _Standardized, c: jax.Array, *, tol, max_iter, max_evals, ridge):
-  dtype = std.r.dtype
+def _newton(zt, zb, z, moments, n: int, c: jax.Array, *, tol, max_iter, max_evals, ridge):
+  dtype = zb.dtype
   sigma = 1e-4
   # Roundoff in f at the optimum; an accepted step may increase f by this much.
   slack = 16 * jnp.finfo(dtype).eps
 
   lam0 = jnp.zeros_like(c)
-  f0, g0, h0 = _evaluate(std, c, lam0)
+  f0, g0, h0 = _evaluate(zt, zb, z, moments, n, c, lam0)
   res0 = _kkt_residual(lam0, g0)
   step0, active0 = _newton_step(lam0, g0, h0, res0, ridge)
   state = _NewtonState(
@@ -191,9 +304,9 @@ def _newton(std: _Standardized, c: jax.Array, *, tol, max_iter, max_evals, ridge
     return (s.residual > tol) & (s.num_steps < max_iter) & (s.num_evals < max_evals) & (s.alpha > 1e-12)
 
   def body(consts, s):
-    std, c = consts
+    zt, zb, z, moments, c = consts
     trial = jnp.maximum(s.lam - s.alpha * s.step, 0.0)
-    f_t, g_t, h_t = _evaluate(std, c, trial)
+    f_t, g_t, h_t = _evaluate(zt, zb, z, moments, n, c, trial)
     # Armijo along the projection arc: predicted decrease from the free coordinates'
     # Newton step plus the held ones' actual movement.
     predicted = s.alpha * jnp.sum(jnp.where(s.active, 0.0, s.grad * s.step)) + jnp.sum(
@@ -209,11 +322,11 @@ def _newton(std: _Standardized, c: jax.Array, *, tol, max_iter, max_evals, ridge
 
   # Under vmap a palette near the feasibility boundary needs 30–50 steps where most
   # need 5; the compacting loop keeps the others from paying for it.
-  return loops.compacting_while_loop(cond, body, (std, c), state)
+  return loops.compacting_while_loop(cond, body, (zt, zb, z, moments, c), state)
 
 
 def solve_dual(
-  rewards: jax.Array,
+  rewards: jax.Array | PreparedPilot,
   palette: jax.Array,
   *,
   tol: float | None = None,
@@ -225,7 +338,8 @@ def solve_dual(
   """Solves the MAP dual exactly for one palette.
 
   Args:
-    rewards: pilot reward matrix R, shape (n, m), float32 or float64.
+    rewards: pilot reward matrix R, shape (n, m), float32 or float64; or ``prepare_pilot(R)``, kept across
+      calls so that each palette pays only for its own steps (the results are the same bit for bit).
     palette: target levels c, shape (m,).
     tol: target KKT residual (see :class:`DualSolution`); defaults to 1e-12 in
       float64 and 1e-6 in float32.
@@ -249,22 +363,22 @@ def solve_dual(
     >>> bool(sol.feasible), sol.lam.shape
     (True, (2,))
   """
-  if validation.is_concrete(rewards, palette):
-    r_np = validation.check_rewards(rewards)
-    validation.check_palette(palette, r_np.shape[1])
-  return _solve_dual(rewards, palette, tol=tol, max_iter=max_iter, ridge=ridge, lp_tol=lp_tol, lp_max_iter=lp_max_iter)
+  pilot = rewards if isinstance(rewards, PreparedPilot) else prepare_pilot(rewards)
+  if validation.is_concrete(palette):
+    validation.check_palette(palette, pilot.rewards.shape[1])
+  return _solve_prepared(
+    pilot, palette, tol=tol, max_iter=max_iter, ridge=ridge, lp_tol=lp_tol, lp_max_iter=lp_max_iter
+  )
 
 
 # Compiled once per shape, dtype and options, so eager calls are fast too; inside an
 # outer jit or vmap this inlines.
 @functools.partial(jax.jit, static_argnames=("tol", "max_iter", "ridge", "lp_tol", "lp_max_iter"))
-def _solve_dual(rewards, palette, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
-  rewards = jnp.asarray(rewards)
-  if not jnp.issubdtype(rewards.dtype, jnp.floating):
-    rewards = rewards.astype(jnp.result_type(float))
+def _solve_prepared(pilot: PreparedPilot, palette, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
+  rewards = pilot.rewards
   dtype = rewards.dtype
   palette = jnp.asarray(palette, dtype)
-  if rewards.ndim != 2 or palette.shape != rewards.shape[1:]:
+  if palette.shape != rewards.shape[1:]:
     raise ValueError(f"solve_dual expects rewards (n, m) and palette (m,); got {rewards.shape} and {palette.shape}.")
   f64 = dtype == jnp.float64
   if tol is None:
@@ -272,31 +386,44 @@ def _solve_dual(rewards, palette, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
   if ridge is None:
     ridge = 100 * float(jnp.finfo(dtype).eps)
 
-  r_sg, c_sg = jax.lax.stop_gradient(rewards), jax.lax.stop_gradient(palette)
-  lp = feas.feasibility(r_sg, c_sg, tol=lp_tol, max_iter=lp_max_iter)
-
-  std = _standardize(r_sg)
+  c_sg = jax.lax.stop_gradient(palette)
+  lp = feas.feasibility(
+    jax.lax.stop_gradient(rewards), c_sg, tol=lp_tol, max_iter=lp_max_iter, prepared=jax.lax.stop_gradient(pilot.lp)
+  )
+  mean, scale = pilot.mean, pilot.scale
   # Infeasible palettes are solved at the pilot means instead (λ = 0 at once), so the
   # batch stays finite; their λ is reported as 0.
-  c_solve = jnp.where(lp.feasible, c_sg, std.mean)
-  c_std = (c_solve - std.mean) / std.scale
-  state = _newton(std, c_std, tol=tol, max_iter=max_iter, max_evals=4 * max_iter, ridge=ridge)
-  lam = jnp.where(lp.feasible, state.lam / std.scale, 0.0)
+  c_solve = jnp.where(lp.feasible, c_sg, mean)
+  c_std = (c_solve - mean) / scale
+  n = rewards.shape[0]
+  state = _newton(
+    jax.lax.stop_gradient(pilot.zt),
+    jax.lax.stop_gradient(pilot.zb),
+    pilot.z,
+    pilot.moments,
+    n,
+    c_std,
+    tol=tol,
+    max_iter=max_iter,
+    max_evals=4 * max_iter,
+    ridge=ridge,
+  )
+  lam = jnp.where(lp.feasible, state.lam / scale, 0.0)
   lam = implicit.attach_implicit_grad(rewards, palette, lam)
 
   # Everything below is ordinary differentiable JAX of (rewards, palette, λ), in the standardized units of the
   # solve: with R = μ + σ z (μ, σ held constant), λᵀr = λᵀμ + (σλ)ᵀz and the constant λᵀμ cancels in the
   # weights, so rewards far from zero (1e4 + O(1)) cost no float32 precision in the logits, weights, levels,
-  # ESS or KL. (λᵀRᵀ rather than Rλ: under vmap over palettes the logits then come out (batch, n), with no
+  # ESS or KL. (λᵀzᵀ rather than zλ: under vmap over palettes the logits then come out (batch, n), with no
   # transpose of the largest array in the solve.)
-  n = rewards.shape[0]
-  zt = ((rewards - std.mean) / std.scale).T
-  logits = (lam * std.scale) @ zt
-  lse = jax.nn.logsumexp(logits)
+  count, _, size = pilot.zb.shape
+  logits = ((lam * scale) @ pilot.zt).reshape(count, size)
+  real = _row_mask(count, size, n)
+  lse = jax.nn.logsumexp(jnp.where(real, logits, -jnp.inf))
   log_w = logits - lse
-  w = jnp.exp(log_w)
-  realized = std.mean + std.scale * (zt @ w)  # (not w @ z: see _Standardized.moments)
-  kl = jnp.sum(w * (log_w + jnp.log(n)))
+  w = jnp.where(real, jnp.exp(log_w), 0.0)
+  realized = mean + scale * _row_sums(pilot.zb, w)
+  kl = jnp.sum(jnp.where(real, w * (log_w + jnp.log(n)), 0.0))
   margin = lp.margin - jnp.dot(lp.certificate, palette - c_sg)  # d margin / dc = −d
   converged = jnp.where(lp.feasible, state.residual <= tol, lp.converged)
   return DualSolution(
@@ -305,9 +432,9 @@ def _solve_dual(rewards, palette, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
     feasible=lp.feasible,
     margin=margin,
     certificate=lp.certificate,
-    ess=feas.effective_sample_size(w),
+    ess=1.0 / jnp.sum(jnp.sum(jnp.square(w), axis=1)),  # feasibility.effective_sample_size, blocked
     kl=kl,
-    dual_value=jnp.dot(lam, palette - std.mean) - (lse - jnp.log(n)),  # dual_objective, sharing lse
+    dual_value=jnp.dot(lam, palette - mean) - (lse - jnp.log(n)),  # dual_objective, sharing lse
     kkt_residual=state.residual,
     converged=converged,
     num_steps=state.num_steps,

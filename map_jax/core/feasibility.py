@@ -31,6 +31,7 @@ d and q are optimal. Both bounds are reported, computed from the gaps R_j − c:
 ``min_i (Rᵀq − c)_i`` (a lower bound, certified by q).
 """
 
+import dataclasses
 import functools
 import math
 from typing import NamedTuple
@@ -85,12 +86,41 @@ class _Simplex(NamedTuple):
   done: jax.Array  # no column prices out (optimal), or no pivot is possible
 
 
-def _columns(S: jax.Array, ids: jax.Array) -> jax.Array:
+@functools.partial(
+  jax.tree_util.register_dataclass,
+  data_fields=["center", "scale", "blocks", "ids", "shortlist"],
+  meta_fields=["num_rows"],
+)
+@dataclasses.dataclass(frozen=True)
+class PreparedLP:
+  """What the LP reads of a pilot set, built once per reward matrix by :func:`prepare` and shared by every
+  palette (a pytree: pass it unbatched to ``vmap``).
+
+  The LP only sees S = (R − center) / scale, one common scale so the margin keeps reward units. S is held once,
+  transposed in row blocks (see :func:`_row_blocks`); a row of S is read back from there.
+  """
+
+  center: jax.Array  # (m,) the pilot means
+  scale: jax.Array  # () max |R − center|, 1 for a constant matrix
+  blocks: jax.Array  # (m, size, count) Sᵀ in blocks of about √n rows
+  ids: jax.Array  # (size · count,) the row of S at each block position (padding repeats row 0)
+  shortlist: jax.Array  # (min(n, 64),) the rows with the best worst value, where the simplex starts
+  num_rows: int  # n
+
+
+def _rows(prepared: PreparedLP, j: jax.Array) -> jax.Array:
+  """Rows S_j (j < n) read from the blocks: row j is column j % size of block j // size."""
+  size = prepared.blocks.shape[1]
+  return jnp.moveaxis(prepared.blocks[:, j % size, j // size], 0, -1)
+
+
+def _columns(prepared: PreparedLP, ids: jax.Array) -> jax.Array:
   """Constraint columns of the primal LP for column ids (rows j < n, slacks n + i)."""
-  n, m = S.shape
+  n, m = prepared.num_rows, prepared.blocks.shape[0]
+  dtype = prepared.blocks.dtype
   is_row = ids < n
-  row = jnp.concatenate([S[jnp.where(is_row, ids, 0)], jnp.ones(ids.shape + (1,), S.dtype)], axis=-1)
-  slack = -jax.nn.one_hot(ids - n, m + 1, dtype=S.dtype)  # −e_i, and 0 in the last row
+  row = jnp.concatenate([_rows(prepared, jnp.where(is_row, ids, 0)), jnp.ones(ids.shape + (1,), dtype)], axis=-1)
+  slack = -jax.nn.one_hot(ids - n, m + 1, dtype=dtype)  # −e_i, and 0 in the last row
   return jnp.where(is_row[..., None], row, slack)
 
 
@@ -120,7 +150,7 @@ def _most_violated(blocks: jax.Array, ids: jax.Array, d: jax.Array):
   per_block = jnp.max(scores, axis=0)
   b = jnp.argmax(per_block)
   within = jnp.argmax(jax.lax.dynamic_index_in_dim(scores, b, axis=1, keepdims=False))
-  return ids[b * size + within], per_block[b]
+  return ids[b * size + within], per_block[b], per_block
 
 
 def _initial_inverse(row: jax.Array, i0: jax.Array) -> jax.Array:
@@ -137,12 +167,10 @@ def _initial_inverse(row: jax.Array, i0: jax.Array) -> jax.Array:
   return jnp.concatenate([t_row[None], slack_rows])
 
 
-def _simplex(S: jax.Array, c: jax.Array, blocks: jax.Array, ids: jax.Array, *, tol: float, max_iter: int) -> _Simplex:
-  """Revised primal simplex for max t s.t. Σ_j q_j S_j − t 1 − s = c, 1ᵀq = 1, q, s >= 0.
-
-  blocks, ids: ``_row_blocks(S)``, shared with the certificate that follows the loop."""
-  n, m = S.shape
-  dtype = S.dtype
+def _simplex(prepared: PreparedLP, c: jax.Array, *, tol: float, max_iter: int) -> _Simplex:
+  """Revised primal simplex for max t s.t. Σ_j q_j S_j − t 1 − s = c, 1ᵀq = 1, q, s >= 0."""
+  n, m = prepared.num_rows, prepared.blocks.shape[0]
+  dtype = prepared.blocks.dtype
   # A ratio-test pivot smaller than this is rounding noise, not a direction.
   pivot_tol = 100 * float(jnp.finfo(dtype).eps)
   b = jnp.concatenate([c, jnp.ones((1,), dtype)])
@@ -152,27 +180,28 @@ def _simplex(S: jax.Array, c: jax.Array, blocks: jax.Array, ids: jax.Array, *, t
   # among the 64 samples with the best worst value, a palette-independent shortlist:
   # searching all n rows per palette saves one pivot in ten and, under vmap, costs
   # more than the pivots.
-  _, shortlist = jax.lax.top_k(jnp.min(S, axis=1), min(n, 64))
-  j0 = shortlist[jnp.argmax(jnp.min(S[shortlist] - c, axis=1))]
-  i0 = jnp.argmin(S[j0] - c)
+  candidates = _rows(prepared, prepared.shortlist)
+  best = jnp.argmax(jnp.min(candidates - c, axis=1))
+  j0, row0 = prepared.shortlist[best], candidates[best]
+  i0 = jnp.argmin(row0 - c)
   slots = jnp.arange(m)
   basis = jnp.concatenate([jnp.full((1,), -1, jnp.int32), jnp.where(slots == i0, j0, n + slots).astype(jnp.int32)])
-  inv = _initial_inverse(S[j0], i0)
+  inv = _initial_inverse(row0, i0)
   state = _Simplex(basis, inv, inv @ b, jnp.zeros((), jnp.int32), jnp.zeros((), bool))
 
   def body(consts, st):
-    blocks, ids, S, c = consts
+    prepared, c = consts
     # Dual values y = B⁻ᵀ e_0, i.e. the first row of B⁻¹: (−d, ν) with 1ᵀd = 1.
     d, nu = -st.inv[0, :m], st.inv[0, m]
     # Reduced costs: row j prices out when dᵀS_j > ν (it cuts off the current vertex),
     # slack i when d_i < 0. Dantzig's rule takes the largest.
-    j, top = _most_violated(blocks, ids, d)
-    rc_row = top - nu
+    j, top, _ = _most_violated(prepared.blocks, prepared.ids, d)
     i = jnp.argmax(-d)
+    rc_row = top - nu
     take_row = rc_row >= -d[i]
     enter = jnp.where(take_row, j, n + i).astype(jnp.int32)
     price = jnp.maximum(rc_row, -d[i])
-    delta = st.inv @ _columns(S, enter)
+    delta = st.inv @ _columns(prepared, enter)
     # Ratio test over the basic q_j and s_i (never t): the first to reach 0 leaves.
     blocking = (jnp.arange(m + 1) > 0) & (delta > pivot_tol)
     ratio = jnp.where(blocking, st.x / jnp.where(blocking, delta, 1.0), jnp.inf)
@@ -191,10 +220,10 @@ def _simplex(S: jax.Array, c: jax.Array, blocks: jax.Array, ids: jax.Array, *, t
   def cond(consts, st):
     return ~st.done & (st.k < max_iter)
 
-  return loops.compacting_while_loop(cond, body, (blocks, ids, S, c), state)
+  return loops.compacting_while_loop(cond, body, (prepared, c), state)
 
 
-def _certified(rewards, palette, blocks, ids, basis, x, y):
+def _certified(rewards, palette, prepared, basis, x, y):
   """Rounds a basis's primal (x) and dual (y) values to the simplices.
 
   Returns the certificate d, the upper bound max_j dᵀ(R_j − c) it certifies, the
@@ -205,13 +234,34 @@ def _certified(rewards, palette, blocks, ids, basis, x, y):
   n, m = rewards.shape
   d = jnp.maximum(-y[:m], 0.0)
   d = d / jnp.sum(d)
-  j, _ = _most_violated(blocks, ids, d)
+  j, _, _ = _most_violated(prepared.blocks, prepared.ids, d)
   upper = jnp.dot(rewards[j] - palette, d)
   is_row = basis[1:] < n
   q = jnp.where(is_row, jnp.maximum(x[1:], 0.0), 0.0)
   q = q / jnp.sum(q)
   lower = jnp.min(q @ (rewards[jnp.where(is_row, basis[1:], 0)] - palette))
   return d, upper, q, lower
+
+
+@jax.jit
+def prepare(rewards: jax.Array) -> PreparedLP:
+  """The palette-independent part of the LP for a pilot set, to pass to every :func:`feasibility` call on it.
+
+  Its arrays hold one (padded) copy of R; building it reads R a few times, which a single palette on a large
+  pilot set would otherwise pay on every call.
+  """
+  rewards = jnp.asarray(rewards)
+  n, m = rewards.shape
+  # The LP only sees R_j − c, so centring R (and c with it) changes nothing but
+  # rounding, and one common scale keeps the margin's units. Both come from R alone.
+  center = jnp.mean(rewards, axis=0)
+  S = rewards - center
+  scale = jnp.max(jnp.abs(S))
+  scale = jnp.where(scale > 0, scale, 1.0)
+  S = S / scale
+  blocks, ids = _row_blocks(S)
+  _, shortlist = jax.lax.top_k(jnp.min(S, axis=1), min(n, 64))
+  return PreparedLP(center, scale, blocks, ids, shortlist.astype(jnp.int32), n)
 
 
 @functools.partial(jax.jit, static_argnames=("tol", "max_iter"))
@@ -221,6 +271,7 @@ def feasibility(
   *,
   tol: float | None = None,
   max_iter: int = 100,
+  prepared: PreparedLP | None = None,
 ) -> Feasibility:
   """Decides whether ``palette`` is reachable by a mixture of the pilot samples.
 
@@ -235,6 +286,8 @@ def feasibility(
       1e-5 in float32.
     max_iter: cap on simplex pivots (on the MAP pilot set, n = 2312 and m = 6,
       typically 8 and at most about 30 are used).
+    prepared: ``prepare(rewards)``, when kept across calls on the same pilot set; built here otherwise (the
+      result is the same bit for bit).
 
   Returns:
     A :class:`Feasibility`. ``feasible`` is False only when ``certificate`` is a
@@ -251,31 +304,26 @@ def feasibility(
   n, m = rewards.shape
   if tol is None:
     tol = 1e-12 if dtype == jnp.float64 else 1e-5
+  if prepared is None:
+    prepared = prepare(rewards)
+  scale = prepared.scale
+  c = (palette - prepared.center) / scale  # (m,)
 
-  # The LP only sees R_j − c, so centring R (and c with it) changes nothing but
-  # rounding, and one common scale keeps the margin's units. Both come from R alone,
-  # so everything computed from S is shared by a batch of palettes.
-  center = jnp.mean(rewards, axis=0)
-  S = rewards - center
-  scale = jnp.max(jnp.abs(S))
-  scale = jnp.where(scale > 0, scale, 1.0)
-  S = S / scale  # (n, m)
-  c = (palette - center) / scale  # (m,)
-
-  blocks, ids = _row_blocks(S)
-  st = _simplex(S, c, blocks, ids, tol=tol, max_iter=max_iter)
+  st = _simplex(prepared, c, tol=tol, max_iter=max_iter)
   # The loop updates B⁻¹ by rank-one pivots; a step of iterative refinement against the
   # final basis itself removes most of their rounding (without the LU factorisation
   # whose pivoting XLA:CPU runs as a while loop). Both versions certify a bracket: keep
   # the tighter ends.
-  matrix = _columns(S, st.basis).T.at[:, 0].set(jnp.concatenate([-jnp.ones((m,), dtype), jnp.zeros((1,), dtype)]))
+  matrix = (
+    _columns(prepared, st.basis).T.at[:, 0].set(jnp.concatenate([-jnp.ones((m,), dtype), jnp.zeros((1,), dtype)]))
+  )
   b = jnp.concatenate([c, jnp.ones((1,), dtype)])
   e_0 = jnp.zeros((m + 1,), dtype).at[0].set(1.0)
   x_polished = st.x + st.inv @ (b - matrix @ st.x)
   y_polished = st.inv[0] + (e_0 - st.inv[0] @ matrix) @ st.inv
   candidates = [
-    _certified(rewards, palette, blocks, ids, st.basis, x_polished, y_polished),
-    _certified(rewards, palette, blocks, ids, st.basis, st.x, st.inv[0]),
+    _certified(rewards, palette, prepared, st.basis, x_polished, y_polished),
+    _certified(rewards, palette, prepared, st.basis, st.x, st.inv[0]),
   ]
   (d, upper, q_b, lower), (d2, upper2, q_b2, lower2) = candidates
   use2_u = ~(upper <= upper2)  # also when the polished bound is NaN

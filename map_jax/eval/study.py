@@ -71,8 +71,8 @@ class PaletteStudy(NamedTuple):
 
 
 @jax.jit
-def _solve_flat(rewards, palettes):
-  return jax.vmap(lambda c: dual.solve_dual(rewards, c))(palettes)
+def _solve_flat(pilot, palettes):
+  return jax.vmap(lambda c: dual.solve_dual(pilot, c))(palettes)
 
 
 # A separate computation from the solve: fused into the same vmapped program as the
@@ -107,9 +107,10 @@ def solve_batch(rewards, palettes, *, batch_size: int | None = 256) -> PaletteSt
   size = total if batch_size is None else min(batch_size, total)
   pad = -total % size
   padded = jnp.concatenate([flat, jnp.broadcast_to(jnp.mean(rewards, 0), (pad, m))])
+  pilot = dual.prepare_pilot(rewards)  # once for every chunk
   sols, conds = [], []
   for start in range(0, padded.shape[0], size):
-    sol = _solve_flat(rewards, padded[start : start + size])
+    sol = _solve_flat(pilot, padded[start : start + size])
     sols.append(sol)
     conds.append(_condition_flat(rewards, sol.lam))
   cat = lambda *a: jnp.concatenate(a)[:total]

@@ -25,7 +25,7 @@ import numpy as np
 
 from map_jax.align.decode import select
 from map_jax.core import frontier
-from map_jax.core.dual import solve_dual
+from map_jax.core.dual import prepare_pilot, solve_dual
 from map_jax.core.implicit import tilted_moments
 from map_jax.core.palette import adjust_palette, quantile_palette
 from map_jax.core.sensitivity import sensitivity
@@ -74,6 +74,7 @@ class Explorer:
     self.targeted = list(targeted) if targeted else list(names)
     with jax.enable_x64(True):
       self._R = jnp.asarray(self.R)
+      self._pilot = prepare_pilot(self._R)  # built once: every slider move pays only for its own solve
       grid = np.linspace(0.0, 1.0, int(round(1 / STEP)) + 1)
       self.grid_levels = np.quantile(self.R, grid, axis=0).T  # [m, 101]: the level at each slider position
       self.mean = self.R.mean(0)
@@ -176,7 +177,7 @@ class Explorer:
       raise BadRequest(f"moved names no value: {moved!r}")
     c = self.palette(qs)
     with jax.enable_x64(True):
-      sol = _solve(self._R, jnp.asarray(c))
+      sol = _solve(self._pilot, jnp.asarray(c))
       lam = np.asarray(sol.lam)
       realized = np.asarray(sol.realized)
       out = {

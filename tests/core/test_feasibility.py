@@ -106,7 +106,7 @@ def test_blocked_argmax_finds_the_most_violated_row(n):
   S = jnp.asarray(rng.normal(size=(n, 4)))
   blocks, ids = feasibility_lib._row_blocks(S)
   for d in rng.dirichlet(np.ones(4), 5):
-    j, top = feasibility_lib._most_violated(blocks, ids, jnp.asarray(d))
+    j, top, _ = feasibility_lib._most_violated(blocks, ids, jnp.asarray(d))
     assert 0 <= int(j) < n
     np.testing.assert_allclose(float(top), np.max(np.asarray(S) @ d), rtol=1e-12)
     np.testing.assert_allclose(float(S[j] @ d), float(top), rtol=1e-12)
@@ -116,11 +116,11 @@ def test_blocked_argmax_finds_the_most_violated_row(n):
 def test_initial_basis_inverse_is_the_inverse(i0):
   """The written-out inverse of the starting basis (t, one row, m − 1 slacks)."""
   rng = np.random.default_rng(i0)
-  S = jnp.asarray(rng.normal(size=(30, 5)))
+  prepared = feasibility_lib.prepare(jnp.asarray(rng.normal(size=(30, 5))))
   j0 = 7
   basis = jnp.asarray([n + i if i != i0 else j0 for i in range(5) for n in [30]])
   matrix = jnp.concatenate(
-    [jnp.concatenate([-jnp.ones((5, 1)), jnp.zeros((1, 1))]), feasibility_lib._columns(S, basis).T], axis=1
+    [jnp.concatenate([-jnp.ones((5, 1)), jnp.zeros((1, 1))]), feasibility_lib._columns(prepared, basis).T], axis=1
   )
-  inv = feasibility_lib._initial_inverse(S[j0], jnp.asarray(i0))
+  inv = feasibility_lib._initial_inverse(feasibility_lib._rows(prepared, j0), jnp.asarray(i0))
   np.testing.assert_allclose(np.asarray(inv) @ np.asarray(matrix), np.eye(6), atol=1e-12)

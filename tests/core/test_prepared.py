@@ -1,0 +1,137 @@
+"""The solver at scale: a prepared pilot set, the two Hessians, blocked float32 sums, and the memory of a solve."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import special
+
+from map_jax.core import dual
+from map_jax.core.dual import prepare_pilot, solve_dual
+
+from .test_dual import scipy_lambda
+
+
+def palettes_between_mean_and_q75(rewards: np.ndarray, num: int, seed: int = 1) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  c0, q75 = rewards.mean(0), np.quantile(rewards, 0.75, axis=0)
+  return c0 + rng.uniform(size=(num, rewards.shape[1])) * (q75 - c0)
+
+
+def large_pilot(reference: np.ndarray, n: int, m: int, seed: int = 0) -> np.ndarray:
+  """n rows of m values from the reference set: resampled rows plus noise, and further columns that mix the six
+  standardized ones (as benchmarks/dual_solver.py --scaling draws them)."""
+  rng = np.random.default_rng(seed)
+  base = reference[rng.integers(0, len(reference), n)]
+  sd = reference.std(0)
+  z = (base - reference.mean(0)) / sd
+  extra = z @ rng.normal(size=(6, m - 6)) / np.sqrt(6) + 0.5 * rng.standard_normal((n, m - 6))
+  return np.concatenate([base + 0.05 * sd * rng.standard_normal(base.shape), extra], axis=1)
+
+
+def kkt_residual64(rewards: np.ndarray, palette: np.ndarray, lam: np.ndarray) -> float:
+  """max_i |min(σ_i λ_i, (E_{p_λ}[r_i] − c_i) / σ_i)| in float64 NumPy."""
+  w = special.softmax(rewards @ np.asarray(lam, np.float64))
+  sd = rewards.std(0)
+  return float(np.max(np.abs(np.minimum(sd * lam, (w @ rewards - palette) / sd))))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("hessian", ["moments", "matmul"])
+def test_prepared_equals_unprepared_bit_for_bit(reference_rewards, dtype, hessian):
+  """solve_dual(R, c) prepares R and solves, as the same two compiled programs a kept PreparedPilot feeds."""
+  R = jnp.asarray(reference_rewards, dtype)
+  pilot = prepare_pilot(R, hessian=hessian)
+  palettes = np.r_[palettes_between_mean_and_q75(reference_rewards, 4), reference_rewards.max(0)[None] + 1]
+  for c in jnp.asarray(palettes, dtype):
+    kept = solve_dual(pilot, c)
+    fresh = solve_dual(R, c) if hessian == "moments" else solve_dual(prepare_pilot(R, hessian=hessian), c)
+    for name, a, b in zip(kept._fields, kept, fresh):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
+  assert not bool(kept.feasible) and bool(solve_dual(pilot, jnp.asarray(palettes[0], dtype)).feasible)
+
+
+def test_moment_table_and_matmul_hessians_agree(reference_rewards):
+  R = jnp.asarray(reference_rewards)
+  table, product = prepare_pilot(R, hessian="moments"), prepare_pilot(R, hessian="matmul")
+  assert table.z is None and table.moments is not None and product.moments is None and product.z is not None
+  rng = np.random.default_rng(3)
+  n = R.shape[0]
+  evaluate = jax.jit(dual._evaluate, static_argnums=4)
+  for lam in rng.uniform(0, 2, (5, 6)):
+    c = jnp.asarray(rng.normal(size=6))
+    a = evaluate(table.zt, table.zb, table.z, table.moments, n, c, jnp.asarray(lam))
+    b = evaluate(product.zt, product.zb, product.z, product.moments, n, c, jnp.asarray(lam))
+    for x, y in zip(a, b):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-11, atol=1e-11)
+    # and both are the tilted covariance of the standardized rows, in float64 NumPy
+    z = (reference_rewards - np.asarray(table.mean)) / np.asarray(table.scale)
+    w = special.softmax(z @ lam)
+    np.testing.assert_allclose(np.asarray(a[2]), np.cov(z.T, aweights=w, bias=True), atol=1e-10)
+  for c in palettes_between_mean_and_q75(reference_rewards, 4):
+    np.testing.assert_allclose(
+      np.asarray(solve_dual(table, jnp.asarray(c)).lam), np.asarray(solve_dual(product, jnp.asarray(c)).lam), rtol=1e-9
+    )
+
+
+def test_padded_row_blocks_change_nothing(reference_rewards):
+  """Past one block of rows the sums run per block over zero-padded blocks; the padding carries no weight."""
+  n = dual._BLOCK_ROWS * 2 + 77
+  R = large_pilot(reference_rewards, n, 7)
+  pilot = prepare_pilot(jnp.asarray(R))
+  assert pilot.zb.shape == (3, 7, dual._BLOCK_ROWS)
+  for c in palettes_between_mean_and_q75(R, 3):
+    sol = solve_dual(pilot, jnp.asarray(c))
+    lam = np.asarray(sol.lam)
+    w = special.softmax(R @ lam)
+    assert bool(sol.converged) and kkt_residual64(R, c, lam) < 1e-10
+    np.testing.assert_allclose(np.asarray(sol.realized), w @ R, rtol=1e-12)
+    np.testing.assert_allclose(float(sol.ess), 1 / np.sum(w**2), rtol=1e-10)
+    np.testing.assert_allclose(float(sol.kl), np.sum(w * np.log(n * w)), rtol=1e-9, atol=1e-12)
+
+
+def test_float32_at_200k_rows_and_12_values_against_float64_scipy(reference_rewards):
+  """Sums over 200,000 rows in float32 keep the KKT residual at the documented 1e-6, and λ at SciPy's."""
+  R = large_pilot(reference_rewards, 200_000, 12)
+  pilot = prepare_pilot(jnp.asarray(R, jnp.float32))
+  for c in palettes_between_mean_and_q75(R, 2):
+    sol = solve_dual(pilot, jnp.asarray(c, jnp.float32))
+    assert bool(sol.feasible) and bool(sol.converged)
+    lam32 = np.asarray(sol.lam, np.float64)
+    reference = scipy_lambda(R, c)
+    assert kkt_residual64(R, c, lam32) < 1e-6, kkt_residual64(R, c, lam32)
+    assert kkt_residual64(R, c, reference) < 1e-6
+    np.testing.assert_allclose(lam32, reference, atol=1e-4 * np.max(reference))
+
+
+def _intermediate_sizes(jaxpr) -> list[tuple[int, str]]:
+  """(size, primitive) of every value computed in a jaxpr, its sub-jaxprs (loops, conditionals) included."""
+  out = []
+  for eqn in jaxpr.eqns:
+    out += [(int(np.prod(v.aval.shape)), str(eqn.primitive)) for v in eqn.outvars if hasattr(v.aval, "shape")]
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else [param]:
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          out += _intermediate_sizes(inner)
+  return out
+
+
+@pytest.mark.parametrize("n, m", [(4_000_000, 12), (20_000_000, 6)])
+def test_no_solve_materialises_more_than_a_few_copies_of_the_rewards(n, m):
+  """On an abstract pilot set too large for the moment table, preparing and solving (also a batch of palettes)
+  compute nothing of n × m × m or n × n entries: every intermediate is at most the size of R (padded to whole
+  blocks of rows), times the batch."""
+  assert n * (m + m * (m + 1) // 2) > dual._MOMENT_TABLE_MAX_ENTRIES
+  rewards = jax.ShapeDtypeStruct((n, m), jnp.float32)
+  padded = -(-n // dual._BLOCK_ROWS) * dual._BLOCK_ROWS
+  single = jax.make_jaxpr(solve_dual)(rewards, jax.ShapeDtypeStruct((m,), jnp.float32))
+  batch = 4
+  batched = jax.make_jaxpr(lambda r, c: jax.vmap(lambda ci: solve_dual(r, ci))(c))(
+    rewards, jax.ShapeDtypeStruct((batch, m), jnp.float32)
+  )
+  for jaxpr, limit in [(single.jaxpr, padded * m), (batched.jaxpr, batch * padded * m)]:
+    sizes = _intermediate_sizes(jaxpr)
+    assert len(sizes) > 100
+    largest = max(sizes)
+    assert largest[0] <= limit, largest
