@@ -286,15 +286,18 @@ def adjust_palette(
   if tol is None:
     tol = 1e-10 if dtype == jnp.float64 else 1e-6
 
+  # The search solves many palettes on one pilot set: prepared once, outside its loop.
   if max_kl is None:
+    prepared = feas.prepare(rewards)
 
     def accept(c):
-      lp = feas.feasibility(rewards, c, tol=lp_tol, max_iter=lp_max_iter)
+      lp = feas.feasibility(rewards, c, tol=lp_tol, max_iter=lp_max_iter, prepared=prepared)
       return lp.feasible, lp.margin
   else:
+    pilot = dual.prepare_pilot(rewards)
 
     def accept(c):
-      sol = dual.solve_dual(rewards, c, lp_tol=lp_tol, lp_max_iter=lp_max_iter)
+      sol = dual.solve_dual(pilot, c, lp_tol=lp_tol, lp_max_iter=lp_max_iter)
       return sol.feasible & (sol.kl <= max_kl), sol.margin
 
   search = dict(tol=tol, accept=accept)

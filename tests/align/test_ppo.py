@@ -185,7 +185,8 @@ def test_exact_kl_matches_numpy():
   assert np.all(want > 0)
 
 
-@pytest.mark.parametrize("estimator,whiten", [("sample", False), ("exact", False), ("exact", True)])
+# Each estimator once and whitening on and off (the suite's time budget: the third combination adds no code path).
+@pytest.mark.parametrize("estimator,whiten", [("sample", False), ("exact", True)])
 def test_ppo_gradient_is_the_gradient_of_the_kl_regularised_objective(estimator, whiten):
   """Every 2-token response of the 64-token model, weighted by its probability under π: the PPO loss's
   gradient at π_old = π (ratio 1) must be −1/N times ∇_θ of J(θ) = E_π[score] − β KL(π ‖ p0), the exact

@@ -36,8 +36,7 @@ def kkt_residual64(rewards: np.ndarray, palette: np.ndarray, lam: np.ndarray) ->
   return float(np.max(np.abs(np.minimum(sd * lam, (w @ rewards - palette) / sd))))
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-@pytest.mark.parametrize("hessian", ["moments", "matmul"])
+@pytest.mark.parametrize("dtype, hessian", [(jnp.float32, "moments"), (jnp.float64, "matmul")])
 def test_prepared_equals_unprepared_bit_for_bit(reference_rewards, dtype, hessian):
   """solve_dual(R, c) prepares R and solves, as the same two compiled programs a kept PreparedPilot feeds."""
   R = jnp.asarray(reference_rewards, dtype)
