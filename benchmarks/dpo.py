@@ -38,6 +38,12 @@ def trl_steps(path: str, texts: dict, args) -> tuple[list[float], list[dict]]:
   d, f = os.path.split(path)
   tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=f)
   model = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+  # Loading a GGUF dequantizes it into plain float32 parameters (what ours trains too), but transformers still
+  # tags the model as quantized, and its Trainer refuses to fine-tune a quantized model: drop the tag.
+  model.hf_quantizer = None
+  model.is_quantized = False
+  # The frozen reference, loaded the same way (TRL would otherwise reload it from the model's hub id).
+  ref_model = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
   times: list[float] = []
 
   class Timer(transformers.TrainerCallback):
@@ -64,6 +70,7 @@ def trl_steps(path: str, texts: dict, args) -> tuple[list[float], list[dict]]:
     )
     trainer = trl.DPOTrainer(
       model=model,
+      ref_model=ref_model,
       args=cfg,
       train_dataset=datasets.Dataset.from_dict(texts),
       processing_class=tok,
