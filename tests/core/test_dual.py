@@ -283,14 +283,20 @@ def test_vmap_with_hard_palettes_equals_loop(reference_rewards):
 
 
 def lp_edge(rewards: np.ndarray, start: np.ndarray, direction: np.ndarray) -> float:
-  """Largest s with start + s·direction feasible, by bisection on the HiGHS margin."""
-  lo, hi = 0.0, 1.0
-  while lp_margin(rewards, start + hi * direction) >= 0:
-    hi *= 2
-  for _ in range(40):
-    mid = 0.5 * (lo + hi)
-    lo, hi = (mid, hi) if lp_margin(rewards, start + mid * direction) >= 0 else (lo, mid)
-  return lo
+  """Largest s with start + s·direction feasible: max s s.t. Rᵀq >= start + s·direction, q in the simplex
+  (one HiGHS LP)."""
+  n, m = rewards.shape
+  res = optimize.linprog(
+    np.r_[np.zeros(n), -1.0],
+    A_ub=np.c_[-rewards.T, direction],
+    b_ub=-start,
+    A_eq=np.r_[np.ones(n), 0.0][None],
+    b_eq=[1.0],
+    bounds=[(0, None)] * n + [(0, None)],
+    method="highs",
+  )
+  assert res.status == 0, res.message
+  return float(res.x[-1])
 
 
 def test_newton_step_solves_the_reduced_system_and_survives_an_indefinite_matrix():
