@@ -150,7 +150,7 @@ def _most_violated(blocks: jax.Array, ids: jax.Array, d: jax.Array):
   per_block = jnp.max(scores, axis=0)
   b = jnp.argmax(per_block)
   within = jnp.argmax(jax.lax.dynamic_index_in_dim(scores, b, axis=1, keepdims=False))
-  return ids[b * size + within], per_block[b], per_block
+  return ids[b * size + within], per_block[b]
 
 
 def _initial_inverse(row: jax.Array, i0: jax.Array) -> jax.Array:
@@ -195,9 +195,9 @@ def _simplex(prepared: PreparedLP, c: jax.Array, *, tol: float, max_iter: int) -
     d, nu = -st.inv[0, :m], st.inv[0, m]
     # Reduced costs: row j prices out when dᵀS_j > ν (it cuts off the current vertex),
     # slack i when d_i < 0. Dantzig's rule takes the largest.
-    j, top, _ = _most_violated(prepared.blocks, prepared.ids, d)
-    i = jnp.argmax(-d)
+    j, top = _most_violated(prepared.blocks, prepared.ids, d)
     rc_row = top - nu
+    i = jnp.argmax(-d)
     take_row = rc_row >= -d[i]
     enter = jnp.where(take_row, j, n + i).astype(jnp.int32)
     price = jnp.maximum(rc_row, -d[i])
@@ -234,7 +234,7 @@ def _certified(rewards, palette, prepared, basis, x, y):
   n, m = rewards.shape
   d = jnp.maximum(-y[:m], 0.0)
   d = d / jnp.sum(d)
-  j, _, _ = _most_violated(prepared.blocks, prepared.ids, d)
+  j, _ = _most_violated(prepared.blocks, prepared.ids, d)
   upper = jnp.dot(rewards[j] - palette, d)
   is_row = basis[1:] < n
   q = jnp.where(is_row, jnp.maximum(x[1:], 0.0), 0.0)

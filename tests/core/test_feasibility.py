@@ -106,7 +106,7 @@ def test_blocked_argmax_finds_the_most_violated_row(n):
   S = jnp.asarray(rng.normal(size=(n, 4)))
   blocks, ids = feasibility_lib._row_blocks(S)
   for d in rng.dirichlet(np.ones(4), 5):
-    j, top, _ = feasibility_lib._most_violated(blocks, ids, jnp.asarray(d))
+    j, top = feasibility_lib._most_violated(blocks, ids, jnp.asarray(d))
     assert 0 <= int(j) < n
     np.testing.assert_allclose(float(top), np.max(np.asarray(S) @ d), rtol=1e-12)
     np.testing.assert_allclose(float(S[j] @ d), float(top), rtol=1e-12)
