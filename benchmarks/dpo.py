@@ -65,6 +65,10 @@ def trl_steps(path: str, texts: dict, args) -> tuple[list[float], list[dict]]:
       save_strategy="no",
       report_to="none",
       use_cpu=True,
+      # DPOConfig defaults to bf16 autocast and activation checkpointing; on a CPU without bf16 matmuls the
+      # former falls back to a naive gemm (minutes per step). Ours trains in float32 without remat: so does TRL's.
+      bf16=False,
+      gradient_checkpointing=False,
       dataloader_drop_last=True,
       seed=0,
     )
