@@ -26,6 +26,17 @@ if hasattr(os, "sched_setaffinity"):
   _worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
   os.sched_setaffinity(0, {_cores[int(_worker[2:] or 0) % len(_cores)]})
 
+if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  # One persistent XLA compilation cache for the run, shared by the workers, the launchers and notebook kernels
+  # the tests start (they inherit the environment): a program compiled once is loaded, not compiled again, in
+  # every other process of the run. Removed when the run ends.
+  import atexit
+  import shutil
+  import tempfile
+
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="map-jax-xla-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
+
 import pytest  # noqa: E402  (after the pin)
 
 _TESTS = pathlib.Path(__file__).resolve().parent

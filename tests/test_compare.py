@@ -2,6 +2,11 @@
 and the whole comparison on a tiny model, killed and resumed."""
 
 import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +16,7 @@ from map_jax import compare
 from map_jax.data.preferences import hh_pairs
 from map_jax.data.tables import TableError
 from map_jax.eval import comparison
+from tests.test_readme import ROOT
 
 PROMPTS = [f"Tell me something about topic number {i}." for i in range(24)]
 
@@ -77,22 +83,43 @@ def test_hh_rlhf_files_become_pairs_and_bad_rows_are_named(tmp_path):
     hh_pairs(str(bad))
 
 
-def tiny_config(model, prompt_file):
-  c = configs.load("compare_default")
-  c.model = model
-  c.prompts.source, c.prompts.num_pilot, c.prompts.num_test, c.prompts.max_chars = prompt_file, 8, 4, 200
-  c.pilot.samples_per_prompt = 4
-  c.generation.max_new_tokens, c.generation.batch_size, c.generation.min_bucket = 6, 4, 64
-  c.decode.num_candidates = 3
-  c.targeted = "positiveness,length"
-  c.compare.num_palettes, c.compare.num_finetuned, c.compare.ppo_steps = 4, 1, 2
-  c.ppo.max_new_tokens, c.ppo.ppo_epochs, c.ppo.num_minibatches, c.ppo.warmup_steps = 6, 1, 1, 0
-  c.ppo.learning_rate = 1e-3
-  c.run.batch_size, c.run.max_prompt_tokens, c.run.checkpoint_every, c.run.progress = 4, 48, 1, False
-  c.dpo.betas, c.dpo.alphas, c.dpo.num_steps, c.dpo.num_pairs, c.dpo.batch_size = (0.5,), (0.0, 1.0), 2, 8, 4
-  c.dpo.max_response_tokens, c.dpo.learning_rate, c.dpo.min_gap = 8, 1e-3, 0.0
-  c.soup.alphas = (0.5,)
-  return c
+# The test-sized comparison: configs/compare_default.py with these fields overridden (as --config flags too).
+TINY = {
+  "prompts.num_pilot": 8,
+  "prompts.num_test": 4,
+  "prompts.max_chars": 200,
+  "pilot.samples_per_prompt": 4,
+  "generation.max_new_tokens": 6,
+  "generation.batch_size": 4,
+  "generation.min_bucket": 64,
+  "decode.num_candidates": 3,
+  "targeted": "positiveness,length",
+  "compare.num_palettes": 4,
+  "compare.num_finetuned": 1,
+  "compare.ppo_steps": 2,
+  "ppo.max_new_tokens": 6,
+  "ppo.ppo_epochs": 1,
+  "ppo.num_minibatches": 1,
+  "ppo.warmup_steps": 0,
+  "ppo.learning_rate": 1e-3,
+  "run.batch_size": 4,
+  "run.max_prompt_tokens": 48,
+  "run.checkpoint_every": 1,
+  "run.progress": False,
+  "dpo.betas": (0.5,),
+  "dpo.alphas": (0.0, 1.0),
+  "dpo.num_steps": 2,
+  "dpo.num_pairs": 8,
+  "dpo.batch_size": 4,
+  "dpo.max_response_tokens": 8,
+  "dpo.learning_rate": 1e-3,
+  "dpo.min_gap": 0.0,
+  "soup.alphas": (0.5,),
+}
+
+
+def tiny_fields(model, prompt_file) -> dict:
+  return {"model": model, "prompts.source": prompt_file, **TINY}
 
 
 @pytest.fixture
@@ -102,35 +129,55 @@ def prompt_file(tmp_path):
   return str(path)
 
 
-def test_the_comparison_end_to_end_killed_and_resumed(tiny_smollm_dir, prompt_file, tmp_path, monkeypatch):
-  from map_jax.align import trainer
+def test_the_readme_comparison_command_killed_and_resumed(tiny_smollm_dir, prompt_file, tmp_path):
+  """The README's command, as printed plus the test-sized fields as --config flags, killed with SIGKILL while
+  it trains its second model; the rerun skips everything finished and resumes the rest."""
+  from tests.test_readme import section_blocks
 
-  c = tiny_config(tiny_smollm_dir, prompt_file)
-  real, calls = trainer.train, []
+  (block,) = section_blocks("## The method comparison", "bash")
+  argv = shlex.split(block.split("#")[0])
+  assert argv[:3] == ["python", "-m", "experiments.compare_methods"]
+  wd = tmp_path / argv[3].split("=", 1)[1]
+  fields = tiny_fields(tiny_smollm_dir, prompt_file)
+  flags = [f"--config.{k}={v}" for k, v in fields.items()]
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "MAP_JAX_TRACEBACK": "1"}
+  proc = subprocess.Popen(
+    [sys.executable, *argv[1:], *flags],
+    cwd=tmp_path,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  try:
+    announced = []
+    for line in proc.stdout:
+      announced.append(line.strip())
+      if line.strip() == "stage model_MORL-F-00: running":
+        proc.send_signal(signal.SIGKILL)
+        break
+  finally:
+    proc.kill()
+    _, err = proc.communicate(timeout=60)
+  assert announced[-1] == "stage model_MORL-F-00: running", (announced, err[-3000:])
+  assert "stage model_MAP-F-00: running" in announced
 
-  def dying(*a, **kw):
-    calls.append(1)
-    if len(calls) == 3:
-      raise KeyboardInterrupt("killed")
-    return real(*a, **kw)
-
-  monkeypatch.setattr(trainer, "train", dying)
-  with pytest.raises(KeyboardInterrupt):
-    compare.run(c, str(tmp_path / "killed"))
+  c = configs.load("compare_default")
+  c.update_from_flattened_dict(fields)
   seen = []
-  report = compare.run(c, str(tmp_path / "killed"), on_unit=lambda u, skipped: seen.append((u, skipped)))
-  assert [u for u, skipped in seen if u.startswith("model_") and skipped] == ["model_MAP-F-00", "model_MORL-F-00"]
+  report = compare.run(c, str(wd), on_unit=lambda u, skipped: seen.append((u, skipped)))
+  ran = [u for u, skipped in seen if not skipped]  # every decoding stage, the λ draw and MAP-F-00 were done
+  assert ran[0] == "model_MORL-F-00" and all(u.startswith("model_") for u in ran) and "model_MAP-F-00" not in ran
   assert set(report["methods"]) == {"MAP-D", "MORL-D", "MAP-F", "MORL-F", "DPO(0.5)", "DPO-Soup(0.5)"}
   counts = {m: r["models"] for m, r in report["methods"].items()}
   assert counts == {"MAP-D": 4, "MORL-D": 4, "MAP-F": 1, "MORL-F": 1, "DPO(0.5)": 2, "DPO-Soup(0.5)": 1}
-  wd = tmp_path / "killed"
   assert (wd / "comparison.md").exists() and (wd / "expected.png").stat().st_size > 1000
   test_prompts = json.loads((wd / "decoding" / "prompts.json").read_text())["test"]
-  for name in ("MAP-F-00", "DPO-b0.5-a0", "Soup-b0.5-a0.5"):  # every model answered every test prompt once
+  for name in ("MAP-F-00", "MORL-F-00", "DPO-b0.5-a0", "Soup-b0.5-a0.5"):  # every model answered every prompt once
     rows = [json.loads(line) for line in (wd / "answers" / f"{name}.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == test_prompts
-  steps = [json.loads(line)["step"] for line in (wd / "models" / "DPO-b0.5-a0" / "metrics.jsonl").open()]
-  assert steps == [1, 2]  # the unit killed before it trained ran whole on resume
+  steps = [json.loads(line)["step"] for line in (wd / "models" / "MORL-F-00" / "metrics.jsonl").open()]
+  assert steps == [1, 2]  # the killed unit: each step once, whether its first checkpoint was written or not
 
   # More palettes: only the λ draw reruns; every trained model is reused, the earlier draws kept.
   c.compare.num_palettes = 5
