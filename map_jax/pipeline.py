@@ -205,7 +205,7 @@ def sample_table(
   import jax
   from tqdm.auto import tqdm
 
-  from map_jax.sampling import generate
+  from map_jax.sampling import for_decoding, generate
 
   g = config.generation
   B = int(g.batch_size)
@@ -220,6 +220,7 @@ def sample_table(
   todo = [b for b in range(len(batches)) if b not in store]
   if todo:
     model = load()
+    module, params = for_decoding(model.module, model.params)  # once for every batch
     base = jax.random.fold_in(jax.random.key(int(config.seed)), stream)
     k = samples_per_prompt
     initial = sum(len(rows) for rows in done.values())
@@ -227,8 +228,8 @@ def sample_table(
       for b in todo:
         idx = batches[b]
         out = generate(
-          model.module,
-          model.params,
+          module,
+          params,
           model.tokenizer,
           [prompts[i] for i in idx],
           key=jax.random.fold_in(base, b),

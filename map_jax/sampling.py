@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from absl import logging
 import chex
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from map_jax.models import tokenizer as tok_lib
-from map_jax.models.layers import KVCache, positions_from_mask
+from map_jax.models.layers import KVCache, positions_from_mask, unstack_layers
 
 
 class SampleOutput(NamedTuple):
@@ -57,7 +57,17 @@ def _choose(logits, key, temperature, top_k, top_p):
 
 
 @functools.partial(
-  jax.jit, static_argnames=("module", "max_new_tokens", "top_k", "top_p", "num_return_sequences", "eos_ids", "pad_id")
+  jax.jit,
+  static_argnames=(
+    "module",
+    "max_new_tokens",
+    "top_k",
+    "top_p",
+    "num_return_sequences",
+    "eos_ids",
+    "pad_id",
+    "unroll_layers",
+  ),
 )
 def sample(
   module: nn.Module,
@@ -73,6 +83,7 @@ def sample(
   num_return_sequences: int = 1,
   eos_ids: tuple[int, ...] = (),
   pad_id: int = 0,
+  unroll_layers: bool | None = None,
 ) -> SampleOutput:
   """Sample continuations of left-padded prompts with a preallocated KV cache; one jit for the whole loop.
 
@@ -91,6 +102,11 @@ def sample(
     top_k, top_p: optional truncation of the sampling distribution (top-k first, then nucleus).
     num_return_sequences: k samples per prompt.
     eos_ids: tokens that end a row; pad_id fills the rest of it.
+    unroll_layers: run the layers as a Python loop over per-layer weights and KV buffers
+      (`layers.UnrolledLayers`) instead of a scan over the stacked ones, which on CPU copies every layer's
+      weights and cache on every step. None: on CPU only. The same computation either way (tested token for
+      token). A module that is unrolled already (`for_decoding`) is used as it is; otherwise the params are
+      split inside this call, once before the loop (slower than `for_decoding`'s split outside it).
 
   Returns:
     `SampleOutput` with B*k rows.
@@ -100,12 +116,16 @@ def sample(
   B, T = prompt_tokens.shape
   N, k, cfg = max_new_tokens, num_return_sequences, module.config
   logging.info("compiling sample: batch=%d prompt_len=%d new=%d k=%d", B, T, N, k)  # runs at trace time only
+  if (jax.default_backend() == "cpu" if unroll_layers is None else unroll_layers) and not module.unroll:
+    module, params = module.clone(unroll=True), unstack_layers(params, cfg.num_layers)  # see for_decoding
   apply = functools.partial(module.apply, {"params": params}, last_only=True)
-  cache = KVCache.zeros(cfg.num_layers, B, T + N, cfg.num_kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype))
+  cache = KVCache.zeros(
+    cfg.num_layers, B, T + N, cfg.num_kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype), per_layer=module.unroll
+  )
   kv_mask = jnp.zeros((B, T + N), bool).at[:, :T].set(prompt_mask.astype(bool))
   out = apply(prompt_tokens, positions_from_mask(prompt_mask), kv_mask, cache, 0)
   rep = lambda x, axis=0: jnp.repeat(x, k, axis=axis)  # noqa: E731  prompt-major copies
-  cache = KVCache(rep(out.cache.k, 1), rep(out.cache.v, 1))
+  cache = jax.tree.map(lambda x: rep(x, x.ndim - 4), out.cache)  # batch is the 4th axis from the end
   R = B * k
   state = dict(
     i=jnp.int32(0),
@@ -148,6 +168,16 @@ def sample(
   s = jax.lax.while_loop(lambda s: (s["i"] < N - 1) & ~jnp.all(s["done"]), lambda s: advance(pick(s)), state)
   s = pick(s)  # rows that were all done already just write padding
   return SampleOutput(s["tokens"], s["lp"], s["slp"], s["lengths"])
+
+
+def for_decoding(module: nn.Module, params, unroll_layers: bool | None = None) -> tuple[nn.Module, Any]:
+  """(module, params) as `sample` decodes fastest on this backend: on CPU (or with `unroll_layers`) the
+  unrolled module and its per-layer params (`layers.unstack_layers`, a copy of the layer weights), else both
+  unchanged. Split once and reuse across many `generate`/`sample` calls with the same weights; params that
+  change every call (a policy in training) are better split inside `sample`."""
+  if (jax.default_backend() == "cpu" if unroll_layers is None else unroll_layers) and not module.unroll:
+    return module.clone(unroll=True), unstack_layers(params, module.config.num_layers)
+  return module, params
 
 
 class GenerationOutput(NamedTuple):
@@ -216,6 +246,8 @@ def generate(
 
   Prompt lengths are rounded up to a power of two (at least `min_bucket`), so a stream of batches of one
   size compiles `sample` once per length bucket. `chat=True` wraps each prompt in the chat template.
+  Callers that generate many batches with the same weights pass `for_decoding(module, params)` (done here
+  otherwise, a copy of the layer weights per call on CPU).
 
   Example:
     >>> cfg, params, tok = map_jax.models.load_model("smollm2-135m-instruct")
@@ -234,6 +266,7 @@ def generate(
     )
   pad_id = tok_lib.pad_id(tokenizer)
   tokens, mask = _pad_batch(*tok_lib.pad_left(ids, pad_id, min_bucket=min_bucket))
+  module, params = for_decoding(module, params)
   out = sample(
     module,
     params,

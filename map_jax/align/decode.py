@@ -185,7 +185,7 @@ def decode(
   Returns:
     `DecodeOutput`.
   """
-  from map_jax.sampling import generate  # Flax and transformers load on first use, as in map_jax/__init__
+  from map_jax.sampling import for_decoding, generate  # Flax and transformers load on first use, as in map_jax/__init__
 
   if mode not in MODES:  # before minutes of generation, not after
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -198,12 +198,13 @@ def decode(
   if lam.shape != (len(values),):
     raise ValueError(f"lam has shape {lam.shape} but {len(values)} values were given")
   gen_key, sel_key = jax.random.split(key)
-  module, k = model.module, num_candidates  # one module object, so `sample` compiles once per shape
+  module, params = for_decoding(model.module, model.params)  # one module object: `sample` compiles once per shape
+  k = num_candidates
   candidates: list[list[str]] = []
   for b, start in enumerate(range(0, len(prompts), batch_size)):
     out = generate(
       module,
-      model.params,
+      params,
       model.tokenizer,
       prompts[start : start + batch_size],
       key=jax.random.fold_in(gen_key, b),

@@ -118,6 +118,7 @@ class GPT2(nn.Module):
 
   config: GPT2Config
   lora: L.LoRA | None = None  # low-rank adapters on the projections (`layers.LoRA`); None: none
+  unroll: bool = False  # layers as a Python loop over per-layer params (`layers.UnrolledLayers`)
 
   def setup(self):
     c = self.config
@@ -133,7 +134,7 @@ class GPT2(nn.Module):
       param_dtype=pdt,
       embedding_init=L.partitioned(init, (L.POSITIONS, L.EMBED)),
     )
-    self.layers = L.scan_layers(GPT2Block, c.num_layers, 2, c.remat)(c, self.lora)
+    self.layers = L.scan_layers(GPT2Block, c.num_layers, 2, c.remat, self.unroll)(c, self.lora)
     self.ln_f = L.layer_norm(c.layer_norm_eps, dt, pdt)
 
   def __call__(self, tokens, positions=None, kv_mask=None, cache=None, cache_index=0, last_only=False):

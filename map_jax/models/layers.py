@@ -260,13 +260,20 @@ class KVCache(NamedTuple):
 
   Slots are absolute positions in the padded sequence (prompt bucket, then generated tokens); which slots hold
   real tokens is the caller's `kv_mask` [batch, max_len], so left padding never shifts anything.
+
+  With unrolled layers (`scan_layers(..., unroll=True)`) k and v are instead tuples of one [batch, kv_heads,
+  max_len, head_dim] buffer per layer, so a layer reads its keys and values without slicing (copying) them out
+  of the stack.
   """
 
-  k: jax.Array
-  v: jax.Array
+  k: jax.Array | tuple[jax.Array, ...]
+  v: jax.Array | tuple[jax.Array, ...]
 
   @classmethod
-  def zeros(cls, num_layers, batch, max_len, kv_heads, head_dim, dtype=jnp.float32) -> "KVCache":
+  def zeros(cls, num_layers, batch, max_len, kv_heads, head_dim, dtype=jnp.float32, per_layer=False) -> "KVCache":
+    if per_layer:
+      shape = (batch, kv_heads, max_len, head_dim)
+      return cls(*(tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)) for _ in "kv"))
     shape = (num_layers, batch, kv_heads, max_len, head_dim)
     return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
@@ -294,7 +301,12 @@ def attend(q, k, v, *, kv_mask, layer=None, cache: KVCache | None = None, cache_
   B, T, H, D = q.shape
   Hkv = k.shape[2]
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, T, D], the cache layout
-  if cache is not None:
+  if cache is not None and isinstance(cache.k, tuple):  # one buffer per layer; `layer` is a Python int
+    ck = jax.lax.dynamic_update_slice(cache.k[layer], k.astype(cache.k[layer].dtype), (0, 0, cache_index, 0))
+    cv = jax.lax.dynamic_update_slice(cache.v[layer], v.astype(cache.v[layer].dtype), (0, 0, cache_index, 0))
+    cache = KVCache(*(c[:layer] + (x,) + c[layer + 1 :] for c, x in ((cache.k, ck), (cache.v, cv))))
+    k, v = ck.astype(q.dtype), cv.astype(q.dtype)
+  elif cache is not None:
     idx = (layer, 0, 0, cache_index, 0)
     ck = jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), idx)
     cv = jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), idx)
@@ -327,14 +339,48 @@ class LMOutput(NamedTuple):
   cache: KVCache | None
 
 
-def scan_layers(block: type[nn.Module], num_layers: int, num_broadcast: int, remat: bool = False):
-  """Stack `num_layers` copies of `block` with `nn.scan` (one compiled body; params get a leading "layers" axis).
+class UnrolledLayers(nn.Module):
+  """`num_layers` copies of `block` applied in a Python loop, with params "0", "1", ... (one subtree per layer).
+
+  What `scan_layers(..., unroll=True)` builds: the same computation as the scan over stacked params, but each
+  layer's weights are their own buffers. On CPU a scanned layer copies its slice of every stacked weight (and
+  of the stacked KV cache) on each call, most of the weight traffic of a decode step; unrolled, it reads
+  them in place. `unstack_layers` turns scanned params into these. The layer index in the carry is a Python
+  int here, so a per-layer `KVCache` is indexed statically.
+  """
+
+  block: Any
+  num_layers: int
+  args: tuple = ()
+
+  @nn.compact
+  def __call__(self, carry, *broadcast):
+    h, cache, _ = carry
+    for i in range(self.num_layers):
+      (h, cache, _), _ = self.block(*self.args, name=str(i))((h, cache, i), *broadcast)
+    return (h, cache, self.num_layers), None
+
+
+def unstack_layers(params, num_layers: int):
+  """A decoder's params with the stacked "layers" subtree ([layers, ...] leaves) split into one subtree per
+  layer ("0", "1", ...), as `UnrolledLayers` takes them; the other params are shared, not copied."""
+  params = nn.meta.unbox(params)
+  stacked = params["layers"]
+  return {**params, "layers": {str(i): jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(num_layers)}}
+
+
+def scan_layers(block: type[nn.Module], num_layers: int, num_broadcast: int, remat: bool = False, unroll=False):
+  """Stack `num_layers` copies of `block` with `nn.scan` (one compiled body; params get a leading "layers" axis),
+  or with `unroll` in a Python loop over per-layer params (`UnrolledLayers`).
 
   The block is called as block(carry, *broadcast_args) with carry = (hidden, cache, layer_index) and
   returns (carry, None); the cache rides in the carry so XLA updates it in place inside decode loops.
+  Returns a constructor called with the block's own arguments (config, lora).
   """
   if remat:
     block = nn.remat(block, prevent_cse=False)
+  if unroll:
+    return lambda *args, **kw: UnrolledLayers(block, num_layers, args, **kw)
   return nn.scan(
     block,
     variable_axes={"params": 0},

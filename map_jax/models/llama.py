@@ -139,6 +139,7 @@ class Llama(nn.Module):
 
   config: LlamaConfig
   lora: L.LoRA | None = None  # low-rank adapters on the projections (`layers.LoRA`); None: none
+  unroll: bool = False  # layers as a Python loop over per-layer params (`layers.UnrolledLayers`)
 
   def setup(self):
     c = self.config
@@ -150,7 +151,7 @@ class Llama(nn.Module):
       param_dtype=pdt,
       embedding_init=L.partitioned(nn.initializers.normal(0.02), (L.VOCAB, L.EMBED)),
     )
-    self.layers = L.scan_layers(LlamaBlock, c.num_layers, 4, c.remat)(c, self.lora)
+    self.layers = L.scan_layers(LlamaBlock, c.num_layers, 4, c.remat, self.unroll)(c, self.lora)
     self.norm = L.RMSNorm(c.rms_norm_eps, dt, pdt)
     if not c.tie_word_embeddings:
       self.lm_head = L.dense(c.vocab_size, (L.EMBED, L.VOCAB), dtype=dt, param_dtype=pdt)

@@ -136,6 +136,7 @@ class OPT(nn.Module):
 
   config: OPTConfig
   lora: L.LoRA | None = None  # low-rank adapters on the projections (`layers.LoRA`); None: none
+  unroll: bool = False  # layers as a Python loop over per-layer params (`layers.UnrolledLayers`)
 
   def setup(self):
     c = self.config
@@ -158,7 +159,7 @@ class OPT(nn.Module):
     if c.projects:
       self.project_in = L.dense(c.hidden_size, (None, L.EMBED), dtype=dt, param_dtype=pdt)
       self.project_out = L.dense(c.word_embed_proj_dim, (L.EMBED, None), dtype=dt, param_dtype=pdt)
-    self.layers = L.scan_layers(OPTBlock, c.num_layers, 2, c.remat)(c, self.lora)
+    self.layers = L.scan_layers(OPTBlock, c.num_layers, 2, c.remat, self.unroll)(c, self.lora)
     if c.final_layer_norm:
       self.final_layer_norm = L.layer_norm(c.layer_norm_eps, dt, pdt)
 

@@ -1,4 +1,5 @@
-"""GPT-2 and OPT parity with transformers on tiny random checkpoints saved as safetensors."""
+"""GPT-2, OPT (and a Llama) parity with transformers on tiny random checkpoints saved as safetensors, and the
+unrolled decoding layout against the scanned one."""
 
 import jax
 import jax.numpy as jnp
@@ -44,6 +45,24 @@ def _opt(**kw):
       bos_token_id=2,
       eos_token_id=2,
       **kw,
+    )
+  )
+
+
+def _llama():
+  return transformers.LlamaForCausalLM(
+    transformers.LlamaConfig(
+      vocab_size=V,
+      hidden_size=48,
+      intermediate_size=80,
+      num_hidden_layers=3,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      max_position_embeddings=96,
+      initializer_range=0.3,
+      pad_token_id=1,
+      bos_token_id=2,
+      eos_token_id=2,
     )
   )
 
@@ -101,3 +120,33 @@ def test_greedy_decoding_with_kv_cache_matches_transformers(pair):
     lp = torch.log_softmax(hf(full).logits[0], -1).numpy()
   n = len(seqs[0])
   np.testing.assert_allclose(out.logprobs[0], lp[np.arange(n - 1, n + 9), out.tokens[0]], atol=1e-4)
+
+
+def test_unrolled_layers_compute_and_sample_what_the_scan_does(tmp_path):
+  """`for_decoding`'s per-layer params and unrolled module (what `generate` uses on CPU, so the parity tests
+  above run it for GPT-2 and OPT) against the scanned module on the stacked params, on a tiny Llama: the same
+  logits, and the same tokens for the same key whether the params are split outside `sample` or inside it."""
+  torch.manual_seed(0)
+  _llama().save_pretrained(tmp_path)
+  cfg, params, _ = loading.load_model(str(tmp_path), tokenizer=False)
+  module = cfg.module()
+  unrolled, split = G.for_decoding(module, params, unroll_layers=True)
+  assert unrolled.unroll and sorted(split["layers"], key=int) == [str(i) for i in range(cfg.num_layers)]
+  assert G.for_decoding(module, params, unroll_layers=False) == (module, params)
+  rng = np.random.RandomState(2)
+  tokens, mask = pad_left([rng.randint(3, V, n).tolist() for n in (14, 6, 9)], 1)
+  scanned_logits = module.apply({"params": params}, jnp.asarray(tokens), kv_mask=jnp.asarray(mask)).logits
+  unrolled_logits = unrolled.apply({"params": split}, jnp.asarray(tokens), kv_mask=jnp.asarray(mask)).logits
+  np.testing.assert_allclose(unrolled_logits, scanned_logits, rtol=1e-5, atol=1e-5)
+  kw = dict(max_new_tokens=9, top_k=6, num_return_sequences=2, eos_ids=(2,), pad_id=1)
+  args = (jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(3), jnp.float32(1.0))
+  outs = [
+    G.sample(module, params, *args, unroll_layers=False, **kw),
+    G.sample(module, params, *args, unroll_layers=True, **kw),  # split inside the call
+    G.sample(unrolled, split, *args, **kw),
+  ]
+  for out in outs[1:]:
+    np.testing.assert_array_equal(out.tokens, outs[0].tokens)
+    np.testing.assert_array_equal(out.lengths, outs[0].lengths)
+    np.testing.assert_allclose(out.logprobs, outs[0].logprobs, atol=1e-5)
+  assert len(set(np.asarray(outs[0].tokens).ravel().tolist())) > 5  # sampled, not one repeated token
