@@ -116,8 +116,7 @@ def sample(
   B, T = prompt_tokens.shape
   N, k, cfg = max_new_tokens, num_return_sequences, module.config
   logging.info("compiling sample: batch=%d prompt_len=%d new=%d k=%d", B, T, N, k)  # runs at trace time only
-  if (jax.default_backend() == "cpu" if unroll_layers is None else unroll_layers) and not module.unroll:
-    module, params = module.clone(unroll=True), unstack_layers(params, cfg.num_layers)  # see for_decoding
+  module, params = for_decoding(module, params, unroll_layers)  # split here unless the caller did
   apply = functools.partial(module.apply, {"params": params}, last_only=True)
   cache = KVCache.zeros(
     cfg.num_layers, B, T + N, cfg.num_kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype), per_layer=module.unroll
