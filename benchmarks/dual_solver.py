@@ -25,7 +25,7 @@ prepared pilot set and the solver; before the unprepared calls, which prepare ag
 again at the end, batched solves included. Columns: prepare = ``prepare_pilot`` once; single =
 ``solve_dual`` on the prepared set (median over palettes, feasible or not); unprepared = ``solve_dual(R, c)``,
 preparation included; SciPy (median over the feasible palettes); the ratio of SciPy to ours on those same
-palettes (each the best of three calls); batched palettes/s with ``vmap`` over chunks of --chunk palettes (fewer
+palettes (each the best of three calls after a warm-up); batched palettes/s with ``vmap`` over chunks of --chunk palettes (fewer
 where the chunk's (chunk, n) logits would pass 256 MB); KKT residuals of both, in float64 NumPy.
 """
 
@@ -43,6 +43,7 @@ import numpy as np
 import optax
 from scipy import optimize, special
 
+from benchmarks import hardware
 from map_jax.core.dual import prepare_pilot, solve_dual
 from map_jax.data.pilot import load_pilot
 
@@ -167,15 +168,6 @@ def scipy_dual(rewards: np.ndarray, palette: np.ndarray) -> np.ndarray:
   return out.x
 
 
-def _best_of(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return min(times)
-
-
 def _peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
@@ -211,9 +203,9 @@ def scaling_row(reference: np.ndarray, n: int, m: int) -> dict:
     t_scipy.append(time.perf_counter() - start)
     res_scipy.append(kkt_residual(r64, c, lam))
     res_ours.append(kkt_residual(r64, c, np.asarray(o.lam)))
-  # Ours on the same feasible palettes alone, for the ratio: each the best of three calls.
+  # Ours on the same feasible palettes alone, for the ratio: each the best of three calls after a warm-up.
   t_single_feasible = float(
-    np.median([_best_of(lambda: solve_dual(pilot, c), 3) for c, f in zip(single, feasible) if f])
+    np.median([hardware.best_seconds(lambda: solve_dual(pilot, c), 3) for c, f in zip(single, feasible) if f])
   )
 
   chunk = max(1, min(_CHUNK.value, 256, (256 << 20) // (4 * n)))
