@@ -7,8 +7,11 @@ Each value is built (model load not timed), warmed up on the first batch (jit co
 "warm-up"), then timed over all rows. The reference for coherence is sentence-transformers when installed,
 otherwise transformers' PyTorch `BertModel` + mean pooling + L2 on the very same all-MiniLM-L6-v2 weights
 and the same rows (the output says which), with the same length-sorted batches of the same size, so the
-comparison is of the forward passes, not of the batching. perplexity (SmolLM2-135M, ~80 tokens per row) is
-timed on --perplexity_rows rows because a full 1,000 takes minutes on 2 CPU cores.
+comparison is of the forward passes, not of the batching. perplexity (SmolLM2-135M, ~58 tokens per row of
+the reference data) is timed on --perplexity_rows rows because a full 1,000 takes minutes on 2 CPU cores; its
+row also says how far it is from the limit: the useful FLOPs (every real token through the layers, every
+response token through the vocabulary head) per second of its run, beside a jitted chain of the model's
+weight matmuls at 1,024 rows measured in the same run, and the rows/s that peak would give.
 """
 
 import json
@@ -62,6 +65,28 @@ def time_value(name, prompts, responses, batch_size):
   run = time.perf_counter() - t
   value.close()
   return load, warm, run
+
+
+def perplexity_roofline(prompts, responses, run_seconds, repeats: int = 3) -> str:
+  """Useful GFLOP/s of a perplexity run against the same-shape matmul peak (Llama-family base models)."""
+  from benchmarks.generate import matmul_flops_per_s, projection_shapes
+  from map_jax.rewards import get_reward
+
+  value = get_reward("perplexity")
+  if not hasattr(value.config, "head_dim"):
+    return "(roofline: Llama-family base models only)"
+  p_ids, r_ids = value._ids(prompts, responses)
+  shapes = projection_shapes(value.config)
+  per_token, head = sum(2 * i * o for i, o in shapes[:-1]), 2 * shapes[-1][0] * shapes[-1][1]
+  tokens, scored = sum(len(p) + len(r) for p, r in zip(p_ids, r_ids)), sum(len(r) for r in r_ids)
+  useful = tokens * per_token + scored * head
+  value.close()
+  peak = matmul_flops_per_s(shapes, 1024, repeats)
+  return (
+    f"   <- {tokens} real tokens ({scored} scored): {useful / run_seconds / 1e9:.1f} useful GFLOP/s of "
+    f"{peak / 1e9:.1f} for the same matmuls at 1,024 rows ({useful / run_seconds / peak:.0%}); at that peak "
+    f"{len(prompts) / (useful / peak):.1f} rows/s"
+  )
 
 
 def torch_coherence(prompts, responses, batch_size):
@@ -120,7 +145,8 @@ def main(argv):
   for name in FLAGS.values:
     n = min(FLAGS.perplexity_rows, len(prompts)) if name == "perplexity" else len(prompts)
     load, warm, run = time_value(name, prompts[:n], responses[:n], FLAGS.batch_size)
-    print(f"{name:>14} {n:>6} {load:>8.2f} {warm:>10.2f} {run:>8.2f} {n / run:>10.1f}", flush=True)
+    note = perplexity_roofline(prompts[:n], responses[:n], run) if name == "perplexity" else ""
+    print(f"{name:>14} {n:>6} {load:>8.2f} {warm:>10.2f} {run:>8.2f} {n / run:>10.1f}{note}", flush=True)
     if name == "coherence":
       from map_jax.rewards import get_reward
 

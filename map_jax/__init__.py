@@ -39,6 +39,7 @@ _LAZY = {
   "sample_tokens": "map_jax.sampling:sample",
   "continuation_logprobs": "map_jax.sampling:score",
   "token_logprobs": "map_jax.sampling:token_logprobs",
+  "sequence_logprobs": "map_jax.sampling:sequence_logprobs",
   "resample_candidates": "map_jax.align.decode:select",
   "decode": "map_jax.align.decode:decode",
   "PPOConfig": "map_jax.align.ppo:PPOConfig",

@@ -291,8 +291,41 @@ def generate(
 
 
 @functools.partial(jax.jit, static_argnames=("module",))
+def sequence_logprobs(module: nn.Module, params, tokens, mask, scored):
+  """Log-probs of the last C tokens of left-padded sequences, one forward pass; pure and differentiable.
+
+  The packed layout of scoring: each row is one sequence (prompt then continuation) left-padded to the
+  batch's length L, so a batch of rows of similar total length pads little whatever the split between
+  prompt and continuation. Only the hidden states that predict the last C positions go through the
+  vocabulary projection.
+
+  Args:
+    tokens, mask: [B, L] left-padded sequences.
+    scored: [B, C] (C < L) which of the last C tokens are scored, e.g. a row's continuation right-aligned.
+
+  Returns:
+    (total [B], per_token [B, C]) with per_token[:, j] = log p(tokens[:, L - C + j] | what precedes it),
+    0 where not scored.
+  """
+  chex.assert_rank([tokens, scored], 2)
+  chex.assert_equal_shape([tokens, mask])
+  chex.assert_equal_shape_prefix([tokens, scored], 1)
+  L, C = tokens.shape[1], scored.shape[1]
+  if not 0 < C < L:
+    raise ValueError(f"scoring the last {C} of {L} positions: need 0 < C < L (one token of context)")
+  mask = mask.astype(bool)
+  out = module.apply({"params": params}, tokens, positions_from_mask(mask), mask)
+  logits = module.apply({"params": params}, out.hidden[:, L - C - 1 : L - 1], method="logits")
+  lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), tokens[:, L - C :, None], axis=-1)[..., 0]
+  lp = jnp.where(scored, lp, 0.0)
+  return lp.sum(-1), lp
+
+
+@functools.partial(jax.jit, static_argnames=("module",))
 def token_logprobs(module: nn.Module, params, prompt_tokens, prompt_mask, cont_tokens, cont_mask):
   """Log-probs of continuation tokens given prompts, one forward pass; pure and differentiable.
+
+  `sequence_logprobs` on the prompt and continuation side by side (the layout of sampling's outputs).
 
   Args:
     prompt_tokens, prompt_mask: [B, T] left-padded prompts (each with at least one real token).
@@ -305,16 +338,9 @@ def token_logprobs(module: nn.Module, params, prompt_tokens, prompt_mask, cont_t
   chex.assert_equal_shape([prompt_tokens, prompt_mask])
   chex.assert_equal_shape([cont_tokens, cont_mask])
   chex.assert_equal_shape_prefix([prompt_tokens, cont_tokens], 1)
-  T = prompt_tokens.shape[1]
-  C = cont_tokens.shape[1]
   tokens = jnp.concatenate([prompt_tokens, cont_tokens], axis=1)
-  mask = jnp.concatenate([prompt_mask, cont_mask], axis=1).astype(bool)
-  out = module.apply({"params": params}, tokens, positions_from_mask(mask), mask)
-  # Only the hidden states that predict continuation tokens go through the vocabulary projection.
-  logits = module.apply({"params": params}, out.hidden[:, T - 1 : T + C - 1], method="logits")
-  lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), cont_tokens[..., None], axis=-1)[..., 0]
-  lp = jnp.where(cont_mask, lp, 0.0)
-  return lp.sum(-1), lp
+  mask = jnp.concatenate([prompt_mask.astype(bool), cont_mask.astype(bool)], axis=1)
+  return sequence_logprobs(module, params, tokens, mask, cont_mask.astype(bool))
 
 
 class ScoreOutput(NamedTuple):

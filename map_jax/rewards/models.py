@@ -21,15 +21,6 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int):
   return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _grouped_batches(keys: Sequence[int], batch_size: int):
-  """Batches of at most `batch_size` rows with equal keys (rows of one key together, keys in order)."""
-  out = []
-  for k in sorted(set(keys)):
-    rows = np.flatnonzero(np.asarray(keys) == k)
-    out += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-  return out
-
-
 def pad_rows(arrays: Sequence[np.ndarray], rows: int) -> list[np.ndarray]:
   """Pad each array's first axis up to `rows` with copies of row 0 (copies, not zeros: a fully masked row
   could make attention produce NaN, and extra rows are dropped anyway)."""
@@ -135,7 +126,7 @@ class Perplexity(RewardFn):
   .. math:: r(x, y) = \frac{1}{|y|} \sum_t \log p_0(y_t \mid x, y_{<t})
 
   under a base language model (default SmolLM2-135M-Instruct, offline), computed with
-  `map_jax.sampling.score` (one jitted forward pass per batch, per-token log-probs). Higher is more fluent.
+  `map_jax.sampling.sequence_logprobs` (one jitted forward pass per batch, per-token log-probs). Higher is more fluent.
   The prompt is tokenized with the model's special tokens (BOS when the tokenizer adds one) and the response
   without, as `generate` lines them up. Edge cases, each with a definite score:
 
@@ -148,7 +139,7 @@ class Perplexity(RewardFn):
     model: a built-in name, HF directory or GGUF file of the base model (`map_jax.models.load_model`).
     chat: wrap prompts in the model's chat template (when the pilot samples were generated that way).
     batch_size: rows per forward pass (every batch is padded to it: one compiled shape per length bucket).
-    min_bucket: smallest padded length of prompts and of responses; coarser buckets mean fewer compiles.
+    min_bucket: smallest padded length of a row (prompt + response); coarser buckets mean fewer compiles.
     loaded: an already loaded `(config, params, tokenizer)` to use instead of loading `model`.
   """
 
@@ -196,25 +187,27 @@ class Perplexity(RewardFn):
 
   def _score(self, prompts, responses):
     from map_jax.models import tokenizer as tok_lib
-    from map_jax.sampling import token_logprobs
+    from map_jax.sampling import sequence_logprobs
 
     p_ids, r_ids = self._ids(prompts, responses)
-    pad = tok_lib.pad_id(self.tokenizer)
-    B = self.batch_size
-    # Compiled shapes are (B, prompt bucket, response bucket): every batch is padded to B rows, and rows
-    # are grouped by their pair of length buckets, so a table compiles once per bucket pair it contains
-    # (a handful) instead of once per batch. Coarse buckets (>= 32 tokens) keep the pairs few.
-    tb = [tok_lib.bucket(len(p), self.min_bucket) for p in p_ids]
-    cb = [tok_lib.bucket(len(r), self.min_bucket) for r in r_ids]
+    rows = [p + r for p, r in zip(p_ids, r_ids)]
+    n_resp = np.array([len(r) for r in r_ids])
+    pad, B = tok_lib.pad_id(self.tokenizer), self.batch_size
+    # Packed layout: each row is one left-padded sequence, prompt then response, and rows sorted by total
+    # length share a batch, so padding is what the length bucket adds, whatever the prompt/response split.
+    # The response is scored on the last C positions, C = the table's longest response (bucketed) or L - 1
+    # in shorter batches: one compiled shape per length bucket L, every batch padded to B rows.
+    C_table = tok_lib.bucket(int(n_resp.max()), self.min_bucket)
     out = np.zeros(len(prompts))
-    for idx in _grouped_batches([t * 1_000_003 + c for t, c in zip(tb, cb)], B):
-      T, C = tb[idx[0]], cb[idx[0]]
-      pt, pm = tok_lib.pad_left([p_ids[i] for i in idx], pad, length=T)
-      ct, cm = tok_lib.pad_right([r_ids[i] for i in idx], pad, length=C)
-      pt, pm, ct, cm = pad_rows([pt, pm, ct, cm], B)
-      total, _ = token_logprobs(self.module, self.params, pt, pm, ct, cm)
-      n = len(idx)
-      out[idx] = np.asarray(total)[:n] / np.maximum(cm[:n].sum(-1), 1)
+    for idx in length_sorted_batches([len(s) for s in rows], B):
+      longest = max(len(rows[i]) for i in idx)
+      L = min(tok_lib.bucket(longest, self.min_bucket), max(longest, self.context))
+      C = min(C_table, L - 1)
+      tokens, mask = tok_lib.pad_left([rows[i] for i in idx], pad, length=L)
+      scored = np.arange(C)[None, :] >= C - n_resp[idx][:, None]
+      tokens, mask, scored = pad_rows([tokens, mask, scored], B)
+      total, _ = sequence_logprobs(self.module, self.params, tokens, mask, scored)
+      out[idx] = np.asarray(total)[: len(idx)] / n_resp[idx]
     return out
 
   def close(self):

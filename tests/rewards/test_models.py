@@ -70,13 +70,20 @@ def test_perplexity_matches_pytorch_token_nll(tmp_path):
   ).eval()
   hf.save_pretrained(tmp_path)
   tok = word_tokenizer(tmp_path)
-  value = get_reward("perplexity", model=str(tmp_path), batch_size=2)
-  prompts = ["the cat sat", "how are you ?", "", "we like it"]
-  responses = [" on the mat", " very good , and you ?", " the dog ran", ""]
-  got = value(prompts, responses)
+  value = get_reward("perplexity", model=str(tmp_path), batch_size=2, min_bucket=8)
+  long = " ".join(["the cat sat on the mat"] * 4)  # 24 tokens
+  # Rows of mixed lengths (several packed length buckets, the last batch padded with copies) and rows over
+  # the 32-position context: the prompt loses its oldest tokens first, then the response its last ones.
+  prompts = ["the cat sat", "how are you ?", "", "we like it", long, "we like it", long + " " + long]
+  responses = [" on the mat", " very good , and you ?", " the dog ran", "", " " + long, " " + long, " good"]
+  with pytest.warns(UserWarning, match=r"2 text\(s\) longer than the model.s context of 32"):
+    got = value(prompts, responses)
   for p, r, g in zip(prompts, responses, got):
     p_ids = tok(p)["input_ids"] or [2]  # empty prompt: EOS stands in as the context
     r_ids = tok(r, add_special_tokens=False)["input_ids"] or [2]  # empty response: log p(EOS | x)
+    if len(p_ids) + len(r_ids) > 32:
+      keep = max(1, 32 - len(r_ids))
+      p_ids, r_ids = p_ids[-keep:], r_ids[: 32 - keep]
     with torch.no_grad():
       logp = torch.log_softmax(hf(torch.tensor([p_ids + r_ids])).logits[0], -1).numpy()
     steps = range(len(p_ids) - 1, len(p_ids) + len(r_ids) - 1)
