@@ -1,11 +1,14 @@
 """Device meshes and shardings: the one place that decides how params, optimizer state and batches are laid out.
 
-The mesh has two axes, both of which split the batch:
+The mesh has three axes; the first two split the batch:
 
-  data   pure data parallelism: every device along it holds a full copy of whatever `fsdp` does not split.
-  fsdp   fully sharded data parallelism (ZeRO-3): every weight, its gradient and its Adam moments are split
-         along their embedding dimension over this axis; XLA all-gathers a layer's weights just before use
-         and reduce-scatters its gradient, so memory per device falls with the axis size.
+  data    pure data parallelism: every device along it holds a full copy of whatever `fsdp` does not split.
+  fsdp    fully sharded data parallelism (ZeRO-3): every weight, its gradient and its Adam moments are split
+          along their embedding dimension over this axis; XLA all-gathers a layer's weights just before use
+          and reduce-scatters its gradient, so memory per device falls with the axis size.
+  tensor  tensor (model) parallelism: attention heads, MLP features and the vocabulary are split over this
+          axis (Megatron-style), so each device computes its slice of every layer; the batch is not split.
+          Size 1 unless asked for.
 
 A batch of B rows is split over data × fsdp devices, so B must be a multiple of their product. On one CPU
 device the mesh is (1, 1) and every sharding is trivial, so the same program runs on a laptop, on 8 simulated
@@ -28,6 +31,7 @@ the PPO trainer does, builds the same global batch on every host and lets `jax.d
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -38,18 +42,20 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 
-DATA, FSDP = "data", "fsdp"
+DATA, FSDP, TENSOR = "data", "fsdp", "tensor"
+MESH_AXES = (DATA, FSDP, TENSOR)
 BATCH_AXES = (DATA, FSDP)
 
 # Logical axis (see map_jax/models/layers.py) -> mesh axis. FSDP splits each weight along its embedding
-# dimension only: every decoder weight has one, and the gathered slices stay contiguous in memory.
+# dimension only: every decoder weight has one, and the gathered slices stay contiguous in memory. The tensor
+# axis splits heads, MLP features and the vocabulary (a no-op at its default size 1).
 RULES: tuple[tuple[str, str | None], ...] = (
   ("embed", FSDP),
-  ("mlp", None),
-  ("heads", None),
-  ("kv_heads", None),
+  ("mlp", TENSOR),
+  ("heads", TENSOR),
+  ("kv_heads", TENSOR),
   ("head_dim", None),
-  ("vocab", None),
+  ("vocab", TENSOR),
   ("layers", None),
   ("norm", None),
   ("positions", None),
@@ -66,29 +72,31 @@ def initialize_distributed(**kwargs: Any) -> None:
   jax.distributed.initialize(**kwargs)
 
 
-def make_mesh(data: int = 1, fsdp: int = -1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp) mesh over `devices` (default: all), with Auto axes so XLA propagates shardings.
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh over `devices` (default: all), with Auto axes so XLA propagates shardings.
 
   Args:
-    data: size of the data-parallel axis; -1 takes the devices that `fsdp` leaves.
-    fsdp: size of the fully sharded axis; -1 (default) takes the devices that `data` leaves.
+    data: size of the data-parallel axis; -1 takes the devices that the other axes leave.
+    fsdp: size of the fully sharded axis; -1 (default) takes the devices that the other axes leave.
+    tensor: size of the tensor-parallel axis (default 1); -1 takes the devices that the others leave.
     devices: the devices to use; defaults to `jax.devices()` (every host's, after `initialize_distributed`).
 
   Returns:
-    A `jax.sharding.Mesh` with axis names ("data", "fsdp").
+    A `jax.sharding.Mesh` with axis names ("data", "fsdp", "tensor").
   """
   devices = list(devices) if devices is not None else jax.devices()
   n = len(devices)
-  if data == -1 and fsdp == -1:
-    raise ValueError("at most one of data, fsdp may be -1")
-  if data == -1:
-    data = n // fsdp
-  if fsdp == -1:
-    fsdp = n // data
-  if data < 1 or fsdp < 1 or data * fsdp != n:
-    raise ValueError(f"mesh data={data} × fsdp={fsdp} does not cover the {n} devices")
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"at most one of data, fsdp, tensor may be -1 (got data={data}, fsdp={fsdp}, tensor={tensor})")
+  if -1 in sizes:
+    rest = math.prod(s for s in sizes if s != -1)
+    sizes[sizes.index(-1)] = n // rest if rest > 0 else 0
+  data, fsdp, tensor = sizes
+  if min(sizes) < 1 or data * fsdp * tensor != n:
+    raise ValueError(f"mesh data={data} × fsdp={fsdp} × tensor={tensor} does not cover the {n} devices")
   # Auto axes: the models' gathers and reshapes need no out_sharding annotations (Explicit axes would).
-  return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
+  return jax.make_mesh((data, fsdp, tensor), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -140,10 +148,17 @@ def param_shardings(params: Any, mesh: Mesh, rules: Sequence[tuple[str, str | No
   """
   specs = nn.get_partition_spec(params)
   plain = nn.meta.unbox(params)
+  table = dict(rules)
 
   def one(spec, leaf):
-    mesh_spec = nn.logical_to_mesh_axes(tuple(spec), rules) if len(spec) else P()
-    return NamedSharding(mesh, _divisible_spec(mesh_spec, tuple(np.shape(leaf)), mesh))
+    # Each logical name to its mesh axis; a mesh axis already used by an earlier dimension (a square
+    # [embed, embed] weight) leaves the later one whole.
+    axes, used = [], set()
+    for name in tuple(spec):
+      axis = table.get(name) if isinstance(name, str) else None
+      axes.append(None if axis in used else axis)
+      used.add(axis)
+    return NamedSharding(mesh, _divisible_spec(P(*axes), tuple(np.shape(leaf)), mesh))
 
   return jax.tree.map(one, specs, plain, is_leaf=lambda x: isinstance(x, P))
 
@@ -159,3 +174,44 @@ def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state: An
 def shard(tree: Any, shardings: Any) -> Any:
   """Place (or move) a tree of arrays onto the mesh: `jax.device_put` with a matching tree (or prefix)."""
   return jax.device_put(tree, shardings)
+
+
+@functools.lru_cache(maxsize=64)
+def module_shardings(module: nn.Module, mesh: Mesh, rules: tuple[tuple[str, str | None], ...] = RULES) -> Any:
+  """NamedShardings of `module`'s (plain) params, from the logical axes its `init` boxes them with.
+
+  Works for every model family here (decoders, unrolled decoders, encoders, classifiers: each takes token ids
+  [B, T] first). Cached per (module, mesh)."""
+  import jax.numpy as jnp
+
+  abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))["params"]
+  return param_shardings(abstract, mesh, rules)
+
+
+def place_model(module: nn.Module, params: Any, mesh: Mesh) -> Any:
+  """`params` (plain or boxed) laid out on `mesh` by their logical axes: split over fsdp and tensor, copied
+  over data. Params already placed so come back as they are (no copy), so calling this per batch is cheap."""
+  return jax.device_put(nn.meta.unbox(params), module_shardings(module, mesh))
+
+
+def padded_rows(rows: int, mesh: Mesh) -> int:
+  """The smallest multiple of the mesh's batch devices that holds `rows` rows."""
+  n = batch_devices(mesh)
+  return -(-rows // n) * n
+
+
+def place_rows(mesh: Mesh, *arrays: Any) -> tuple:
+  """Arrays whose rows (axis 0) are split over the mesh's batch axes (their row count a multiple of
+  `batch_devices(mesh)`). On several hosts every process passes the same global arrays and keeps its part."""
+  for a in arrays:
+    check_batch_size(np.shape(a)[0], mesh, "rows")
+  return tuple(jax.device_put(arrays, batch_sharding(mesh)))
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole of a (possibly multi-host) array as numpy: rows held by other processes are all-gathered."""
+  if x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from map_jax import parallel
 from map_jax.models import tokenizer as tok_lib
 from map_jax.models.layers import KVCache, positions_from_mask, unstack_layers
 
@@ -240,6 +241,7 @@ def generate(
   eos_ids: Sequence[int] | None = None,
   chat: bool = False,
   min_bucket: int = 16,
+  mesh=None,
 ) -> GenerationOutput:
   """Generate continuations for text (or token-id) prompts: tokenize, left-pad to a bucket, `sample`, decode.
 
@@ -247,6 +249,14 @@ def generate(
   size compiles `sample` once per length bucket. `chat=True` wraps each prompt in the chat template.
   Callers that generate many batches with the same weights pass `for_decoding(module, params)` (done here
   otherwise, a copy of the layer weights per call on CPU).
+
+  With a `mesh` (`map_jax.parallel.make_mesh`), the prompt rows are split over its data and fsdp axes (padded
+  with copies to a multiple of those devices) and the weights laid out by their logical axes (split over fsdp
+  and tensor; `parallel.place_model`, which callers with many batches do once) and `sample` runs as one SPMD
+  program over the mesh; on several hosts every process calls this with the same prompts and gets all rows.
+  What is guaranteed: the same random draws for every row whatever the mesh or row padding (JAX's
+  partitionable threefry), so the tokens are those of one device except where the sharded matmuls' float32
+  rounding (a tensor-split sum, another kernel blocking) moves a logit across a sampling boundary.
 
   Example:
     >>> cfg, params, tok = map_jax.models.load_model("smollm2-135m-instruct")
@@ -266,6 +276,12 @@ def generate(
   pad_id = tok_lib.pad_id(tokenizer)
   tokens, mask = _pad_batch(*tok_lib.pad_left(ids, pad_id, min_bucket=min_bucket))
   module, params = for_decoding(module, params)
+  if mesh is not None:
+    extra = parallel.padded_rows(len(tokens), mesh) - len(tokens)
+    tokens, mask = (np.concatenate([x, np.repeat(x[:1], extra, 0)]) for x in (tokens, mask))
+    params = parallel.place_model(module, params, mesh)
+    tokens, mask = parallel.place_rows(mesh, tokens, mask)
+    key = jax.device_put(key, parallel.replicated(mesh))
   out = sample(
     module,
     params,
@@ -281,7 +297,7 @@ def generate(
     pad_id=int(pad_id),
   )
   R = len(ids) * num_return_sequences  # drop the rows that only padded the batch to its bucket
-  toks, lps, lens = (np.asarray(x)[:R] for x in (out.tokens, out.logprobs, out.lengths))
+  toks, lps, lens = (parallel.to_host(x)[:R] for x in (out.tokens, out.logprobs, out.lengths))
   text = (
     []
     if tokenizer is None

@@ -21,15 +21,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_one_device_mesh_and_bad_sizes():
   mesh = parallel.make_mesh()
-  assert dict(mesh.shape) == {"data": 1, "fsdp": 1}
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 1, "tensor": 1}
   assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
   with pytest.raises(ValueError, match="does not cover the 1 devices"):
     parallel.make_mesh(data=2, fsdp=1)
   with pytest.raises(ValueError, match="at most one"):
     parallel.make_mesh(data=-1, fsdp=-1)
+  with pytest.raises(ValueError, match="data=1 × fsdp=1 × tensor=2 does not cover"):
+    parallel.make_mesh(fsdp=1, tensor=2)
   parallel.check_batch_size(3, mesh)
   shardings = parallel.param_shardings(tiny_model().params, mesh)
-  assert shardings["layers"]["q_proj"]["kernel"].spec == P(None, "fsdp", None, None)
+  assert shardings["layers"]["q_proj"]["kernel"].spec == P(None, "fsdp", "tensor", None)
 
 
 def _batch(rows=16, prompt=4, new=8):
@@ -80,7 +82,7 @@ _SHARDED = textwrap.dedent("""
     shardings = ppo.state_shardings(module, SHARDED_PPO, mesh)
     state = parallel.shard(state, shardings)
     q = state.params["policy"]["layers"]["q_proj"]["kernel"]
-    assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None, None), q.sharding
+    assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None), q.sharding
     assert q.addressable_shards[0].data.shape[1] == q.shape[1] // 4
     mu = state.opt_state[1][0].mu["policy"]["layers"]["q_proj"]["kernel"]
     assert mu.sharding == q.sharding, mu.sharding
@@ -89,7 +91,7 @@ _SHARDED = textwrap.dedent("""
     # A dimension the axis does not divide (embed 32 over 3 devices) is replicated, not an error.
     three = parallel.make_mesh(1, 3, devices=jax.devices()[:3])
     assert parallel.param_shardings(abstract_params(TINY), three)["layers"]["q_proj"]["kernel"].spec == \\
-        jax.sharding.PartitionSpec(None, None, None, None)
+        jax.sharding.PartitionSpec(None, None, "tensor", None)
     np.savez(sys.argv[2], *[np.asarray(x) for x in jax.tree.leaves(new.params)],
              loss=np.asarray(metrics["loss"]))
     print("ok")
@@ -131,3 +133,55 @@ def test_sharded_update_on_8_devices_equals_one_device(tmp_path):
   # untouched states, and a wrong update would be off by far more than the tolerance).
   moved = np.concatenate([np.abs(w - b).ravel() for w, b in zip(want, before)])
   assert np.median(moved) > SHARDED_PPO.learning_rate, np.median(moved)
+
+
+# Runs with 8 host devices: sampling and model-backed scoring over several meshes against one device.
+_DECODING = textwrap.dedent("""
+    import tempfile
+    import jax, jax.numpy as jnp, numpy as np
+    assert jax.device_count() == 8, jax.devices()
+    from map_jax import parallel
+    from map_jax.models.llama import LlamaConfig
+    from map_jax.rewards import get_reward
+    from map_jax.rewards.models import Perplexity
+    from map_jax.sampling import generate
+    from tests.rewards.conftest import WORDS, word_tokenizer
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=8, max_position_embeddings=64, eos_token_ids=(2,))
+    module = cfg.module()
+    params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+    tok = word_tokenizer(tempfile.mkdtemp())
+    rng = np.random.default_rng(0)
+    prompts = [" ".join(rng.choice(WORDS, rng.integers(1, 9))) for _ in range(11)]  # 11: not a multiple of 8
+    kw = dict(key=jax.random.key(1), max_new_tokens=12, top_k=20, num_return_sequences=3)
+    one = generate(module, params, tok, prompts, **kw)
+    rows = [p for p in prompts for _ in range(3)]
+    ppl = lambda mesh: Perplexity(loaded=(cfg, params, tok), batch_size=4, mesh=mesh)(rows, one.text)
+    ppl_one = ppl(None)
+    for shape in [dict(data=8), dict(data=2, fsdp=4), dict(fsdp=8), dict(data=2, fsdp=2, tensor=2)]:
+        mesh = parallel.make_mesh(**{"fsdp": 1, **shape})
+        placed = parallel.place_model(module, params, mesh)
+        q = placed["layers"]["q_proj"]["kernel"]  # [layers, embed, heads, head_dim]: embed / fsdp, heads / tensor
+        assert q.addressable_shards[0].data.shape == (2, 32 // mesh.shape["fsdp"], 4 // mesh.shape["tensor"], 8)
+        out = generate(module, placed, tok, prompts, mesh=mesh, **kw)
+        assert (out.tokens == one.tokens).all(), shape
+        np.testing.assert_allclose(out.logprobs, one.logprobs, atol=2e-5)
+        assert out.text == one.text
+        if mesh.shape["fsdp"] == 4 or mesh.shape["tensor"] == 2:
+            np.testing.assert_allclose(ppl(mesh), ppl_one, rtol=1e-5, atol=1e-5)
+    mesh = parallel.make_mesh(data=2, fsdp=4)
+    want = get_reward("coherence", batch_size=8)(rows, one.text)  # the real MiniLM, batches of 8 -> 8 devices
+    np.testing.assert_allclose(get_reward("coherence", batch_size=8, mesh=mesh)(rows, one.text), want, atol=1e-5)
+    print("ok")
+""")
+
+
+def test_sampling_and_scoring_over_meshes_equal_one_device():
+  """On 8 simulated devices: the same tokens (same key) with data, data x fsdp, fsdp and tensor-parallel meshes
+  as on one device, the weights really split; perplexity (a decoder) and coherence (MiniLM) scores over a
+  mesh equal one device's to float32 rounding."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(ROOT))
+  proc = subprocess.run(
+    [sys.executable, "-c", _DECODING], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
+  )
+  assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]

@@ -686,15 +686,6 @@ def iteration_keys(state_key: jax.Array, step: int) -> tuple[jax.Array, jax.Arra
   return jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-  """The whole of a (possibly multi-host) array as numpy: rows held by other processes are all-gathered."""
-  if x.is_fully_addressable or x.is_fully_replicated:
-    return np.asarray(x)
-  from jax.experimental import multihost_utils
-
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 class IterationResult(NamedTuple):
   """One PPO iteration's outcome: the new state, host-side metrics, decoded responses and their rewards."""
 
@@ -757,7 +748,7 @@ def iteration(
     pad_id=pad_id,
     base=base[0] if base else None,
   )
-  tokens, lengths = _to_host(out.tokens), _to_host(out.lengths)
+  tokens, lengths = parallel.to_host(out.tokens), parallel.to_host(out.lengths)
   t1 = time.perf_counter()
   responses = detokenize([t[:n].tolist() for t, n in zip(tokens, lengths)])
   R, scores, names = score_responses(prompts, responses, values, lam)
@@ -770,10 +761,10 @@ def iteration(
     prompt_mask,
     *jax.device_put((tokens, mask, scores.astype(np.float32)), rows),
   )
-  stats = jax.tree.map(_to_host, stats)
+  stats = jax.tree.map(parallel.to_host, stats)
   t3 = time.perf_counter()
   state, metrics = compile_update(module, cfg, mesh)(state, batch, update_key, *base)
-  metrics = {k: float(_to_host(v)) for k, v in metrics.items()}
+  metrics = {k: float(parallel.to_host(v)) for k, v in metrics.items()}
   t4 = time.perf_counter()
   n_tokens = int(lengths.sum())
   metrics.update({k: float(v) for k, v in stats.items()})

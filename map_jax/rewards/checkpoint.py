@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from map_jax.rewards.base import RewardError, RewardFn, TruncationNotice
-from map_jax.rewards.models import length_sorted_batches, pad_rows
+from map_jax.rewards.models import forward_rows, length_sorted_batches
 
 # Named input templates; any other string containing {prompt} / {response} is used as a format string.
 TEMPLATES = {
@@ -52,6 +52,7 @@ class ClassifierReward(RewardFn):
       decoders (reward models read the dialogue).
     name: the value's column name (default: the checkpoint's directory name and label).
     batch_size: rows per forward pass.
+    mesh: a `map_jax.parallel.make_mesh` mesh to split each batch (and the weights) over.
 
   Texts longer than the model's context are truncated, said once: encoders keep the beginning (as
   transformers' truncation does), decoders keep the end, because a decoder classifier scores the last
@@ -66,7 +67,9 @@ class ClassifierReward(RewardFn):
     template: str | None = None,
     name: str | None = None,
     batch_size: int = 16,
+    mesh=None,
   ):
+    from map_jax import parallel
     from map_jax.models import bert
     from map_jax.models.heads import ClassifierConfig
     from map_jax.models.loading import load_model
@@ -101,6 +104,9 @@ class ClassifierReward(RewardFn):
     self.description = f"{self.output} of label {self.labels[self.label_index]!r} from {path}"
     self.batch_size = batch_size
     self.module = self.config.module()
+    self.mesh = mesh
+    if mesh is not None:
+      self.params = parallel.place_model(self.module, self.params, mesh)
     self.context = int(self.config.max_position_embeddings)
     max_len = getattr(self.tokenizer, "model_max_length", None)
     if isinstance(max_len, int) and 0 < max_len < self.context:
@@ -156,8 +162,9 @@ class ClassifierReward(RewardFn):
       # and read the last column, so they pad on the left.
       pad_fn = tok_lib.pad_right if self.encoder else tok_lib.pad_left
       tokens, mask = pad_fn([ids[i] for i in idx], pad, length=length)
-      tokens, mask = pad_rows([tokens, mask], tok_lib.bucket(len(idx), 1))
-      logits[idx] = np.asarray(_logits(self.module, self.params, tokens, mask))[: len(idx)]
+      logits[idx] = forward_rows(
+        _logits, self.module, self.params, [tokens, mask], tok_lib.bucket(len(idx), 1), self.mesh
+      )
     return reward_from_logits(logits, self.label_index, self.output)
 
   def close(self):

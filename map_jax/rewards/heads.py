@@ -438,19 +438,22 @@ class HeadReward(RewardFn):
     head: a `TrainedHead`, or a directory saved by `TrainedHead.save` / `experiments.train_reward`.
     name: the value's name.
     batch_size: rows per encoder forward pass.
+    mesh: a `map_jax.parallel.make_mesh` mesh to split each batch (and the weights) over.
 
   Responses are embedded like the training texts: the first `max_tokens` encoder tokens (longer responses
   are truncated, said once).
   """
 
-  def __init__(self, head: TrainedHead | str, name: str | None = None, batch_size: int = 64):
+  def __init__(self, head: TrainedHead | str, name: str | None = None, batch_size: int = 64, mesh=None):
     from map_jax.rewards.models import TextEncoder
 
     self.head = TrainedHead.load(head) if isinstance(head, str) else head
     self.name = name or self.head.meta.get("data", "head")
     m = self.head.meta
     self.description = f"reward head trained on {m.get('data')} ({m.get('loss')}) over {m['encoder']}"
-    self.encoder = TextEncoder(m["encoder"], batch_size=batch_size, max_length=m["max_tokens"], value_name=self.name)
+    self.encoder = TextEncoder(
+      m["encoder"], batch_size=batch_size, max_length=m["max_tokens"], value_name=self.name, mesh=mesh
+    )
 
   @property
   def metrics(self) -> dict:
@@ -464,8 +467,8 @@ class HeadReward(RewardFn):
 
 
 def _chitchat_value(value: str, rating: str, description: str):
-  def build(batch_size: int = 64, **kw) -> HeadReward:
-    return HeadReward(chitchat_head(rating, **kw), name=value, batch_size=batch_size)
+  def build(batch_size: int = 64, mesh=None, **kw) -> HeadReward:
+    return HeadReward(chitchat_head(rating, **kw), name=value, batch_size=batch_size, mesh=mesh)
 
   build.description = description
   return build

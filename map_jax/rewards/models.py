@@ -7,11 +7,13 @@ bucket, and truncate texts longer than the model's context, saying so once per v
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
 import numpy as np
 
+from map_jax import parallel
 from map_jax.rewards.base import RewardFn, TruncationNotice
 
 
@@ -31,13 +33,27 @@ def pad_rows(arrays: Sequence[np.ndarray], rows: int) -> list[np.ndarray]:
   return out
 
 
+def forward_rows(fn, module, params, arrays: Sequence[np.ndarray], rows: int, mesh=None):
+  """`fn(module, params, *arrays)` on a batch padded to `rows` rows, as numpy of the real rows (the tree `fn`
+  returns). With a mesh the batch is padded to a multiple of its batch devices and split over them (`params`
+  placed by `parallel.place_model`); on several hosts every process passes the same rows and gets them all."""
+  n = len(arrays[0])
+  if mesh is None:
+    out = fn(module, params, *pad_rows(arrays, rows))
+  else:
+    out = fn(module, params, *parallel.place_rows(mesh, *pad_rows(arrays, parallel.padded_rows(rows, mesh))))
+  return jax.tree.map(lambda x: parallel.to_host(x)[:n], out)
+
+
 class TextEncoder:
   """Texts -> unit-norm sentence embeddings [n, E] with a MiniLM-family encoder, batched and jitted.
 
   Rows are sorted by token length, cut into batches of `batch_size`, right-padded to a length bucket
   (16, 24, 32, 48, ...) and to a row bucket, then run through `map_jax.models.bert.embed` (one compile per
   bucket pair). Texts longer than `max_length` tokens (sentence-transformers' 256 for all-MiniLM-L6-v2)
-  keep their first `max_length - 1` tokens and the closing [SEP], as sentence-transformers does.
+  keep their first `max_length - 1` tokens and the closing [SEP], as sentence-transformers does. With a
+  `mesh` (`map_jax.parallel.make_mesh`) each batch is split over its batch axes and the weights laid out by
+  their logical axes.
   """
 
   def __init__(
@@ -47,6 +63,7 @@ class TextEncoder:
     batch_size: int = 64,
     max_length: int | None = None,
     value_name: str = "encoder",
+    mesh=None,
   ):
     from map_jax.models.loading import load_sentence_encoder
 
@@ -55,6 +72,8 @@ class TextEncoder:
     self.max_length = min(self.encoder.max_length, self.encoder.config.max_position_embeddings)
     self.batch_size = batch_size
     self.module = self.encoder.config.module()
+    self.mesh = mesh
+    self.params = self.encoder.params if mesh is None else parallel.place_model(self.module, self.encoder.params, mesh)
     self.notice = TruncationNotice(value_name, self.max_length)
 
   def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -86,9 +105,8 @@ class TextEncoder:
     for idx in batches:
       length = min(tok_lib.bucket(max(len(ids[i]) for i in idx)), self.max_length)
       tokens, mask = tok_lib.pad_right([ids[i] for i in idx], pad, length=length)
-      tokens, mask = pad_rows([tokens, mask], tok_lib.bucket(len(idx), 1))
-      e = bert.embed(self.module, self.encoder.params, tokens, mask, self.encoder.normalize)
-      out[idx] = np.asarray(e)[: len(idx)]
+      embed = functools.partial(bert.embed, normalize=self.encoder.normalize)
+      out[idx] = forward_rows(embed, self.module, self.params, [tokens, mask], tok_lib.bucket(len(idx), 1), self.mesh)
     return out
 
 
@@ -103,8 +121,8 @@ class Coherence(RewardFn):
   name = "coherence"
   description = "cosine similarity of all-MiniLM-L6-v2 embeddings of prompt and response"
 
-  def __init__(self, encoder: str = "all-minilm-l6-v2", batch_size: int = 64, max_length: int | None = None):
-    self.encoder = TextEncoder(encoder, batch_size=batch_size, max_length=max_length, value_name=self.name)
+  def __init__(self, encoder: str = "all-minilm-l6-v2", batch_size: int = 64, max_length: int | None = None, mesh=None):
+    self.encoder = TextEncoder(encoder, batch_size=batch_size, max_length=max_length, value_name=self.name, mesh=mesh)
 
   @property
   def truncated(self) -> int:
@@ -141,6 +159,7 @@ class Perplexity(RewardFn):
     batch_size: rows per forward pass (every batch is padded to it: one compiled shape per length bucket).
     min_bucket: smallest padded length of a row (prompt + response); coarser buckets mean fewer compiles.
     loaded: an already loaded `(config, params, tokenizer)` to use instead of loading `model`.
+    mesh: a `map_jax.parallel.make_mesh` mesh to split each batch (and the weights) over.
   """
 
   name = "perplexity"
@@ -153,12 +172,16 @@ class Perplexity(RewardFn):
     batch_size: int = 16,
     min_bucket: int = 32,
     loaded=None,
+    mesh=None,
   ):
     from map_jax.models.loading import load_model
 
     self.model_name, self.chat, self.batch_size, self.min_bucket = model, chat, batch_size, min_bucket
     self.config, self.params, self.tokenizer = loaded if loaded is not None else load_model(model)
     self.module = self.config.module()
+    self.mesh = mesh
+    if mesh is not None:
+      self.params = parallel.place_model(self.module, self.params, mesh)
     self.context = int(self.config.max_position_embeddings)
     self.notice = TruncationNotice(self.name, self.context)
 
@@ -205,9 +228,8 @@ class Perplexity(RewardFn):
       C = min(C_table, L - 1)
       tokens, mask = tok_lib.pad_left([rows[i] for i in idx], pad, length=L)
       scored = np.arange(C)[None, :] >= C - n_resp[idx][:, None]
-      tokens, mask, scored = pad_rows([tokens, mask, scored], B)
-      total, _ = sequence_logprobs(self.module, self.params, tokens, mask, scored)
-      out[idx] = np.asarray(total)[: len(idx)] / n_resp[idx]
+      total, _ = forward_rows(sequence_logprobs, self.module, self.params, [tokens, mask, scored], B, self.mesh)
+      out[idx] = total / n_resp[idx]
     return out
 
   def close(self):
