@@ -44,6 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.generation.batch_size = 16  # prompts per generate call (x samples per prompt rows)
   c.generation.min_bucket = 16  # prompts pad to power-of-two-ish lengths >= this: one compile each
 
+  # Devices that sampling and model-backed scoring run over (`map_jax.parallel.make_mesh`): rows split over
+  # data x fsdp, weights over fsdp and tensor; -1 takes the devices the others leave. All 1: one device.
+  c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})
+
   c.pilot = ml_collections.ConfigDict()
   c.pilot.samples_per_prompt = 1  # n = num_pilot x samples_per_prompt
 

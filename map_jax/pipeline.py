@@ -104,6 +104,24 @@ def validate(config) -> None:
     raise ValueError(f"config.decode.mode must be one of {MODES}, got {config.decode.mode!r}")
   if config.adjust not in (None, "interpolate", "greedy"):
     raise ValueError(f"config.adjust must be interpolate, greedy or None, got {config.adjust!r}")
+  mesh_of(config)
+
+
+def mesh_of(config):
+  """The device mesh of `config.mesh` (data, fsdp, tensor sizes), or None for one device (all sizes 1).
+
+  Not part of any stage key: a run resumed on another mesh keeps the batches and chunks already done (the
+  same draws on every mesh; see `map_jax.sampling.generate`)."""
+  from map_jax import parallel
+
+  m = config.get("mesh")
+  sizes = {a: int(m.get(a, 1)) for a in parallel.MESH_AXES} if m is not None else {}
+  if not sizes or all(v == 1 for v in sizes.values()):
+    return None
+  bad = {a: v for a, v in sizes.items() if v < 1 and v != -1}
+  if bad:
+    raise ValueError(f"config.mesh sizes must be >= 1 or -1 (the remaining devices), got {bad}")
+  return parallel.make_mesh(**sizes)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -221,6 +239,11 @@ def sample_table(
   if todo:
     model = load()
     module, params = for_decoding(model.module, model.params)  # once for every batch
+    mesh = mesh_of(config)
+    if mesh is not None:
+      from map_jax import parallel
+
+      params = parallel.place_model(module, params, mesh)
     base = jax.random.fold_in(jax.random.key(int(config.seed)), stream)
     k = samples_per_prompt
     initial = sum(len(rows) for rows in done.values())
@@ -240,6 +263,7 @@ def sample_table(
           num_return_sequences=k,
           chat=chat,
           min_bucket=int(g.min_bucket),
+          mesh=mesh,
         )
         rows = [
           {"prompt_index": idx[r // k], "sample": r % k, "response": out.text[r], "num_tokens": int(out.lengths[r])}
@@ -263,7 +287,15 @@ def score(config, wd: Workdir, table: str) -> str:
   targeted, kept = value_specs(config)
   out = wd.path(table.replace(".jsonl", ".rewards.jsonl"))
   options = value_options(config)
-  return score_table(wd.path(table), out, targeted + kept, chunk=int(config.score_chunk), options=options)
+  mesh = mesh_of(config)
+  return score_table(
+    wd.path(table),
+    out,
+    targeted + kept,
+    chunk=int(config.score_chunk),
+    options=options,
+    value_kwargs=None if mesh is None else {"mesh": mesh},
+  )
 
 
 def _rewards(wd: Workdir, table: str, names: Sequence[str]) -> np.ndarray:

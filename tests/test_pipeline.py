@@ -294,3 +294,53 @@ def test_paper_configs_build_and_validate():
     "meta-llama/Llama-2-7b-chat-hf",
     True,
   )
+
+
+def mesh_config(model, prompt_file):
+  """The tiny run with a model-backed value (perplexity under the tiny model) beside model-free ones."""
+  c = tiny_config(model, prompt_file)
+  c.kept = "length,perplexity"
+  c.value_options = {"perplexity": {"model": model, "batch_size": 4}}
+  c.palettes = "all-60%"
+  return c
+
+
+def test_the_readme_mesh_run_killed_and_resumed_on_8_devices_gives_the_one_device_tables(
+  tiny_smollm_dir, prompt_file, tmp_path
+):
+  """The README's mesh command as printed, on 8 simulated devices, with the tiny run's config file: SIGKILLed
+  after its first pilot batch, rerun to the end; its pilot samples equal one device's and its scores (a
+  decoder-backed value among them) agree to float32 rounding."""
+  import shlex
+
+  from tests.test_faults import _kill_when, _start
+  from tests.test_readme import ROOT, section_blocks
+
+  blocks = section_blocks("### Over several devices", "bash")
+  (line,) = [x.split("#")[0] for b in blocks for x in b.splitlines() if "experiments.run_map" in x]
+  argv = shlex.split(line)
+  assert argv[:3] == ["python", "-m", "experiments.run_map"] and "--config.mesh.data=-1" in argv
+  tiny = tmp_path / "tiny_config.py"
+  tiny.write_text(
+    "from tests.test_pipeline import mesh_config\n\n\n"
+    f"def get_config():\n  return mesh_config({tiny_smollm_dir!r}, {prompt_file!r})\n"
+  )
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": str(ROOT)}
+  flags = [f"--config={tiny}", *argv[3:]]  # a --config file comes before the --config.FIELD flags
+  flags = [f"--workdir={tmp_path / 'mesh'}" if a.startswith("--workdir=") else a for a in flags]
+  wd = tmp_path / "mesh"
+  _kill_when(_start("experiments.run_map", *flags, env=env), wd / "pilot.jsonl.parts", 1 + 1)
+  assert not (wd / "pilot.jsonl").exists()
+  kept = len((wd / "pilot.jsonl.parts").read_text().splitlines()) - 1
+  proc = _start("experiments.run_map", *flags, env=env)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert "stage generate_pilot: running" in out and (wd / "report.md").exists() and kept >= 1
+
+  pipeline.run(mesh_config(tiny_smollm_dir, prompt_file), str(tmp_path / "one"), until="score_pilot")
+  assert (wd / "pilot.jsonl").read_text() == (tmp_path / "one" / "pilot.jsonl").read_text()
+  names = ["positiveness", "diversity", "length", "perplexity"]
+  got, _ = load_pilot(str(wd / "pilot.rewards.jsonl"), names)
+  want, _ = load_pilot(str(tmp_path / "one" / "pilot.rewards.jsonl"), names)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert np.ptp(want[:, 3]) > 0.1  # perplexity really scored (rows differ)

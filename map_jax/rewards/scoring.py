@@ -93,10 +93,11 @@ def score_table(
   columns = {}
   for spec, name in zip(specs, names):
     opts = _options(spec, value_kwargs or {}, (options or {}).get(name, {}))
-    # Everything that determines this value's scores: the texts, the spec and its options, the chunking.
+    # Everything that determines this value's scores: the texts, the spec and its options, the chunking (not
+    # the device mesh the value runs over: a run resumed on another mesh keeps its finished chunks).
     store = ChunkStore(
       os.path.join(parts, f"{name.replace('/', '_')}.jsonl"),
-      content_key(fp, spec, opts, chunk),
+      content_key(fp, spec, {k: v for k, v in opts.items() if k != "mesh"}, chunk),
       meta={"input": os.path.abspath(input_path), "rows": n, "value": spec},
     )
     scores = [None] * n
