@@ -200,7 +200,7 @@ def main():
   if "update" in wanted:
     rows.append(update_row(small, 0, args, flops))
   if "lora" in wanted:
-    rows += [update_row(small, 16, args, flops), update_row(big, 16, args, flops)]
+    rows += [update_row(name, 16, args, flops) for name in dict.fromkeys((small, big))]  # one when tiny
   if "solver" in wanted:
     rows.append(solver_row(args))
   print(f"\n| {'measurement':<56} | {'result':<34} | {'share':>6} | {'of':<18} | {'memory':>10} |")
