@@ -11,7 +11,7 @@ The mesh has three axes; the first two split the batch:
           Size 1 unless asked for.
 
 A batch of B rows is split over data × fsdp devices, so B must be a multiple of their product. On one CPU
-device the mesh is (1, 1) and every sharding is trivial, so the same program runs on a laptop, on 8 simulated
+device the mesh is (1, 1, 1) and every sharding is trivial, so the same program runs on a laptop, on 8 simulated
 CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count=8`, set before JAX starts) and on a GPU node.
 
 Params carry logical axis names (`nn.LogicallyPartitioned` boxes from `map_jax.models`); `RULES` maps those
@@ -68,7 +68,9 @@ def initialize_distributed(**kwargs: Any) -> None:
 
   On managed clusters (SLURM, Cloud TPU, Kubernetes with the usual env vars) no arguments are needed; else pass
   `coordinator_address="host0:1234", num_processes=N, process_id=i`. A single-process run needs no call.
+  Processes of CPU devices exchange data over gloo (set here; GPUs and TPUs use their own collectives).
   """
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
 
 
@@ -172,8 +174,23 @@ def opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state: An
 
 
 def shard(tree: Any, shardings: Any) -> Any:
-  """Place (or move) a tree of arrays onto the mesh: `jax.device_put` with a matching tree (or prefix)."""
-  return jax.device_put(tree, shardings)
+  """Place (or move) a tree of arrays onto the mesh: `jax.device_put` with a matching tree (or one sharding).
+
+  On a mesh that spans several processes, an array that every process holds whole (numpy, or a jax array on
+  a local device, PRNG keys too) becomes the global array, each process keeping its part (`jax.device_put`
+  itself only takes host data there)."""
+
+  def one(x, s):
+    if s.is_fully_addressable or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+      return jax.device_put(x, s)
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(one(jax.random.key_data(x), s), impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, s, lambda index: host[index])
+
+  if isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(lambda x: one(x, shardings), tree)
+  return jax.tree.map(one, tree, shardings)
 
 
 @functools.lru_cache(maxsize=64)
@@ -191,7 +208,7 @@ def module_shardings(module: nn.Module, mesh: Mesh, rules: tuple[tuple[str, str 
 def place_model(module: nn.Module, params: Any, mesh: Mesh) -> Any:
   """`params` (plain or boxed) laid out on `mesh` by their logical axes: split over fsdp and tensor, copied
   over data. Params already placed so come back as they are (no copy), so calling this per batch is cheap."""
-  return jax.device_put(nn.meta.unbox(params), module_shardings(module, mesh))
+  return shard(nn.meta.unbox(params), module_shardings(module, mesh))
 
 
 def padded_rows(rows: int, mesh: Mesh) -> int:
@@ -205,7 +222,7 @@ def place_rows(mesh: Mesh, *arrays: Any) -> tuple:
   `batch_devices(mesh)`). On several hosts every process passes the same global arrays and keeps its part."""
   for a in arrays:
     check_batch_size(np.shape(a)[0], mesh, "rows")
-  return tuple(jax.device_put(arrays, batch_sharding(mesh)))
+  return tuple(shard(arrays, batch_sharding(mesh)))
 
 
 def to_host(x: jax.Array) -> np.ndarray:

@@ -91,7 +91,8 @@ def sample(
   The prompt bucket [B, T] is prefilled once; its cache is then repeated `num_return_sequences` times and
   decoded with a `lax.while_loop` that writes one token per step at cache slot T + i, stopping early once
   every row has emitted one of `eos_ids`. Compiles once per (module, B, T, static options); `temperature`
-  is traced (0 means greedy). Deterministic given `key`.
+  is traced (0 means greedy). Deterministic given `key`. Runs as one SPMD program over the shardings its
+  inputs carry (`generate(mesh=...)` places params and rows; PPO's rollout passes its sharded state).
 
   Args:
     module: a decoder module (`Llama`, `GPT2`, `OPT`); its config gives the cache shape.
@@ -281,7 +282,7 @@ def generate(
     tokens, mask = (np.concatenate([x, np.repeat(x[:1], extra, 0)]) for x in (tokens, mask))
     params = parallel.place_model(module, params, mesh)
     tokens, mask = parallel.place_rows(mesh, tokens, mask)
-    key = jax.device_put(key, parallel.replicated(mesh))
+    key = parallel.shard(key, parallel.replicated(mesh))
   out = sample(
     module,
     params,

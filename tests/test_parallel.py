@@ -182,3 +182,76 @@ def test_sampling_and_scoring_over_meshes_equal_one_device():
     [sys.executable, "-c", _DECODING], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
   )
   assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+# One of two processes (argv: coordinator address, process id, output file): a data=2 mesh over one CPU device
+# per process; both sample the same prompts and each gets every row.
+_HOST = textwrap.dedent("""
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    from map_jax import parallel
+    parallel.initialize_distributed(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+    assert jax.process_count() == 2 and jax.device_count() == 2 and jax.local_device_count() == 1
+    from map_jax.sampling import generate
+    from tests.test_parallel import multi_host_case
+    module, params, prompts, kw = multi_host_case()
+    out = generate(module, params, None, prompts, mesh=parallel.make_mesh(data=2, fsdp=1), **kw)
+    np.save(sys.argv[3], out.tokens)
+    print("ok")
+""")
+
+
+def multi_host_case():
+  """A tiny 2-layer Llama (random, seed 0), 5 token-id prompts and the sampling settings."""
+  import jax.numpy as jnp
+
+  from map_jax.models.llama import LlamaConfig
+
+  cfg = LlamaConfig(
+    vocab_size=64,
+    hidden_size=32,
+    intermediate_size=48,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=8,
+    max_position_embeddings=64,
+    eos_token_ids=(2,),
+  )
+  module = cfg.module()
+  params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(3, 64, rng.integers(2, 9)).tolist() for _ in range(5)]  # 5 rows: padded to 6 for 2
+  return module, params, prompts, dict(key=jax.random.key(1), max_new_tokens=12, top_k=20, num_return_sequences=3)
+
+
+def test_two_processes_sample_what_one_device_does(tmp_path):
+  """Multi-host as a launcher runs it: two processes joined by `initialize_distributed` (one CPU device each),
+  one mesh over both; each process passes the same prompts and gets all rows, the one-device tokens."""
+  import socket
+
+  from map_jax.sampling import generate
+
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    address = f"localhost:{s.getsockname()[1]}"
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", _HOST, address, str(i), str(tmp_path / f"tokens{i}.npy")],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0 and "ok" in out, err[-3000:]
+  module, params, prompts, kw = multi_host_case()
+  want = generate(module, params, None, prompts, **kw).tokens
+  for i in range(2):
+    np.testing.assert_array_equal(np.load(tmp_path / f"tokens{i}.npy"), want)
