@@ -59,6 +59,9 @@ def _batch(rows=16, prompt=4, new=8):
 # agree to float32 rounding everywhere, and the weights still move by a median ~5e-3 over the 4 steps.
 SHARDED_PPO = dataclasses.replace(TINY_PPO, adam_eps=1e-4)
 
+# The tiny Llama with two layers (a scan, or an unrolled loop, over more than one layer) for the sampling tests.
+TWO_LAYERS = dataclasses.replace(TINY, num_layers=2)
+
 
 # Runs with 8 host devices: loads the initial state and batch, updates on a (data=2, fsdp=4) mesh, checks that
 # the weights really are split, and saves the result.
@@ -141,13 +144,11 @@ _DECODING = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     assert jax.device_count() == 8, jax.devices()
     from map_jax import parallel
-    from map_jax.models.llama import LlamaConfig
     from map_jax.rewards import get_reward
     from map_jax.sampling import generate
     from tests.rewards.conftest import WORDS, word_tokenizer
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
-                      num_kv_heads=2, head_dim=8, max_position_embeddings=64, eos_token_ids=(2,))
-    module = cfg.module()
+    from tests.test_parallel import TWO_LAYERS
+    module = TWO_LAYERS.module()
     params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
     tok = word_tokenizer(tempfile.mkdtemp())
     rng = np.random.default_rng(0)
@@ -202,23 +203,10 @@ _HOST = textwrap.dedent("""
 
 
 def multi_host_case():
-  """A tiny 2-layer Llama (random, seed 0), 5 token-id prompts and the sampling settings."""
+  """The tiny 2-layer Llama (random, seed 0), 5 token-id prompts and the sampling settings."""
   import jax.numpy as jnp
 
-  from map_jax.models.llama import LlamaConfig
-
-  cfg = LlamaConfig(
-    vocab_size=64,
-    hidden_size=32,
-    intermediate_size=48,
-    num_layers=2,
-    num_heads=4,
-    num_kv_heads=2,
-    head_dim=8,
-    max_position_embeddings=64,
-    eos_token_ids=(2,),
-  )
-  module = cfg.module()
+  module = TWO_LAYERS.module()
   params = jax.jit(module.init)(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
   rng = np.random.default_rng(0)
   prompts = [rng.integers(3, 64, rng.integers(2, 9)).tolist() for _ in range(5)]  # 5 rows: padded to 6 for 2
