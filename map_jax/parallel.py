@@ -205,9 +205,12 @@ def module_shardings(module: nn.Module, mesh: Mesh, rules: tuple[tuple[str, str 
   return param_shardings(abstract, mesh, rules)
 
 
-def place_model(module: nn.Module, params: Any, mesh: Mesh) -> Any:
+def place_model(module: nn.Module, params: Any, mesh: Mesh | None) -> Any:
   """`params` (plain or boxed) laid out on `mesh` by their logical axes: split over fsdp and tensor, copied
-  over data. Params already placed so come back as they are (no copy), so calling this per batch is cheap."""
+  over data. Params already placed so come back as they are (no copy), so calling this per batch is cheap;
+  with no mesh (one device) they come back untouched."""
+  if mesh is None:
+    return params
   return shard(nn.meta.unbox(params), module_shardings(module, mesh))
 
 

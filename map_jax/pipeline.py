@@ -223,6 +223,7 @@ def sample_table(
   import jax
   from tqdm.auto import tqdm
 
+  from map_jax import parallel
   from map_jax.sampling import for_decoding, generate
 
   g = config.generation
@@ -240,10 +241,7 @@ def sample_table(
     model = load()
     module, params = for_decoding(model.module, model.params)  # once for every batch
     mesh = mesh_of(config)
-    if mesh is not None:
-      from map_jax import parallel
-
-      params = parallel.place_model(module, params, mesh)
+    params = parallel.place_model(module, params, mesh)
     base = jax.random.fold_in(jax.random.key(int(config.seed)), stream)
     k = samples_per_prompt
     initial = sum(len(rows) for rows in done.values())

@@ -196,17 +196,11 @@ class GenerationOutput(NamedTuple):
   prompt_index: np.ndarray
 
 
-def _pad_batch(tokens: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Pad the batch up to its bucket (1, 2, 3, 4, 6, 8, 12, 16, ...) with copies of row 0, so a last, smaller
-  batch reuses a compiled shape; callers drop the extra rows."""
-  B = tokens.shape[0]
-  extra = tok_lib.bucket(B, 1) - B
-  if extra == 0:
-    return tokens, mask
-  return (
-    np.concatenate([tokens, np.repeat(tokens[:1], extra, 0)]),
-    np.concatenate([mask, np.repeat(mask[:1], extra, 0)]),
-  )
+def _row_bucket(rows: int, mesh=None) -> int:
+  """Rows a batch is padded to: its bucket (1, 2, 3, 4, 6, 8, 12, 16, ...), so a last, smaller batch reuses a
+  compiled shape, and with a mesh a multiple of its batch devices; callers drop the extra rows."""
+  rows = tok_lib.bucket(rows, 1)
+  return rows if mesh is None else parallel.padded_rows(rows, mesh)
 
 
 def _eos_ids(module, tokenizer, eos_ids):
@@ -275,12 +269,10 @@ def generate(
       f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's context of {context} positions"
     )
   pad_id = tok_lib.pad_id(tokenizer)
-  tokens, mask = _pad_batch(*tok_lib.pad_left(ids, pad_id, min_bucket=min_bucket))
+  tokens, mask = tok_lib.pad_rows(tok_lib.pad_left(ids, pad_id, min_bucket=min_bucket), _row_bucket(len(ids), mesh))
   module, params = for_decoding(module, params)
+  params = parallel.place_model(module, params, mesh)
   if mesh is not None:
-    extra = parallel.padded_rows(len(tokens), mesh) - len(tokens)
-    tokens, mask = (np.concatenate([x, np.repeat(x[:1], extra, 0)]) for x in (tokens, mask))
-    params = parallel.place_model(module, params, mesh)
     tokens, mask = parallel.place_rows(mesh, tokens, mask)
     key = parallel.shard(key, parallel.replicated(mesh))
   out = sample(
@@ -397,8 +389,9 @@ def score(
   if max(len(p) for p in p_ids) + max(len(c) for c in c_ids) > context:
     raise ValueError(f"prompt + continuation longer than the model's context of {context} positions")
   pad_id = tok_lib.pad_id(tokenizer)
-  pt, pm = _pad_batch(*tok_lib.pad_left(p_ids, pad_id, min_bucket=min_bucket))
-  ct, cm = _pad_batch(*tok_lib.pad_right(c_ids, pad_id, min_bucket=min_bucket))
+  rows = _row_bucket(len(p_ids))
+  pt, pm = tok_lib.pad_rows(tok_lib.pad_left(p_ids, pad_id, min_bucket=min_bucket), rows)
+  ct, cm = tok_lib.pad_rows(tok_lib.pad_right(c_ids, pad_id, min_bucket=min_bucket), rows)
   total, per = token_logprobs(module, params, pt, pm, ct, cm)
   B = len(p_ids)
   return ScoreOutput(np.asarray(total)[:B], np.asarray(per)[:B], cm[:B])

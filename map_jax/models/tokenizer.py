@@ -114,6 +114,16 @@ def pad_right(
   return tokens, mask
 
 
+def pad_rows(arrays: Sequence[np.ndarray], rows: int) -> list[np.ndarray]:
+  """Pad each array's first axis up to `rows` with copies of row 0 (copies, not zeros: a fully masked row
+  could make attention produce NaN, and extra rows are dropped anyway)."""
+  out = []
+  for a in arrays:
+    extra = rows - a.shape[0]
+    out.append(a if extra <= 0 else np.concatenate([a, np.repeat(a[:1], extra, 0)]))
+  return out
+
+
 def encode(tokenizer, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
   """Token ids of each text (no padding); BOS is added iff the tokenizer is configured to add it."""
   return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=add_special_tokens)["input_ids"]]

@@ -105,8 +105,7 @@ class ClassifierReward(RewardFn):
     self.batch_size = batch_size
     self.module = self.config.module()
     self.mesh = mesh
-    if mesh is not None:
-      self.params = parallel.place_model(self.module, self.params, mesh)
+    self.params = parallel.place_model(self.module, self.params, mesh)
     self.context = int(self.config.max_position_embeddings)
     max_len = getattr(self.tokenizer, "model_max_length", None)
     if isinstance(max_len, int) and 0 < max_len < self.context:

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from map_jax import parallel
+from map_jax.models import tokenizer as tok_lib
 from map_jax.rewards.base import RewardFn, TruncationNotice
 
 
@@ -23,25 +24,15 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int):
   return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def pad_rows(arrays: Sequence[np.ndarray], rows: int) -> list[np.ndarray]:
-  """Pad each array's first axis up to `rows` with copies of row 0 (copies, not zeros: a fully masked row
-  could make attention produce NaN, and extra rows are dropped anyway)."""
-  out = []
-  for a in arrays:
-    extra = rows - a.shape[0]
-    out.append(a if extra <= 0 else np.concatenate([a, np.repeat(a[:1], extra, 0)]))
-  return out
-
-
 def forward_rows(fn, module, params, arrays: Sequence[np.ndarray], rows: int, mesh=None):
   """`fn(module, params, *arrays)` on a batch padded to `rows` rows, as numpy of the real rows (the tree `fn`
   returns). With a mesh the batch is padded to a multiple of its batch devices and split over them (`params`
   placed by `parallel.place_model`); on several hosts every process passes the same rows and gets them all."""
   n = len(arrays[0])
   if mesh is None:
-    out = fn(module, params, *pad_rows(arrays, rows))
+    out = fn(module, params, *tok_lib.pad_rows(arrays, rows))
   else:
-    out = fn(module, params, *parallel.place_rows(mesh, *pad_rows(arrays, parallel.padded_rows(rows, mesh))))
+    out = fn(module, params, *parallel.place_rows(mesh, *tok_lib.pad_rows(arrays, parallel.padded_rows(rows, mesh))))
   return jax.tree.map(lambda x: parallel.to_host(x)[:n], out)
 
 
@@ -73,7 +64,7 @@ class TextEncoder:
     self.batch_size = batch_size
     self.module = self.encoder.config.module()
     self.mesh = mesh
-    self.params = self.encoder.params if mesh is None else parallel.place_model(self.module, self.encoder.params, mesh)
+    self.params = parallel.place_model(self.module, self.encoder.params, mesh)
     self.notice = TruncationNotice(value_name, self.max_length)
 
   def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -89,7 +80,6 @@ class TextEncoder:
 
   def __call__(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
     from map_jax.models import bert
-    from map_jax.models import tokenizer as tok_lib
 
     texts = list(texts)
     if not texts:
@@ -180,13 +170,11 @@ class Perplexity(RewardFn):
     self.config, self.params, self.tokenizer = loaded if loaded is not None else load_model(model)
     self.module = self.config.module()
     self.mesh = mesh
-    if mesh is not None:
-      self.params = parallel.place_model(self.module, self.params, mesh)
+    self.params = parallel.place_model(self.module, self.params, mesh)
     self.context = int(self.config.max_position_embeddings)
     self.notice = TruncationNotice(self.name, self.context)
 
   def _ids(self, prompts, responses):
-    from map_jax.models import tokenizer as tok_lib
 
     tok = self.tokenizer
     texts = [tok_lib.chat_prompt(tok, p) for p in prompts] if self.chat else prompts
@@ -209,7 +197,6 @@ class Perplexity(RewardFn):
     return p_ids, r_ids
 
   def _score(self, prompts, responses):
-    from map_jax.models import tokenizer as tok_lib
     from map_jax.sampling import sequence_logprobs
 
     p_ids, r_ids = self._ids(prompts, responses)
