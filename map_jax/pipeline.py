@@ -121,7 +121,10 @@ def mesh_of(config):
   bad = {a: v for a, v in sizes.items() if v < 1 and v != -1}
   if bad:
     raise ValueError(f"config.mesh sizes must be >= 1 or -1 (the remaining devices), got {bad}")
-  return parallel.make_mesh(**sizes)
+  try:
+    return parallel.make_mesh(**sizes)
+  except ValueError as e:
+    raise ValueError(f"config.mesh: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------

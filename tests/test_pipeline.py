@@ -94,6 +94,15 @@ def test_config_validation_and_stage_keys():
     setattr(bad, field, value)
     with pytest.raises(ValueError, match=msg):
       pipeline.validate(bad)
+  c = default_config()
+  c.mesh.tensor = 1 + jax.device_count()  # more devices than there are
+  with pytest.raises(ValueError, match=r"config.mesh: mesh data=1 × fsdp=1 × tensor=\d+ does not cover"):
+    pipeline.validate(c)
+  c.mesh.tensor = 0
+  with pytest.raises(ValueError, match=r"config.mesh sizes must be >= 1 or -1 .*'tensor': 0"):
+    pipeline.validate(c)
+  c.mesh.tensor, c.mesh.data = 2, 4
+  assert pipeline.stage_keys(c) == pipeline.stage_keys(default_config())  # the mesh is in no stage key
 
 
 def test_tiny_run_end_to_end_cache_and_rerun(tiny_smollm_dir, prompt_file, tmp_path):
