@@ -1,6 +1,6 @@
 """What every launcher shares: one error style (`run`), and the body of the MAP-by-decoding launchers
-(--config, a configs/*.py file with fields overridable as flags, --workdir, --force; each runs the pipeline up
-to its own stage).
+(--config, a configs/*.py file with fields overridable as flags, --workdir, --force, the multi-host flags; each
+runs the pipeline up to its own stage).
 
 Errors: a launcher that fails prints one line, `error: ...` naming what is wrong, and exits with status 1.
 Set MAP_JAX_TRACEBACK=1 for the full traceback instead. Logging is at WARNING unless -v/--verbosity is given.
@@ -25,6 +25,30 @@ def define_flags(default_config: str = DEFAULT_CONFIG):
   )
   flags.DEFINE_string("workdir", None, "Run directory: stage outputs, the report; a rerun resumes there.")
   flags.DEFINE_list("force", [], "Stages to rerun even if done (e.g. decode,report).")
+
+
+def define_distributed_flags():
+  """The multi-host flags of the pipeline launchers (see `join_distributed`)."""
+  flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Join a multi-host run first (map_jax.parallel.initialize_distributed): SLURM, Cloud TPU and Kubernetes "
+    "are detected; elsewhere give --coordinator_address, --num_processes and --process_id.",
+  )
+  flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 (implies --distributed).")
+  flags.DEFINE_integer("num_processes", None, "Multi-host: how many processes take part.")
+  flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0 to num_processes - 1.")
+
+
+def join_distributed() -> None:
+  """`initialize_distributed` when --distributed or --coordinator_address asks for it (before any JAX call)."""
+  f = flags.FLAGS
+  if not (f.distributed or f.coordinator_address):
+    return
+  from map_jax import parallel
+
+  given = {"coordinator_address": f.coordinator_address, "num_processes": f.num_processes, "process_id": f.process_id}
+  parallel.initialize_distributed(**{k: v for k, v in given.items() if v is not None})
 
 
 TRACEBACK_ENV = "MAP_JAX_TRACEBACK"
@@ -75,7 +99,15 @@ def launch(until: str, done_message=None):
 
   def main(argv):
     workdir = workdir_of(argv)
-    timings = pipeline.run(flags.FLAGS.config, workdir, until=until, force=flags.FLAGS.force, on_stage=announce)
+    join_distributed()
+    from map_jax import parallel
+
+    writer = parallel.is_writer()  # in a multi-host run, process 0 prints
+    timings = pipeline.run(
+      flags.FLAGS.config, workdir, until=until, force=flags.FLAGS.force, on_stage=announce if writer else None
+    )
+    if not writer:
+      return 0
     for stage, t in timings.items():
       print(f"{stage:<20} {'skipped (done)' if t['skipped'] else 'ran'} {t.get('seconds', 0.0):8.1f} s")
     if done_message:
@@ -83,4 +115,5 @@ def launch(until: str, done_message=None):
     return 0
 
   define_flags()
+  define_distributed_flags()
   run(main)

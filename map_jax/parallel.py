@@ -20,9 +20,10 @@ names to mesh axes. A dimension whose size the mesh axis does not divide is repl
 
 Multi-host (several processes, one per host or per GPU): call `initialize_distributed()` first thing in every
 process, before any other JAX call. `jax.devices()` then lists the devices of all hosts and `make_mesh` spans
-them; each process feeds its own slice of the global batch (`jax.make_array_from_process_local_data`) or, as
-the PPO trainer does, builds the same global batch on every host and lets `jax.device_put` keep the local part
-(results go back to the host through `multihost_utils.process_allgather`).
+them; every process builds the same global batch and `shard`/`place_rows` keep its local part (results go back
+to the host through `to_host`, which all-gathers). Every process runs the same program; process 0 alone writes
+files (`is_writer`), `barrier` lets the others see them, `agree` takes process 0's branch everywhere and
+`open_store` shares a resumable store.
 
     >>> mesh = make_mesh()                                  # all devices on the fsdp axis
     >>> params = shard(plain_params, param_shardings(boxed_params, mesh))
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -72,6 +74,47 @@ def initialize_distributed(**kwargs: Any) -> None:
   """
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
+
+
+def is_writer() -> bool:
+  """Whether this process writes a run's files: process 0 of a multi-host run, or the only process."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Wait until every process of a multi-host run gets here (a no-op in a single-process run). After a
+  barrier, every process sees the files process 0 wrote before it (on a filesystem all hosts share)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)
+
+
+def agree(flag: bool) -> bool:
+  """Process 0's `flag` on every process (a multi-host run takes each branch on all processes or on none)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+
+
+def open_store(path: str, key: str, meta: Any = None):
+  """The `map_jax.store.ChunkStore` of a computation every process of a run takes part in.
+
+  Process 0 opens it (writing the header, cutting a torn line) and alone appends to it; the others read the
+  chunks it holds after a barrier and keep theirs in memory (`readonly`). A second barrier before returning
+  makes every process start from the same chunks. One process: a plain ChunkStore."""
+  from map_jax.store import ChunkStore
+
+  if jax.process_count() == 1:
+    return ChunkStore(path, key, meta)
+  name = f"{os.path.basename(path)} {key}"  # the same on every host, wherever each mounts the workdir
+  store = ChunkStore(path, key, meta) if is_writer() else None
+  barrier(f"open {name}")
+  store = store or ChunkStore(path, key, meta, readonly=True)
+  barrier(f"opened {name}")
+  return store
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -40,7 +40,7 @@ import numpy as np
 
 from map_jax.plugins import load_plugins
 from map_jax.spec import palette_quantiles, parse_palettes, value_names, value_options, value_specs
-from map_jax.store import ChunkStore, content_key, plain, write_jsonl, write_text
+from map_jax.store import content_key, plain, write_jsonl, write_text
 from map_jax.workdir import Workdir
 
 STAGES = (
@@ -68,6 +68,9 @@ DEPENDS = {
   "report": ("decode", "score_map_f"),
 }
 MAP_F_STAGES = ("generate_map_f", "score_map_f")  # run only when config.map_f names a MAP-F run
+# Stages that run a model over the config's mesh: in a multi-host run every process runs them. The others read
+# and write files only, and run on process 0 while the rest wait.
+COLLECTIVE = ("generate_pilot", "score_pilot", "generate_candidates", "score_candidates") + MAP_F_STAGES
 
 
 def upstream(stage: str) -> list[str]:
@@ -221,7 +224,8 @@ def sample_table(
   Each finished batch goes to `output.parts`, a `map_jax.store.ChunkStore` keyed by everything that
   determines the samples (the prompts, `model_key` naming the model, the sampling settings, seed and stream),
   so a rerun with another seed, prompt set or model never reuses a killed run's batches. Rows come out in
-  prompt order with a `sample` index.
+  prompt order with a `sample` index. In a multi-host run every process takes part in every batch (its devices
+  sample their rows of it) and process 0 writes.
   """
   import jax
   from tqdm.auto import tqdm
@@ -229,12 +233,13 @@ def sample_table(
   from map_jax import parallel
   from map_jax.sampling import for_decoding, generate
 
+  writer = parallel.is_writer()
   g = config.generation
   B = int(g.batch_size)
   order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
   batches = [order[s : s + B] for s in range(0, len(order), B)]
   chat = bool(config.chat if chat is None else chat)
-  store = ChunkStore(
+  store = parallel.open_store(
     output + ".parts",
     content_key(list(prompts), samples_per_prompt, stream, model_key, chat, config.generation, config.seed),
   )
@@ -248,7 +253,7 @@ def sample_table(
     base = jax.random.fold_in(jax.random.key(int(config.seed)), stream)
     k = samples_per_prompt
     initial = sum(len(rows) for rows in done.values())
-    with tqdm(total=len(prompts) * k, initial=initial, desc=desc, unit="sample") as bar:
+    with tqdm(total=len(prompts) * k, initial=initial, desc=desc, unit="sample", disable=not writer) as bar:
       for b in todo:
         idx = batches[b]
         out = generate(
@@ -277,7 +282,8 @@ def sample_table(
     raise RuntimeError(
       f"{store.path}: {len(rows)} rows for {len(prompts)} prompts x {samples_per_prompt}; delete it to regenerate"
     )
-  write_jsonl(output, ({"prompt": prompts[r["prompt_index"]], **r} for r in rows))
+  if writer:
+    write_jsonl(output, ({"prompt": prompts[r["prompt_index"]], **r} for r in rows))
   store.finish()
   return len(rows)
 
@@ -503,6 +509,12 @@ def run(
 
   Returns:
     {stage: {"seconds": wall time when it ran (or when it last ran, if skipped), "skipped": bool, ...}}.
+
+  Multi-host: after `map_jax.parallel.initialize_distributed()`, every process calls `run` with the same
+  config and workdir, on a filesystem all hosts see. The sampling and scoring stages run on every process
+  over the config's mesh (which spans the hosts' devices); process 0 alone writes files, runs the stages that
+  only read and write files (`COLLECTIVE` names the others) and decides which stages are done, and every
+  stage ends at a barrier, so the next one reads what process 0 wrote.
   """
   if until not in STAGES:
     raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
@@ -514,15 +526,19 @@ def run(
   has_map_f = map_f_run(config) is not None
   if until in MAP_F_STAGES and not has_map_f:
     raise ValueError(f"stage {until} has nothing to do: config.map_f names no MAP-F run")
+  from map_jax import parallel
+
+  writer = parallel.is_writer()
   wd = Workdir(workdir)
-  wd.write_json(wd.path("config.json"), plain(config))
+  if writer:
+    wd.write_json(wd.path("config.json"), plain(config))
   keys = stage_keys(config)
   needed = [s for s in upstream(until) if has_map_f or s not in MAP_F_STAGES]
   timings: dict[str, dict] = {}
   with loaded_model(config) as load:
     for stage in needed:
-      if wd.done(stage, keys[stage]) and stage not in force and stage != "report":
-        rec = wd.record(stage)
+      if parallel.agree(wd.done(stage, keys[stage]) and stage not in force and stage != "report"):
+        rec = wd.record(stage) or {}
         timings[stage] = {**rec, "skipped": True}
         if on_stage:
           on_stage(stage, True)
@@ -532,10 +548,12 @@ def run(
       if on_stage:
         on_stage(stage, False)
       start = time.perf_counter()
-      info = _run_stage(stage, config, wd, load, timings)
+      info = _run_stage(stage, config, wd, load, timings) if writer or stage in COLLECTIVE else {}
       seconds = time.perf_counter() - start
       info = dict(info or {})
-      wd.mark(stage, keys[stage], seconds, **info)
+      if writer:
+        wd.mark(stage, keys[stage], seconds, **info)
+      parallel.barrier(f"stage {stage}")
       timings[stage] = {"key": keys[stage], "seconds": seconds, "skipped": False, **info}
   return timings
 

@@ -121,21 +121,24 @@ class ChunkStore:
     path: the JSONL file of the chunks (its directory must exist).
     key: `content_key(...)` of everything that determines the chunks.
     meta: JSON-able facts kept in the header for a reader (never compared; the key is).
+    readonly: read the chunks of a store another process writes (a multi-host run's process 0; see
+      `map_jax.parallel.open_store`): the file is never written, repaired or deleted, and `append` keeps the
+      chunk in memory only.
 
   Attributes:
     chunks: {chunk id: data} of the chunks finished so far (with this key).
   """
 
-  def __init__(self, path: str, key: str, meta: Any = None):
-    self.path, self.key = path, key
+  def __init__(self, path: str, key: str, meta: Any = None, *, readonly: bool = False):
+    self.path, self.key, self.readonly = path, key, readonly
     self.chunks: dict[Any, Any] = {}
     header = {"key": key, "meta": meta}
-    if not self._resume():
+    if not self._resume() and not readonly:
       write_text(path, json.dumps(header) + "\n")
 
   def _resume(self) -> bool:
     """Read the chunks of a previous run with the same key; False when there is nothing to resume."""
-    records = read_jsonl(self.path, repair=True)
+    records = read_jsonl(self.path, repair=not self.readonly)
     if not records:
       return False  # no file, an empty one, or a torn header: start afresh
     header = records[0]
@@ -160,12 +163,13 @@ class ChunkStore:
 
   def append(self, chunk: Any, data: Any) -> None:
     """Record a finished chunk (a JSON-able id and payload), durably, before returning."""
-    append_jsonl(self.path, {"chunk": chunk, "data": data})
+    if not self.readonly:
+      append_jsonl(self.path, {"chunk": chunk, "data": data})
     self.chunks[chunk] = data
 
   def finish(self) -> None:
     """Delete the chunk file (call after the final output is written)."""
-    if os.path.exists(self.path):
+    if not self.readonly and os.path.exists(self.path):
       os.remove(self.path)
 
 

@@ -314,8 +314,30 @@ def mesh_config(model, prompt_file):
   return c
 
 
+@pytest.fixture(scope="module")
+def one_device_run(tiny_smollm_dir, tmp_path_factory):
+  """The workdir of `mesh_config`'s run on one device, to the report: what every mesh must reproduce."""
+  root = tmp_path_factory.mktemp("one-device")
+  prompts = root / "prompts.jsonl"
+  prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in PROMPTS))
+  pipeline.run(mesh_config(tiny_smollm_dir, str(prompts)), str(root / "run"))
+  return root / "run"
+
+
+def assert_same_tables(wd, one):
+  """`wd`'s samples equal the one-device run's `one` and its scores (perplexity under the tiny model among
+  them) agree to float32 rounding."""
+  names = ["positiveness", "diversity", "length", "perplexity"]
+  for table in ("pilot", "candidates"):
+    assert (wd / f"{table}.jsonl").read_text() == (one / f"{table}.jsonl").read_text()
+    got, _ = load_pilot(str(wd / f"{table}.rewards.jsonl"), names)
+    want, _ = load_pilot(str(one / f"{table}.rewards.jsonl"), names)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.ptp(want[:, 3]) > 0.1  # perplexity really scored (rows differ)
+
+
 def test_the_readme_mesh_run_killed_and_resumed_on_8_devices_gives_the_one_device_tables(
-  tiny_smollm_dir, prompt_file, tmp_path
+  tiny_smollm_dir, prompt_file, tmp_path, one_device_run
 ):
   """The README's mesh command as printed, on 8 simulated devices, with the tiny run's config file: SIGKILLed
   after its first pilot batch, rerun to the end; its pilot samples equal one device's and its scores (a
@@ -326,7 +348,7 @@ def test_the_readme_mesh_run_killed_and_resumed_on_8_devices_gives_the_one_devic
   from tests.test_readme import ROOT, section_blocks
 
   blocks = section_blocks("### Over several devices", "bash")
-  (line,) = [x.split("#")[0] for b in blocks for x in b.splitlines() if "experiments.run_map" in x]
+  (line,) = [x.split("#")[0] for b in blocks for x in b.splitlines() if "--config.mesh.data=-1   #" in x]
   argv = shlex.split(line)
   assert argv[:3] == ["python", "-m", "experiments.run_map"] and "--config.mesh.data=-1" in argv
   tiny = tmp_path / "tiny_config.py"
@@ -346,10 +368,45 @@ def test_the_readme_mesh_run_killed_and_resumed_on_8_devices_gives_the_one_devic
   assert proc.returncode == 0, err[-3000:]
   assert "stage generate_pilot: running" in out and (wd / "report.md").exists() and kept >= 1
 
-  pipeline.run(mesh_config(tiny_smollm_dir, prompt_file), str(tmp_path / "one"), until="score_pilot")
-  assert (wd / "pilot.jsonl").read_text() == (tmp_path / "one" / "pilot.jsonl").read_text()
-  names = ["positiveness", "diversity", "length", "perplexity"]
-  got, _ = load_pilot(str(wd / "pilot.rewards.jsonl"), names)
-  want, _ = load_pilot(str(tmp_path / "one" / "pilot.rewards.jsonl"), names)
-  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  assert np.ptp(want[:, 3]) > 0.1  # perplexity really scored (rows differ)
+  assert_same_tables(wd, one_device_run)
+
+
+def test_the_readme_multi_host_run_on_two_processes_gives_the_one_device_tables(
+  tiny_smollm_dir, prompt_file, tmp_path, one_device_run
+):
+  """The README's multi-host command as printed, run by two processes on this machine (one CPU device each,
+  HOST0 = localhost): process 0 writes a workdir whose tables equal one device's and prints the stages; the
+  other writes nothing and prints nothing."""
+  import shlex
+  import socket
+
+  from tests.test_faults import _start
+  from tests.test_readme import section_blocks
+
+  blocks = section_blocks("### Over several devices", "bash")
+  (line,) = [x for b in blocks for x in b.splitlines() if "--coordinator_address" in x]
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  tiny = tmp_path / "tiny_config.py"
+  tiny.write_text(
+    "from tests.test_pipeline import mesh_config\n\n\n"
+    f"def get_config():\n  return mesh_config({tiny_smollm_dir!r}, {prompt_file!r})\n"
+  )
+  wd = tmp_path / "hosts"
+  procs = []
+  for i in range(2):
+    argv = shlex.split(line.replace("HOST0:8476", f"localhost:{port}").replace("$i", str(i)))
+    assert argv[:3] == ["python", "-m", "experiments.run_map"]
+    flags = [f"--workdir={wd}" if a.startswith("--workdir=") else a for a in argv[3:]]
+    procs.append(_start("experiments.run_map", f"--config={tiny}", *flags, env={"XLA_FLAGS": ""}))
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "stage score_candidates: running" in outs[0][0] and "report:" in outs[0][0]
+  assert "stage" not in outs[1][0] and "report" not in outs[1][0]
+  assert (wd / "report.md").exists() and not list(wd.glob("*.parts"))
+  assert_same_tables(wd, one_device_run)
+  lam = [p["lambda"] for p in json.loads((wd / "palettes.json").read_text())["palettes"]]
+  want = [p["lambda"] for p in json.loads((one_device_run / "palettes.json").read_text())["palettes"]]
+  np.testing.assert_allclose(lam, want, rtol=1e-4, atol=1e-6)

@@ -38,6 +38,24 @@ def test_torn_lines_and_torn_headers(tmp_path):
     assert json.loads(path.read_text().splitlines()[0])["key"] == "k"
 
 
+def test_a_readonly_store_reads_what_the_writer_holds_and_never_touches_the_file(tmp_path):
+  """The view of a multi-host run's other processes: process 0's chunks, a torn line left as it is, appends
+  in memory only, no header written and nothing deleted."""
+  path = tmp_path / "out.parts"
+  assert ChunkStore(str(path), "k", readonly=True).chunks == {} and not path.exists()
+  writer = ChunkStore(str(path), "k")
+  writer.append(0, [1.0])
+  with open(path, "a") as f:
+    f.write('{"chunk": 1, "da')  # the writer is mid-append
+  before = path.read_bytes()
+  reader = ChunkStore(str(path), "k", readonly=True)
+  assert reader.chunks == {0: [1.0]}
+  reader.append(1, [2.0])
+  reader.finish()
+  assert reader.chunks == {0: [1.0], 1: [2.0]} and path.read_bytes() == before
+  assert ChunkStore(str(path), "other", readonly=True).chunks == {} and path.read_bytes() == before
+
+
 def test_atomic_writes_leave_no_temporary_files(tmp_path):
   store.write_json(str(tmp_path / "a.json"), {"b": [1, 2]})
   store.write_jsonl(str(tmp_path / "a.jsonl"), [{"x": "\udcff"}, {"x": "é"}])

@@ -4,7 +4,8 @@
 value's model is loaded, run over the table in chunks, and freed before the next one loads, so only one reward
 model is ever in memory. Finished chunks go to `OUTPUT.parts/VALUE.jsonl` (a `map_jax.store.ChunkStore`) keyed
 by the input texts, the value's spec and its options, so a killed run resumes where it stopped, and a changed
-table, spec or option never mixes old scores into the new output.
+table, spec or option never mixes old scores into the new output. In a multi-host run every process scores
+(model-backed values over the mesh they are given) and process 0 alone writes.
 """
 
 import gc
@@ -15,9 +16,10 @@ import shutil
 
 from absl import logging
 
+from map_jax import parallel
 from map_jax.data.pilot import write_value_columns
 from map_jax.rewards.registry import get_reward, value_name
-from map_jax.store import ChunkStore, content_key, write_jsonl
+from map_jax.store import content_key, write_jsonl
 
 
 def fingerprint(prompts, responses) -> str:
@@ -87,6 +89,7 @@ def score_table(
     raise ValueError(f"--values names {sorted(dupes)} more than once; rename with NAME=SPEC")
   parts = output + ".parts"
   os.makedirs(parts, exist_ok=True)
+  writer = parallel.is_writer()
   fp = fingerprint(prompts, responses)
 
   n = len(rows)
@@ -95,7 +98,7 @@ def score_table(
     opts = _options(spec, value_kwargs or {}, (options or {}).get(name, {}))
     # Everything that determines this value's scores: the texts, the spec and its options, the chunking (not
     # the device mesh the value runs over: a run resumed on another mesh keeps its finished chunks).
-    store = ChunkStore(
+    store = parallel.open_store(
       os.path.join(parts, f"{name.replace('/', '_')}.jsonl"),
       content_key(fp, spec, {k: v for k, v in opts.items() if k != "mesh"}, chunk),
       meta={"input": os.path.abspath(input_path), "rows": n, "value": spec},
@@ -108,7 +111,7 @@ def score_table(
       logging.info("%s: scoring %d of %d rows", name, sum(min(chunk, n - s) for s in todo), n)
       value = get_reward(spec, **opts)
       it = todo
-      if progress:
+      if progress and writer:
         from tqdm.auto import tqdm
 
         it = tqdm(todo, desc=f"scoring {name}", unit="chunk")
@@ -130,7 +133,8 @@ def score_table(
   clash = [k for k in names if k in rows[0]]
   if clash:
     logging.warning("output columns %s replace input fields of the same name", clash)
-  write_jsonl(output, ({**row, **{k: columns[k][j] for k in names}} for j, row in enumerate(rows)))
-  write_value_columns(output, names)
-  shutil.rmtree(parts)
+  if writer:
+    write_jsonl(output, ({**row, **{k: columns[k][j] for k in names}} for j, row in enumerate(rows)))
+    write_value_columns(output, names)
+    shutil.rmtree(parts)
   return output
