@@ -59,7 +59,13 @@ def _batch(rows=16, prompt=4, new=8):
 # agree to float32 rounding everywhere, and the weights still move by a median ~5e-3 over the 4 steps.
 SHARDED_PPO = dataclasses.replace(TINY_PPO, adam_eps=1e-4)
 
+
 # The tiny Llama with two layers (a scan, or an unrolled loop, over more than one layer) for the sampling tests.
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for a subprocess with `devices` simulated CPU devices, keeping the test run's own flags."""
+  return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+
+
 TWO_LAYERS = dataclasses.replace(TINY, num_layers=2)
 
 
@@ -112,7 +118,7 @@ def test_sharded_update_on_8_devices_equals_one_device(tmp_path):
     **{f"s{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(plain))},
     **{f"b_{k}": x for k, x in batch._asdict().items() if x is not None},
   )
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(ROOT))
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8), PYTHONPATH=str(ROOT))
   proc = subprocess.run(
     [sys.executable, "-c", _SHARDED, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
     capture_output=True,
@@ -178,7 +184,7 @@ def test_sampling_and_scoring_over_meshes_equal_one_device():
   as on one device, the weights really split; coherence (the real MiniLM, an encoder) over a mesh equals one
   device's to float32 rounding. A decoder-backed value (perplexity) over a mesh is checked by the pipeline's
   mesh test in tests/test_pipeline.py."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(ROOT))
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8), PYTHONPATH=str(ROOT))
   proc = subprocess.run(
     [sys.executable, "-c", _DECODING], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env
   )

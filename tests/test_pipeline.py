@@ -345,6 +345,7 @@ def test_the_readme_mesh_run_killed_and_resumed_on_8_devices_gives_the_one_devic
   import shlex
 
   from tests.test_faults import _kill_when, _start
+  from tests.test_parallel import xla_flags
   from tests.test_readme import ROOT, section_blocks
 
   blocks = section_blocks("### Over several devices", "bash")
@@ -356,7 +357,7 @@ def test_the_readme_mesh_run_killed_and_resumed_on_8_devices_gives_the_one_devic
     "from tests.test_pipeline import mesh_config\n\n\n"
     f"def get_config():\n  return mesh_config({tiny_smollm_dir!r}, {prompt_file!r})\n"
   )
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": str(ROOT)}
+  env = {"XLA_FLAGS": xla_flags(8), "PYTHONPATH": str(ROOT)}
   flags = [f"--config={tiny}", *argv[3:]]  # a --config file comes before the --config.FIELD flags
   flags = [f"--workdir={tmp_path / 'mesh'}" if a.startswith("--workdir=") else a for a in flags]
   wd = tmp_path / "mesh"
@@ -381,6 +382,7 @@ def test_the_readme_multi_host_run_on_two_processes_gives_the_one_device_tables(
   import socket
 
   from tests.test_faults import _start
+  from tests.test_parallel import xla_flags
   from tests.test_readme import section_blocks
 
   blocks = section_blocks("### Over several devices", "bash")
@@ -399,7 +401,7 @@ def test_the_readme_multi_host_run_on_two_processes_gives_the_one_device_tables(
     argv = shlex.split(line.replace("HOST0:8476", f"localhost:{port}").replace("$i", str(i)))
     assert argv[:3] == ["python", "-m", "experiments.run_map"]
     flags = [f"--workdir={wd}" if a.startswith("--workdir=") else a for a in argv[3:]]
-    procs.append(_start("experiments.run_map", f"--config={tiny}", *flags, env={"XLA_FLAGS": ""}))
+    procs.append(_start("experiments.run_map", f"--config={tiny}", *flags, env={"XLA_FLAGS": xla_flags(1)}))
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
