@@ -38,10 +38,11 @@ if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not i
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")  # JAX's default 1 s misses most
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 
-# Tests compile with XLA:CPU's LLVM back end at -O0. Compiling, not running, is most of a test here (tiny models,
-# many programs): -O0 took the suite from 14 min 57 s to 11 min 22 s. It changes no arithmetic (no fast-math at any level, the
-# same operations in the same order), so every tolerance and bitwise check still holds; users and benchmarks
-# compile at the default level. Subprocesses the tests start inherit it (`xla_flags` adds theirs to it).
+# Tests compile with XLA:CPU's LLVM back end at -O0. Compiling, not running, is most of a test here (tiny
+# models, many programs): -O0 took the suite from 14 min 57 s to 11 min 22 s. It changes no arithmetic (no
+# fast-math at any level, the same operations in the same order), so every tolerance and bitwise check still
+# holds; users and benchmarks compile at the default level. Subprocesses the tests start inherit it
+# (`tests.test_parallel.xla_flags` adds their own flags to it).
 _O0 = "--xla_backend_optimization_level=0"
 if _O0 not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_O0}".strip()
