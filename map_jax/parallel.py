@@ -22,8 +22,8 @@ Multi-host (several processes, one per host or per GPU): call `initialize_distri
 process, before any other JAX call. `jax.devices()` then lists the devices of all hosts and `make_mesh` spans
 them; every process builds the same global batch and `shard`/`place_rows` keep its local part (results go back
 to the host through `to_host`, which all-gathers). Every process runs the same program; process 0 alone writes
-files (`is_writer`), `barrier` lets the others see them, `agree` takes process 0's branch everywhere and
-`open_store` shares a resumable store.
+files (`is_writer`), `barrier` lets the others see them, `agree` takes process 0's branch everywhere,
+`failed_processes` stops all of them when one fails, and `open_store` shares a resumable store.
 
     >>> mesh = make_mesh()                                  # all devices on the fsdp axis
     >>> params = shard(plain_params, param_shardings(boxed_params, mesh))
@@ -97,6 +97,18 @@ def agree(flag: bool) -> bool:
   from jax.experimental import multihost_utils
 
   return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+
+
+def failed_processes(ok: bool) -> list[int]:
+  """The processes whose `ok` is False, the same list on every process (a collective, so also a barrier; [] or
+  [0] in a single-process run). A stage that failed on one process then stops every process, with the error
+  named, instead of leaving the others waiting at their next collective."""
+  if jax.process_count() == 1:
+    return [] if ok else [0]
+  from jax.experimental import multihost_utils
+
+  flags = np.asarray(multihost_utils.process_allgather(np.asarray([ok], np.int32))).reshape(-1)
+  return [int(i) for i in np.flatnonzero(flags == 0)]
 
 
 def open_store(path: str, key: str, meta: Any = None):

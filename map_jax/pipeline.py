@@ -514,7 +514,8 @@ def run(
   config and workdir, on a filesystem all hosts see. The sampling and scoring stages run on every process
   over the config's mesh (which spans the hosts' devices); process 0 alone writes files, runs the stages that
   only read and write files (`COLLECTIVE` names the others) and decides which stages are done, and every
-  stage ends at a barrier, so the next one reads what process 0 wrote.
+  stage ends with every process learning whether all of them finished it (so the next stage reads what
+  process 0 wrote, and an error on one process stops them all, each naming it).
   """
   if until not in STAGES:
     raise ValueError(f"unknown stage {until!r}; stages: {', '.join(STAGES)}")
@@ -548,12 +549,20 @@ def run(
       if on_stage:
         on_stage(stage, False)
       start = time.perf_counter()
-      info = _run_stage(stage, config, wd, load, timings) if writer or stage in COLLECTIVE else {}
+      error = None
+      try:
+        info = _run_stage(stage, config, wd, load, timings) if writer or stage in COLLECTIVE else {}
+      except Exception as e:  # noqa: BLE001  (raised below, once every process knows)
+        error = e
       seconds = time.perf_counter() - start
+      failed = parallel.failed_processes(error is None)  # the stage's end on every process
+      if error is not None:
+        raise error
+      if failed:
+        raise RuntimeError(f"stage {stage} failed on process {failed[0]} (its log names the error)")
       info = dict(info or {})
       if writer:
         wd.mark(stage, keys[stage], seconds, **info)
-      parallel.barrier(f"stage {stage}")
       timings[stage] = {"key": keys[stage], "seconds": seconds, "skipped": False, **info}
   return timings
 

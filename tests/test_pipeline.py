@@ -372,12 +372,9 @@ def test_the_readme_mesh_run_killed_and_resumed_on_8_devices_gives_the_one_devic
   assert_same_tables(wd, one_device_run)
 
 
-def test_the_readme_multi_host_run_on_two_processes_gives_the_one_device_tables(
-  tiny_smollm_dir, prompt_file, tmp_path, one_device_run
-):
+def run_two_hosts(config_file, wd, *extra):
   """The README's multi-host command as printed, run by two processes on this machine (one CPU device each,
-  HOST0 = localhost): process 0 writes a workdir whose tables equal one device's and prints the stages; the
-  other writes nothing and prints nothing."""
+  HOST0 = localhost, the workdir `wd`, the config file first); [(returncode, stdout, stderr)] per process."""
   import shlex
   import socket
 
@@ -390,25 +387,51 @@ def test_the_readme_multi_host_run_on_two_processes_gives_the_one_device_tables(
   with socket.socket() as s:
     s.bind(("localhost", 0))
     port = s.getsockname()[1]
+  procs = []
+  for i in range(2):
+    argv = shlex.split(line.replace("HOST0:8476", f"localhost:{port}").replace("$i", str(i)))
+    assert argv[:3] == ["python", "-m", "experiments.run_map"]
+    flags = [f"--workdir={wd}" if a.startswith("--workdir=") else a for a in argv[3:]]
+    procs.append(
+      _start("experiments.run_map", f"--config={config_file}", *flags, *extra, env={"XLA_FLAGS": xla_flags(1)})
+    )
+  outs = [p.communicate(timeout=300) for p in procs]
+  return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+
+
+def test_the_readme_multi_host_run_on_two_processes_gives_the_one_device_tables(
+  tiny_smollm_dir, prompt_file, tmp_path, one_device_run
+):
+  """Process 0 writes a workdir whose tables equal one device's and prints the stages; the other writes
+  nothing and prints nothing."""
   tiny = tmp_path / "tiny_config.py"
   tiny.write_text(
     "from tests.test_pipeline import mesh_config\n\n\n"
     f"def get_config():\n  return mesh_config({tiny_smollm_dir!r}, {prompt_file!r})\n"
   )
   wd = tmp_path / "hosts"
-  procs = []
-  for i in range(2):
-    argv = shlex.split(line.replace("HOST0:8476", f"localhost:{port}").replace("$i", str(i)))
-    assert argv[:3] == ["python", "-m", "experiments.run_map"]
-    flags = [f"--workdir={wd}" if a.startswith("--workdir=") else a for a in argv[3:]]
-    procs.append(_start("experiments.run_map", f"--config={tiny}", *flags, env={"XLA_FLAGS": xla_flags(1)}))
-  outs = [p.communicate(timeout=300) for p in procs]
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
-  assert "stage score_candidates: running" in outs[0][0] and "report:" in outs[0][0]
-  assert "stage" not in outs[1][0] and "report" not in outs[1][0]
+  outs = run_two_hosts(tiny, wd)
+  for _, out, err in outs:
+    assert "error" not in err, err[-3000:]
+  assert [rc for rc, _, _ in outs] == [0, 0]
+  assert "stage score_candidates: running" in outs[0][1] and "report:" in outs[0][1]
+  assert "stage" not in outs[1][1] and "report" not in outs[1][1]
   assert (wd / "report.md").exists() and not list(wd.glob("*.parts"))
   assert_same_tables(wd, one_device_run)
   lam = [p["lambda"] for p in json.loads((wd / "palettes.json").read_text())["palettes"]]
   want = [p["lambda"] for p in json.loads((one_device_run / "palettes.json").read_text())["palettes"]]
   np.testing.assert_allclose(lam, want, rtol=1e-4, atol=1e-6)
+
+
+def test_a_stage_failing_on_process_0_stops_both_processes_each_naming_it(tmp_path):
+  """The prompts stage runs on process 0 alone; its error stops process 0 with the error and process 1 with
+  the stage and process that failed, promptly (not at a timeout), and nothing is marked done."""
+  from tests.test_readme import ROOT
+
+  wd = tmp_path / "hosts"
+  missing = tmp_path / "no_prompts.jsonl"
+  outs = run_two_hosts(ROOT / "configs" / "default.py", wd, f"--config.prompts.source={missing}")
+  assert [rc for rc, _, _ in outs] == [1, 1], [err[-2000:] for _, _, err in outs]
+  assert f"error: prompt file not found: {missing}" in outs[0][2]
+  assert "error: stage prompts failed on process 0" in outs[1][2]
+  assert not (wd / "stages" / "prompts.json").exists()
