@@ -333,7 +333,7 @@ def solve_dual(
   max_iter: int = 50,
   ridge: float | None = None,
   lp_tol: float | None = None,
-  lp_max_iter: int = 100,
+  lp_max_iter: int = feas.MAX_PIVOTS,
 ) -> DualSolution:
   """Solves the MAP dual exactly for one palette.
 

@@ -216,7 +216,7 @@ def adjust_palette(
   max_kl: float | None = None,
   tol: float | None = None,
   lp_tol: float | None = None,
-  lp_max_iter: int = 100,
+  lp_max_iter: int = feas.MAX_PIVOTS,
 ) -> AdjustedPalette:
   """Pulls a palette back to the feasible set of the pilot set.
 

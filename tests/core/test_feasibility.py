@@ -40,6 +40,22 @@ def test_random_problems_match_highs(seed):
     check_bracket(rewards, c, jax.tree.map(lambda a: a[k], outs), atol=1e-9)
 
 
+def test_partial_pricing_on_more_row_blocks_than_the_pool_matches_highs():
+  """n = 20,000 rows of 12 values: more row blocks than the pool holds, so the pool is refilled by passes
+  over all rows; margins, bounds and certificates as HiGHS says, also where the optimum needs many pivots."""
+  rng = np.random.default_rng(11)
+  n, m = 20_000, 12
+  rewards = rng.normal(size=(n, m)) @ rng.normal(size=(m, m)) * 0.3 + rng.normal(size=(n, m))
+  assert feasibility_lib.prepare(jnp.asarray(rewards)).blocks.shape[2] > feasibility_lib._POOL
+  reach = np.linspace(0.2, 0.7, 8)[:, None] * rng.uniform(0.9, 1.1, (8, m))  # from easy to unreachable
+  palettes = rewards.mean(0) + reach * (rewards.max(0) - rewards.mean(0))
+  outs = jax.jit(jax.vmap(feasibility, in_axes=(None, 0)))(jnp.asarray(rewards), jnp.asarray(palettes))
+  assert np.all(np.asarray(outs.converged)) and np.max(np.asarray(outs.num_steps)) > 2 * m
+  assert 0 < np.sum(np.asarray(outs.feasible)) < len(palettes)  # both kinds of answer
+  for k, c in enumerate(palettes):
+    check_bracket(rewards, c, jax.tree.map(lambda a: a[k], outs), atol=1e-9)
+
+
 def test_reference_data_float32_and_float64(reference_rewards):
   rng = np.random.default_rng(7)
   c0, b = reference_rewards.mean(0), reference_rewards.max(0)
