@@ -47,13 +47,8 @@ def join_distributed() -> None:
     return
   from map_jax import parallel
 
-  global _JOINED
   given = {"coordinator_address": f.coordinator_address, "num_processes": f.num_processes, "process_id": f.process_id}
   parallel.initialize_distributed(**{k: v for k, v in given.items() if v is not None})
-  _JOINED = True
-
-
-_JOINED = False  # whether this process joined a multi-host run
 
 
 TRACEBACK_ENV = "MAP_JAX_TRACEBACK"
@@ -79,8 +74,11 @@ def run(main):
       if os.environ.get(TRACEBACK_ENV):
         raise
       print(one_line(e), file=sys.stderr)
-      if _JOINED:  # a multi-host run: leave now rather than wait at JAX's shutdown barrier for processes stuck
-        sys.stdout.flush()  # in a collective (they stop once the coordinator sees this one gone)
+      # A multi-host run: leave now rather than wait at JAX's shutdown barrier for processes stuck in a
+      # collective (they stop once the coordinator sees this one gone).
+      jax = sys.modules.get("jax")
+      if jax is not None and jax.distributed.is_initialized():
+        sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)
       return 1

@@ -142,16 +142,22 @@ def _row_blocks(S: jax.Array):
   return padded.T.reshape(m, count, size).transpose(0, 2, 1), ids
 
 
-def _most_violated(blocks: jax.Array, ids: jax.Array, d: jax.Array):
-  """argmax_j dᵀS_j and its value, by a max per block and an argmax over the winning
-  block: XLA:CPU's argmax over all n rows costs about ten times a max (under ``vmap``
-  it dominated the whole solve), a max over n rows plus two short argmaxes does not."""
-  size = blocks.shape[1]
+def _pool(blocks: jax.Array, ids: jax.Array, d: jax.Array, size: int):
+  """The `size` rows with the largest dᵀS_j among the best rows of each row block (the best row of the blocks
+  with the `size` largest maxima), best first, and dᵀS of the first: one pass over all rows. By a max per
+  block, then short searches over the blocks: XLA:CPU's argmax over all n rows costs about ten times a max
+  (under ``vmap`` it dominated the whole solve)."""
   scores = jnp.tensordot(d, blocks, axes=1)  # (size, count): block b is column b
   per_block = jnp.max(scores, axis=0)
-  b = jnp.argmax(per_block)
-  within = jnp.argmax(jax.lax.dynamic_index_in_dim(scores, b, axis=1, keepdims=False))
-  return ids[b * size + within], per_block[b]
+  top, chosen = jax.lax.top_k(per_block, min(size, per_block.shape[0]))
+  within = jnp.argmax(scores[:, chosen], axis=0)
+  return ids[chosen * blocks.shape[1] + within], top[0]
+
+
+def _most_violated(blocks: jax.Array, ids: jax.Array, d: jax.Array):
+  """argmax_j dᵀS_j and its value (a pool of one)."""
+  pool, top = _pool(blocks, ids, d, 1)
+  return pool[0], top
 
 
 def _initial_inverse(row: jax.Array, i0: jax.Array) -> jax.Array:
@@ -172,16 +178,6 @@ _POOL = 64  # rows priced by the pivots between two passes over all rows (see _s
 # The default cap on simplex pivots: partial pricing takes more pivots than pricing all rows at every pivot
 # (up to about 140 at n = 231,200 and m = 12, against 75), each of them cheap.
 MAX_PIVOTS = 400
-
-
-def _pool(blocks: jax.Array, ids: jax.Array, d: jax.Array, size: int):
-  """The `size` rows with the largest dᵀS_j among the best rows of each row block (the best row of the blocks
-  with the `size` largest maxima), best first, and dᵀS of the first: one pass over all rows."""
-  scores = jnp.tensordot(d, blocks, axes=1)  # (size, count): block b is column b
-  per_block = jnp.max(scores, axis=0)
-  top, chosen = jax.lax.top_k(per_block, min(size, per_block.shape[0]))
-  within = jnp.argmax(scores[:, chosen], axis=0)
-  return ids[chosen * blocks.shape[1] + within], top[0]
 
 
 def _simplex(prepared: PreparedLP, c: jax.Array, *, tol: float, max_iter: int) -> _Simplex:
