@@ -44,6 +44,8 @@ def join_distributed() -> None:
   """`initialize_distributed` when --distributed or --coordinator_address asks for it (before any JAX call)."""
   f = flags.FLAGS
   if not (f.distributed or f.coordinator_address):
+    if f.num_processes is not None or f.process_id is not None:
+      raise ValueError("--num_processes and --process_id need --coordinator_address (or --distributed)")
     return
   from map_jax import parallel
 

@@ -51,6 +51,11 @@ def test_generate_pilot_on_a_tiny_model(tiny_smollm_dir, tmp_path):
       "error: palette 'coherence-80%' raises 'coherence', which is kept at its mean",
     ),
     (
+      "experiments.run_map",
+      "--process_id=1",
+      "error: --num_processes and --process_id need --coordinator_address (or --distributed)",
+    ),
+    (
       "experiments.compare_methods",
       "--config.compare.methods=MAP-D,GRPO",
       "error: config.compare.methods: unknown ['GRPO']; methods: MAP-D, MORL-D, MAP-F, MORL-F, DPO, DPO-Soup",
