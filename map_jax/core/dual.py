@@ -99,10 +99,42 @@ def _num_blocks(n: int) -> tuple[int, int]:
   return -(-n // size), size
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["zt", "zb", "z", "moments"], meta_fields=["n"])
+@dataclasses.dataclass(frozen=True)
+class StandardizedRows:
+  """The standardized rows z = (R − μ) / σ of a pilot set in the layouts a Newton evaluation reads, each
+  zero-padded to whole blocks of rows (see _BLOCK_ROWS)."""
+
+  n: int  # the real rows; the rest is padding
+  # zt: (m, count · size) zᵀ; the logits λᵀzᵀ of a batch of palettes come out (batch, n) with no transpose, and
+  # XLA:CPU runs this product several times faster than zλ with m numbers per row. zb: (count, m, size) the
+  # same in blocks, for the blocked sums zᵀw (a batched product; over zt's layout XLA:CPU runs it ten times
+  # slower).
+  zt: jax.Array
+  zb: jax.Array
+  # The Hessian's data, one of the two (see _MOMENT_TABLE_MAX_ENTRIES): moments (count, m + m(m+1)/2, size),
+  # the rows of zᵀ and then the upper triangle of the rows' outer products; or z (count, size, m), the rows
+  # themselves, for zᵀ diag(w) z.
+  z: jax.Array | None
+  moments: jax.Array | None
+
+
+def _standardized_rows(z: jax.Array, hessian: str) -> StandardizedRows:
+  """The layouts of standardized rows z (n, m); zt and zb stay differentiable in z, the Hessian's data not."""
+  n, m = z.shape
+  count, size = _num_blocks(n)
+  z_rows = jnp.pad(z, ((0, count * size - n), (0, 0))).reshape(count, size, m)
+  zb = z_rows.transpose(0, 2, 1)
+  zt = z_rows.reshape(count * size, m).T
+  if hessian == "moments":
+    upper_i, upper_k = np.triu_indices(m)
+    zs = jax.lax.stop_gradient(zb)
+    return StandardizedRows(n, zt, zb, None, jnp.concatenate([zs, zs[:, upper_i] * zs[:, upper_k]], axis=1))
+  return StandardizedRows(n, zt, zb, jax.lax.stop_gradient(z_rows), None)
+
+
 @functools.partial(
-  jax.tree_util.register_dataclass,
-  data_fields=["rewards", "mean", "scale", "zt", "zb", "z", "moments", "lp"],
-  meta_fields=[],
+  jax.tree_util.register_dataclass, data_fields=["rewards", "mean", "scale", "rows", "lp"], meta_fields=[]
 )
 @dataclasses.dataclass(frozen=True)
 class PreparedPilot:
@@ -117,18 +149,7 @@ class PreparedPilot:
   rewards: jax.Array  # R (n, m) as given
   mean: jax.Array  # μ (m,)
   scale: jax.Array  # σ (m,), 1 for constant columns
-  # zt: (m, count · size) zᵀ = ((R − μ) / σ)ᵀ, zero-padded to whole blocks of rows (see _BLOCK_ROWS); the
-  # logits λᵀzᵀ of a batch of palettes come out (batch, n) with no transpose, and XLA:CPU runs this product
-  # several times faster than zλ with m numbers per row. zb: (count, m, size) the same in blocks, for the
-  # blocked sums zᵀw (a batched product; over zt's layout XLA:CPU runs it ten times slower). Both
-  # differentiable in R (μ and σ are held constant).
-  zt: jax.Array
-  zb: jax.Array
-  # The Hessian's data, one of the two (see _MOMENT_TABLE_MAX_ENTRIES), zero-padded like zb: moments
-  # (count, m + m(m+1)/2, size), the rows of zᵀ and then the upper triangle of the rows' outer products; or z
-  # (count, size, m), the rows themselves, for zᵀ diag(w) z.
-  z: jax.Array | None
-  moments: jax.Array | None
+  rows: StandardizedRows  # differentiable in R (μ and σ held constant) but for the Hessian's data
   lp: feas.PreparedLP
 
 
@@ -184,18 +205,8 @@ def _prepare(rewards, *, hessian):
   spread = jnp.where(spread > 0, spread, 1.0)
   std = spread * jnp.std((r_sg - mean) / spread, axis=0)
   scale = jnp.where(constant | (std == 0), 1.0, std)
-  count, size = _num_blocks(n)
-  z_rows = jnp.pad((rewards - mean) / scale, ((0, count * size - n), (0, 0))).reshape(count, size, m)
-  zb = z_rows.transpose(0, 2, 1)
-  zt = z_rows.reshape(count * size, m).T
-  z = moments = None
-  if hessian == "moments":
-    upper_i, upper_k = np.triu_indices(m)
-    zs = jax.lax.stop_gradient(zb)
-    moments = jnp.concatenate([zs, zs[:, upper_i] * zs[:, upper_k]], axis=1)
-  else:
-    z = jax.lax.stop_gradient(z_rows)
-  return PreparedPilot(rewards, mean, scale, zt, zb, z, moments, feas.prepare(r_sg))
+  rows = _standardized_rows((rewards - mean) / scale, hessian)
+  return PreparedPilot(rewards, mean, scale, rows, feas.prepare(r_sg))
 
 
 def _row_mask(count: int, size: int, n: int) -> jax.Array:
@@ -223,7 +234,7 @@ class _NewtonState(NamedTuple):
   residual: jax.Array
 
 
-def _evaluate(zt, zb, z, moments, n: int, c: jax.Array, lam: jax.Array):
+def _evaluate(rows: StandardizedRows, c: jax.Array, lam: jax.Array):
   """−g, its gradient and Hessian at lam, in one pass over the pilot set (standardized units).
 
   With a moment table the Hessian comes from the shared outer products (E_w[z zᵀ] − μμᵀ) rather than from
@@ -234,6 +245,7 @@ def _evaluate(zt, zb, z, moments, n: int, c: jax.Array, lam: jax.Array):
   and Newton needs only a good direction; the exact derivative uses the centred form. Every sum over rows is
   a sum over blocks of per-block sums (see _BLOCK_ROWS).
   """
+  n, zt, zb, z, moments = rows.n, rows.zt, rows.zb, rows.z, rows.moments
   count, m, size = zb.shape
   logits = (lam @ zt).reshape(count, size)
   # Padding rows have logit 0, never above the largest real one (the real logits average 0 in these units).
@@ -286,14 +298,14 @@ def _newton_step(lam, grad, hess, residual, ridge):
   return step, active
 
 
-def _newton(zt, zb, z, moments, n: int, c: jax.Array, *, tol, max_iter, max_evals, ridge):
-  dtype = zb.dtype
+def _newton(rows: StandardizedRows, c: jax.Array, *, tol, max_iter, max_evals, ridge):
+  dtype = rows.zb.dtype
   sigma = 1e-4
   # Roundoff in f at the optimum; an accepted step may increase f by this much.
   slack = 16 * jnp.finfo(dtype).eps
 
   lam0 = jnp.zeros_like(c)
-  f0, g0, h0 = _evaluate(zt, zb, z, moments, n, c, lam0)
+  f0, g0, h0 = _evaluate(rows, c, lam0)
   res0 = _kkt_residual(lam0, g0)
   step0, active0 = _newton_step(lam0, g0, h0, res0, ridge)
   state = _NewtonState(
@@ -304,9 +316,9 @@ def _newton(zt, zb, z, moments, n: int, c: jax.Array, *, tol, max_iter, max_eval
     return (s.residual > tol) & (s.num_steps < max_iter) & (s.num_evals < max_evals) & (s.alpha > 1e-12)
 
   def body(consts, s):
-    zt, zb, z, moments, c = consts
+    rows, c = consts
     trial = jnp.maximum(s.lam - s.alpha * s.step, 0.0)
-    f_t, g_t, h_t = _evaluate(zt, zb, z, moments, n, c, trial)
+    f_t, g_t, h_t = _evaluate(rows, c, trial)
     # Armijo along the projection arc: predicted decrease from the free coordinates'
     # Newton step plus the held ones' actual movement.
     predicted = s.alpha * jnp.sum(jnp.where(s.active, 0.0, s.grad * s.step)) + jnp.sum(
@@ -322,7 +334,7 @@ def _newton(zt, zb, z, moments, n: int, c: jax.Array, *, tol, max_iter, max_eval
 
   # Under vmap a palette near the feasibility boundary needs 30–50 steps where most
   # need 5; the compacting loop keeps the others from paying for it.
-  return loops.compacting_while_loop(cond, body, (zt, zb, z, moments, c), state)
+  return loops.compacting_while_loop(cond, body, (rows, c), state)
 
 
 def solve_dual(
@@ -397,11 +409,7 @@ def _solve_prepared(pilot: PreparedPilot, palette, *, tol, max_iter, ridge, lp_t
   c_std = (c_solve - mean) / scale
   n = rewards.shape[0]
   state = _newton(
-    jax.lax.stop_gradient(pilot.zt),
-    jax.lax.stop_gradient(pilot.zb),
-    pilot.z,
-    pilot.moments,
-    n,
+    jax.lax.stop_gradient(pilot.rows),
     c_std,
     tol=tol,
     max_iter=max_iter,
@@ -416,13 +424,13 @@ def _solve_prepared(pilot: PreparedPilot, palette, *, tol, max_iter, ridge, lp_t
   # weights, so rewards far from zero (1e4 + O(1)) cost no float32 precision in the logits, weights, levels,
   # ESS or KL. (λᵀzᵀ rather than zλ: under vmap over palettes the logits then come out (batch, n), with no
   # transpose of the largest array in the solve.)
-  count, _, size = pilot.zb.shape
-  logits = ((lam * scale) @ pilot.zt).reshape(count, size)
+  count, _, size = pilot.rows.zb.shape
+  logits = ((lam * scale) @ pilot.rows.zt).reshape(count, size)
   real = _row_mask(count, size, n)
   lse = jax.nn.logsumexp(jnp.where(real, logits, -jnp.inf))
   log_w = logits - lse
   w = jnp.where(real, jnp.exp(log_w), 0.0)
-  realized = mean + scale * _row_sums(pilot.zb, w)
+  realized = mean + scale * _row_sums(pilot.rows.zb, w)
   kl = jnp.sum(jnp.where(real, w * (log_w + jnp.log(n)), 0.0))
   margin = lp.margin - jnp.dot(lp.certificate, palette - c_sg)  # d margin / dc = −d
   converged = jnp.where(lp.feasible, state.residual <= tol, lp.converged)

@@ -53,14 +53,14 @@ def test_prepared_equals_unprepared_bit_for_bit(reference_rewards, dtype, hessia
 def test_moment_table_and_matmul_hessians_agree(reference_rewards):
   R = jnp.asarray(reference_rewards)
   table, product = prepare_pilot(R, hessian="moments"), prepare_pilot(R, hessian="matmul")
-  assert table.z is None and table.moments is not None and product.moments is None and product.z is not None
+  assert table.rows.z is None and table.rows.moments is not None
+  assert product.rows.moments is None and product.rows.z is not None
   rng = np.random.default_rng(3)
-  n = R.shape[0]
-  evaluate = jax.jit(dual._evaluate, static_argnums=4)
+  evaluate = jax.jit(dual._evaluate)
   for lam in rng.uniform(0, 2, (5, 6)):
     c = jnp.asarray(rng.normal(size=6))
-    a = evaluate(table.zt, table.zb, table.z, table.moments, n, c, jnp.asarray(lam))
-    b = evaluate(product.zt, product.zb, product.z, product.moments, n, c, jnp.asarray(lam))
+    a = evaluate(table.rows, c, jnp.asarray(lam))
+    b = evaluate(product.rows, c, jnp.asarray(lam))
     for x, y in zip(a, b):
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-11, atol=1e-11)
     # and both are the tilted covariance of the standardized rows, in float64 NumPy
@@ -78,7 +78,7 @@ def test_padded_row_blocks_change_nothing(reference_rewards):
   n = dual._BLOCK_ROWS * 2 + 77
   R = large_pilot(reference_rewards, n, 7)
   pilot = prepare_pilot(jnp.asarray(R))
-  assert pilot.zb.shape == (3, 7, dual._BLOCK_ROWS)
+  assert pilot.rows.zb.shape == (3, 7, dual._BLOCK_ROWS)
   for c in palettes_between_mean_and_q75(R, 3):
     sol = solve_dual(pilot, jnp.asarray(c))
     lam = np.asarray(sol.lam)
