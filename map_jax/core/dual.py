@@ -14,9 +14,10 @@ Hessian is −Cov_w(R). At the optimum Rᵀw >= c, with equality where λ_i > 0 
 The solver is Bertsekas' projected Newton method with an Armijo search along the
 projection arc. Each loop iteration evaluates the objective, gradient and Hessian at
 one trial point in a single pass over the pilot set (the Hessian from precomputed
-outer products R_j R_jᵀ, so a batch of palettes costs one matmul, or for very large
-pilot sets from the weighted product Rᵀ diag(w) R), and either accepts it and takes a
-new Newton direction or halves the step. Values whose constraint is
+outer products R_j R_jᵀ, so a batch of palettes costs one matmul, or for large pilot
+sets from products formed block by block in cache), and either accepts it and takes a
+new Newton direction or halves the step. On large pilot sets Newton starts from the
+solution on a strided subset of the rows. Values whose constraint is
 slack are held at exactly λ_i = 0. Feasibility is decided first by the exact LP in
 :mod:`map_jax.core.feasibility`; infeasible palettes get λ = 0 and a certificate,
 never NaN. Everything that depends on R alone is built once by :func:`prepare_pilot`;
@@ -58,7 +59,8 @@ class DualSolution(NamedTuple):
     kkt_residual: max_i |min(σ_i λ_i, (realized_i − c_i) / σ_i)| with σ the pilot
       standard deviations, a scale-free measure of optimality.
     converged: ``kkt_residual <= tol`` (for infeasible palettes: the LP converged).
-    num_steps: accepted Newton steps.
+    num_steps: accepted Newton steps (on a large pilot set, those of the start on a subset of its rows
+      included; see :func:`prepare_pilot`).
   """
 
   lam: jax.Array
@@ -81,16 +83,29 @@ def dual_objective(rewards: jax.Array, palette: jax.Array, lam: jax.Array) -> ja
 
 
 # The Hessian comes from a table of the rows' outer products (one matrix–vector product per evaluation, and one
-# matrix product for a whole batch of palettes) while that table stays within 2²⁷ entries (512 MB in float32:
-# n = 10⁶ rows of up to 12 values); beyond it, from the weighted product zᵀ diag(w) z, whose memory is that of R
-# itself. On XLA:CPU the table is the faster of the two at every size measured (2–3× at n = 10⁶,
-# benchmarks/dual_solver.py), so only memory decides.
-_MOMENT_TABLE_MAX_ENTRIES = 1 << 27
+# matrix product for a whole batch of palettes) while that table has at most 2²¹ entries (8 MB in float32:
+# 23,000 rows of 12 values, 77,000 of 6). Beyond it the table no longer stays in cache, and reading it (360 MB
+# at 10⁶ rows of 12 values) costs more than forming the products afresh: each evaluation streams the rows in
+# blocks of _STREAM_ROWS and forms the block's products in cache (measured on one core at 10⁶ rows of 12
+# values: 16 ms against the table's 17–19 ms per palette, 4.3× faster for 64 palettes at once, and no table in
+# memory).
+_MOMENT_TABLE_MAX_ENTRIES = 1 << 21
 # Sums over the n rows run over blocks of this many rows, then over the blocks. One long float32 dot over 10⁶
 # rows drifts by about 3e-6 relative to the sum, which would show up in the KKT residual (documented at 1e-6);
 # summed per block and then across blocks it stays near 1e-7, at the same speed (a batched dot with few
 # batches). Pilot sets of at most one block keep one plain product.
 _BLOCK_ROWS = 1 << 14
+# Rows per block of a streamed evaluation: 12 values and their 78 products of 512 rows fill 184 KB, well in L2
+# (blocks of 1,024–8,192 rows measured 5–40% slower at 10⁶ × 12). The blocks' sums are compensated (Kahan), so
+# their number costs no precision.
+_STREAM_ROWS = 512
+# Newton on a pilot set of more than 4 × _COARSE_ROWS rows starts from the solution on an evenly strided subset
+# of at most _COARSE_ROWS of them. That start lies within the subset's sampling error of the solution
+# (~1/√_COARSE_ROWS), where Newton converges quadratically: two or three evaluations over all the rows instead
+# of the 5–11 a start from λ = 0 takes (measured at 10⁶ rows: median single solve 61 -> 42 ms with 6 values,
+# 208 -> 164 ms with 12). A palette the subset cannot reach (its Newton does not converge within max_iter
+# evaluations, cheap on the subset) starts from 0.
+_COARSE_ROWS = 1 << 15
 
 
 def _num_blocks(n: int) -> tuple[int, int]:
@@ -99,7 +114,7 @@ def _num_blocks(n: int) -> tuple[int, int]:
   return -(-n // size), size
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["zt", "zb", "z", "moments"], meta_fields=["n"])
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["zt", "zb", "stream", "moments"], meta_fields=["n"])
 @dataclasses.dataclass(frozen=True)
 class StandardizedRows:
   """The standardized rows z = (R − μ) / σ of a pilot set in the layouts a Newton evaluation reads, each
@@ -113,9 +128,9 @@ class StandardizedRows:
   zt: jax.Array
   zb: jax.Array
   # The Hessian's data, one of the two (see _MOMENT_TABLE_MAX_ENTRIES): moments (count, m + m(m+1)/2, size),
-  # the rows of zᵀ and then the upper triangle of the rows' outer products; or z (count, size, m), the rows
-  # themselves, for zᵀ diag(w) z.
-  z: jax.Array | None
+  # the rows of zᵀ and then the upper triangle of the rows' outer products; or stream (num, m, _STREAM_ROWS),
+  # zᵀ in small blocks whose products are formed in cache at each evaluation.
+  stream: jax.Array | None
   moments: jax.Array | None
 
 
@@ -130,11 +145,13 @@ def _standardized_rows(z: jax.Array, hessian: str) -> StandardizedRows:
     upper_i, upper_k = np.triu_indices(m)
     zs = jax.lax.stop_gradient(zb)
     return StandardizedRows(n, zt, zb, None, jnp.concatenate([zs, zs[:, upper_i] * zs[:, upper_k]], axis=1))
-  return StandardizedRows(n, zt, zb, jax.lax.stop_gradient(z_rows), None)
+  num = -(-n // _STREAM_ROWS)
+  stream = jnp.pad(jax.lax.stop_gradient(z), ((0, num * _STREAM_ROWS - n), (0, 0)))
+  return StandardizedRows(n, zt, zb, stream.reshape(num, _STREAM_ROWS, m).transpose(0, 2, 1), None)
 
 
 @functools.partial(
-  jax.tree_util.register_dataclass, data_fields=["rewards", "mean", "scale", "rows", "lp"], meta_fields=[]
+  jax.tree_util.register_dataclass, data_fields=["rewards", "mean", "scale", "rows", "coarse", "lp"], meta_fields=[]
 )
 @dataclasses.dataclass(frozen=True)
 class PreparedPilot:
@@ -142,14 +159,16 @@ class PreparedPilot:
 
   A pytree: keep it across calls (a slider drag, a sweep of palettes), or pass it unbatched to ``jit`` and
   ``vmap`` as an argument (closed over as a constant, XLA would fold it into the program). It holds R, its
-  standardized rows and the LP's row blocks (about three copies of R), and the Hessian's data: for up to 2²⁷
-  entries the table of the rows' outer products, otherwise one more copy of the standardized rows.
+  standardized rows and the LP's row blocks (about three copies of R), and the Hessian's data: for up to 2²¹
+  entries the table of the rows' outer products, otherwise one more copy of the standardized rows; on more than
+  131,072 rows also an evenly strided subset of at most 32,768 of them, where Newton finds its start.
   """
 
   rewards: jax.Array  # R (n, m) as given
   mean: jax.Array  # μ (m,)
   scale: jax.Array  # σ (m,), 1 for constant columns
   rows: StandardizedRows  # differentiable in R (μ and σ held constant) but for the Hessian's data
+  coarse: StandardizedRows | None  # every k-th row, for Newton's start on large sets (see _COARSE_ROWS)
   lp: feas.PreparedLP
 
 
@@ -157,7 +176,7 @@ def prepare_pilot(rewards: jax.Array, *, hessian: str = "auto") -> PreparedPilot
   """Prepares a pilot reward matrix R (n, m) for :func:`solve_dual`, once for all its palettes.
 
   Everything in a solve that depends on R alone (standardization, the LP's row blocks and starting shortlist,
-  the Hessian's moment table) is built here; a palette then costs only its Newton and simplex steps. On a
+  the Hessian's moment table, the subset of rows for Newton's start) is built here; a palette then costs only its Newton and simplex steps. On a
   pilot set of 231,200 rows and 6 values that is about half of a single solve
   (`python -m benchmarks.dual_solver --scaling`).
 
@@ -165,8 +184,8 @@ def prepare_pilot(rewards: jax.Array, *, hessian: str = "auto") -> PreparedPilot
     rewards: pilot reward matrix R, shape (n, m), float32 or float64.
     hessian: how each Newton step forms the Hessian Cov_w(z): ``"moments"`` (a table of the rows' m(m+1)/2
       outer products, one matrix–vector product per step and one matrix product for a batch of palettes),
-      ``"matmul"`` (zᵀ diag(w) z, memory like R itself) or ``"auto"`` (the table while it has at most 2²⁷
-      entries). The two agree to rounding.
+      ``"streamed"`` (the rows in blocks of 512, their products formed in cache at each step; memory like R
+      itself) or ``"auto"`` (the table while it has at most 2²¹ entries). The two agree to rounding.
 
   Raises:
     ValueError: on a concrete R that is not a finite, non-empty (n, m) matrix.
@@ -177,8 +196,8 @@ def prepare_pilot(rewards: jax.Array, *, hessian: str = "auto") -> PreparedPilot
     >>> [bool(solve_dual(pilot, c).feasible) for c in jnp.array([[0.4, 0.45], [0.9, 0.9]])]
     [True, False]
   """
-  if hessian not in ("auto", "moments", "matmul"):
-    raise ValueError(f"hessian must be 'auto', 'moments' or 'matmul'; got {hessian!r}.")
+  if hessian not in ("auto", "moments", "streamed"):
+    raise ValueError(f"hessian must be 'auto', 'moments' or 'streamed'; got {hessian!r}.")
   if validation.is_concrete(rewards):
     validation.check_rewards(rewards)
   return _prepare(rewards, hessian=hessian)
@@ -193,7 +212,7 @@ def _prepare(rewards, *, hessian):
     raise ValueError(f"rewards must be a 2-D (samples × values) matrix; got shape {rewards.shape}.")
   n, m = rewards.shape
   if hessian == "auto":
-    hessian = "moments" if n * (m + m * (m + 1) // 2) <= _MOMENT_TABLE_MAX_ENTRIES else "matmul"
+    hessian = "moments" if n * (m + m * (m + 1) // 2) <= _MOMENT_TABLE_MAX_ENTRIES else "streamed"
   r_sg = jax.lax.stop_gradient(rewards)
   # A constant column is exactly zero once centred on its value; computing it as (R − mean) / std
   # would leave rounding noise that a singular Hessian direction amplifies.
@@ -205,8 +224,13 @@ def _prepare(rewards, *, hessian):
   spread = jnp.where(spread > 0, spread, 1.0)
   std = spread * jnp.std((r_sg - mean) / spread, axis=0)
   scale = jnp.where(constant | (std == 0), 1.0, std)
-  rows = _standardized_rows((rewards - mean) / scale, hessian)
-  return PreparedPilot(rewards, mean, scale, rows, feas.prepare(r_sg))
+  z = (rewards - mean) / scale
+  rows = _standardized_rows(z, hessian)
+  coarse = None
+  if n > 4 * _COARSE_ROWS:
+    stride = -(-n // _COARSE_ROWS)
+    coarse = _standardized_rows(jax.lax.stop_gradient(z)[: stride * (n // stride) : stride], "moments")
+  return PreparedPilot(rewards, mean, scale, rows, coarse, feas.prepare(r_sg))
 
 
 def _row_mask(count: int, size: int, n: int) -> jax.Array:
@@ -240,12 +264,14 @@ def _evaluate(rows: StandardizedRows, c: jax.Array, lam: jax.Array):
   With a moment table the Hessian comes from the shared outer products (E_w[z zᵀ] − μμᵀ) rather than from
   centred rows as in :func:`map_jax.core.implicit.tilted_moments`: under ``vmap`` over palettes the mean and
   the second moments are one matmul of the (batch, n) weights against a matrix all palettes share (its
-  m(m+1)/2 distinct products only). Without one, E_w[z zᵀ] is zᵀ diag(w) z, a product over the n rows that
-  reads R once more and holds one weighted copy of it. In standardized units the cancellation costs little,
-  and Newton needs only a good direction; the exact derivative uses the centred form. Every sum over rows is
-  a sum over blocks of per-block sums (see _BLOCK_ROWS).
+  m(m+1)/2 distinct products only). Streamed (see _MOMENT_TABLE_MAX_ENTRIES), the same sums come block by
+  block. In standardized units the cancellation costs little, and Newton needs only a good direction; the
+  exact derivative uses the centred form. Every sum over rows is a sum over blocks of per-block sums (see
+  _BLOCK_ROWS), compensated when streamed.
   """
-  n, zt, zb, z, moments = rows.n, rows.zt, rows.zb, rows.z, rows.moments
+  if rows.stream is not None:
+    return _evaluate_streamed(rows.n, rows.stream, c, lam)
+  n, zt, zb, moments = rows.n, rows.zt, rows.zb, rows.moments
   count, m, size = zb.shape
   logits = (lam @ zt).reshape(count, size)
   # Padding rows have logit 0, never above the largest real one (the real logits average 0 in these units).
@@ -255,18 +281,46 @@ def _evaluate(rows: StandardizedRows, c: jax.Array, lam: jax.Array):
     e = jnp.where(_row_mask(count, size, n), e, 0.0)
   total = jnp.sum(jnp.sum(e, axis=1))
   lse = top + jnp.log(total) - jnp.log(n)
-  if moments is not None:
-    table = _row_sums(moments, e) / total
-    mean = table[:m]
-    upper = jnp.zeros((m, m), table.dtype).at[np.triu_indices(m)].set(table[m:])
-    second = upper + jnp.triu(upper, 1).T
-  else:
-    mean = _row_sums(zb, e) / total
-    # zᵀ diag(e) z from the rows in (n, m) layout: XLA:CPU runs this product over the rows about twice as fast
-    # as with zᵀ's layout (measured at n = 10⁶).
-    second = jnp.einsum("csm,csk->cmk", z * e[..., None], z).sum(0) / total
+  table = _row_sums(moments, e) / total
+  return _from_moments(lse, table, c, lam)
+
+
+def _from_moments(lse, table, c, lam):
+  """−g, gradient and Hessian from log E exp(λᵀz) and the weighted means of z and of its upper products."""
+  m = c.shape[0]
+  mean = table[:m]
+  upper = jnp.zeros((m, m), table.dtype).at[np.triu_indices(m)].set(table[m:])
+  second = upper + jnp.triu(upper, 1).T
   hess = second - jnp.outer(mean, mean)
   return lse - jnp.dot(lam, c), mean - c, hess
+
+
+def _evaluate_streamed(n, stream, c, lam):
+  """_evaluate in one scan over blocks (num, m, size) of zᵀ: each block's weights relative to the largest logit
+  so far, sums rescaled as that grows (the online log-sum-exp), the block's products formed in cache."""
+  num, m, size = stream.shape
+  upper_i, upper_k = np.triu_indices(m)
+
+  def block(carry, xs):
+    top, sums, comp = carry
+    zb, first = xs
+    logits = lam @ zb
+    if num * size != n:
+      logits = jnp.where(first + jnp.arange(size) < n, logits, -jnp.inf)
+    new_top = jnp.maximum(top, jnp.max(logits))
+    e = jnp.exp(logits - new_top)
+    k = jnp.exp(top - new_top)
+    part = jnp.concatenate([jnp.sum(e)[None], zb @ e, (zb[upper_i] * zb[upper_k]) @ e])
+    # Kahan's compensated sum over the blocks
+    y = part - comp * k
+    t = sums * k + y
+    return (new_top, t, (t - sums * k) - y), None
+
+  dtype = stream.dtype
+  width = 1 + m + len(upper_i)
+  init = (jnp.array(-jnp.inf, dtype), jnp.zeros(width, dtype), jnp.zeros(width, dtype))
+  (top, sums, _), _ = jax.lax.scan(block, init, (stream, jnp.arange(num) * size))
+  return _from_moments(top + jnp.log(sums[0]) - jnp.log(n), sums[1:] / sums[0], c, lam)
 
 
 def _kkt_residual(lam, grad):
@@ -298,13 +352,12 @@ def _newton_step(lam, grad, hess, residual, ridge):
   return step, active
 
 
-def _newton(rows: StandardizedRows, c: jax.Array, *, tol, max_iter, max_evals, ridge):
+def _newton(rows: StandardizedRows, c: jax.Array, lam0: jax.Array, *, tol, max_iter, max_evals, ridge):
   dtype = rows.zb.dtype
   sigma = 1e-4
   # Roundoff in f at the optimum; an accepted step may increase f by this much.
   slack = 16 * jnp.finfo(dtype).eps
 
-  lam0 = jnp.zeros_like(c)
   f0, g0, h0 = _evaluate(rows, c, lam0)
   res0 = _kkt_residual(lam0, g0)
   step0, active0 = _newton_step(lam0, g0, h0, res0, ridge)
@@ -408,14 +461,14 @@ def _solve_prepared(pilot: PreparedPilot, palette, *, tol, max_iter, ridge, lp_t
   c_solve = jnp.where(lp.feasible, c_sg, mean)
   c_std = (c_solve - mean) / scale
   n = rewards.shape[0]
-  state = _newton(
-    jax.lax.stop_gradient(pilot.rows),
-    c_std,
-    tol=tol,
-    max_iter=max_iter,
-    max_evals=4 * max_iter,
-    ridge=ridge,
-  )
+  newton = functools.partial(_newton, tol=tol, max_iter=max_iter, ridge=ridge)
+  lam0 = jnp.zeros_like(c_std)
+  num_steps = jnp.zeros((), jnp.int32)
+  if pilot.coarse is not None:
+    start = newton(pilot.coarse, c_std, lam0, max_evals=max_iter)
+    lam0 = jnp.where(start.residual <= tol, start.lam, lam0)
+    num_steps = start.num_steps
+  state = newton(jax.lax.stop_gradient(pilot.rows), c_std, lam0, max_evals=4 * max_iter)
   lam = jnp.where(lp.feasible, state.lam / scale, 0.0)
   lam = implicit.attach_implicit_grad(rewards, palette, lam)
 
@@ -445,5 +498,5 @@ def _solve_prepared(pilot: PreparedPilot, palette, *, tol, max_iter, ridge, lp_t
     dual_value=jnp.dot(lam, palette - mean) - (lse - jnp.log(n)),  # dual_objective, sharing lse
     kkt_residual=state.residual,
     converged=converged,
-    num_steps=state.num_steps,
+    num_steps=num_steps + state.num_steps,
   )

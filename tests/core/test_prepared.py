@@ -1,5 +1,8 @@
 """The solver at scale: a prepared pilot set, the two Hessians, blocked float32 sums, and the memory of a solve."""
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +39,7 @@ def kkt_residual64(rewards: np.ndarray, palette: np.ndarray, lam: np.ndarray) ->
   return float(np.max(np.abs(np.minimum(sd * lam, (w @ rewards - palette) / sd))))
 
 
-@pytest.mark.parametrize("dtype, hessian", [(jnp.float32, "moments"), (jnp.float64, "matmul")])
+@pytest.mark.parametrize("dtype, hessian", [(jnp.float32, "moments"), (jnp.float64, "streamed")])
 def test_prepared_equals_unprepared_bit_for_bit(reference_rewards, dtype, hessian):
   """solve_dual(R, c) prepares R and solves, as the same two compiled programs a kept PreparedPilot feeds."""
   R = jnp.asarray(reference_rewards, dtype)
@@ -50,11 +53,12 @@ def test_prepared_equals_unprepared_bit_for_bit(reference_rewards, dtype, hessia
   assert not bool(kept.feasible) and bool(solve_dual(pilot, jnp.asarray(palettes[0], dtype)).feasible)
 
 
-def test_moment_table_and_matmul_hessians_agree(reference_rewards):
+def test_moment_table_and_streamed_hessians_agree(reference_rewards):
+  """2,312 rows: five streamed blocks, the last one padded."""
   R = jnp.asarray(reference_rewards)
-  table, product = prepare_pilot(R, hessian="moments"), prepare_pilot(R, hessian="matmul")
-  assert table.rows.z is None and table.rows.moments is not None
-  assert product.rows.moments is None and product.rows.z is not None
+  table, product = prepare_pilot(R, hessian="moments"), prepare_pilot(R, hessian="streamed")
+  assert table.rows.stream is None and table.rows.moments is not None
+  assert product.rows.moments is None and product.rows.stream.shape == (5, 6, dual._STREAM_ROWS)
   rng = np.random.default_rng(3)
   evaluate = jax.jit(dual._evaluate)
   for lam in rng.uniform(0, 2, (5, 6)):
@@ -93,6 +97,7 @@ def test_float32_at_200k_rows_and_12_values_against_float64_scipy(reference_rewa
   """Sums over 200,000 rows in float32 keep the KKT residual at the documented 1e-6, and λ at SciPy's."""
   R = large_pilot(reference_rewards, 200_000, 12)
   pilot = prepare_pilot(jnp.asarray(R, jnp.float32))
+  assert pilot.rows.stream is not None and pilot.coarse is not None  # streamed, started on a subset
   for c in palettes_between_mean_and_q75(R, 2):
     sol = solve_dual(pilot, jnp.asarray(c, jnp.float32))
     assert bool(sol.feasible) and bool(sol.converged)
@@ -101,6 +106,28 @@ def test_float32_at_200k_rows_and_12_values_against_float64_scipy(reference_rewa
     assert kkt_residual64(R, c, lam32) < 1e-6, kkt_residual64(R, c, lam32)
     assert kkt_residual64(R, c, reference) < 1e-6
     np.testing.assert_allclose(lam32, reference, atol=1e-4 * np.max(reference))
+
+
+def test_newton_started_on_a_subset_of_rows_finds_the_same_lambda_and_survives_one_that_cannot_reach_the_palette():
+  """Past 131,072 rows Newton starts from the solution on every k-th row. Here those rows all have x + y = 0, so
+  the subset cannot reach c = (0.5, 0.5), which the other rows can: that palette falls back to a start from 0."""
+  n = 4 * dual._COARSE_ROWS + 1000
+  R = np.random.default_rng(0).normal(size=(n, 2))
+  pilot = prepare_pilot(jnp.asarray(R))
+  stride = -(-n // dual._COARSE_ROWS)
+  assert pilot.coarse is not None and pilot.coarse.n == n // stride
+  R[::stride][:, 1] = -R[::stride][:, 0]
+  pilot = prepare_pilot(jnp.asarray(R))
+  from_zero = dataclasses.replace(pilot, coarse=None)
+  for c in [np.array([0.3, -0.5]), np.array([0.5, 0.5])]:
+    c_std = (jnp.asarray(c) - pilot.mean) / pilot.scale
+    subset = jax.jit(functools.partial(dual._newton, tol=1e-12, max_iter=50, max_evals=50, ridge=1e-14))
+    reaches = bool(subset(pilot.coarse, c_std, jnp.zeros(2)).residual <= 1e-12)
+    assert reaches == (c[1] < 0)
+    sol, reference = solve_dual(pilot, jnp.asarray(c)), solve_dual(from_zero, jnp.asarray(c))
+    assert bool(sol.converged) and kkt_residual64(R, c, np.asarray(sol.lam)) < 1e-10
+    np.testing.assert_allclose(np.asarray(sol.lam), np.asarray(reference.lam), rtol=1e-8)
+    np.testing.assert_allclose(np.asarray(sol.lam), scipy_lambda(R, c), rtol=1e-4)
 
 
 def _intermediate_sizes(jaxpr) -> list[tuple[int, str]]:
