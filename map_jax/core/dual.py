@@ -99,13 +99,15 @@ _BLOCK_ROWS = 1 << 14
 # (blocks of 1,024–8,192 rows measured 5–40% slower at 10⁶ × 12). The blocks' sums are compensated (Kahan), so
 # their number costs no precision.
 _STREAM_ROWS = 512
-# Newton on a pilot set of more than 4 × _COARSE_ROWS rows starts from the solution on an evenly strided subset
+# Newton on a pilot set of more than 8 × _COARSE_ROWS rows starts from the solution on an evenly strided subset
 # of at most _COARSE_ROWS of them. That start lies within the subset's sampling error of the solution
 # (~1/√_COARSE_ROWS), where Newton converges quadratically: two or three evaluations over all the rows instead
 # of the 5–11 a start from λ = 0 takes (measured at 10⁶ rows: median single solve 61 -> 42 ms with 6 values,
-# 208 -> 164 ms with 12). A palette the subset cannot reach (its Newton does not converge within max_iter
-# evaluations, cheap on the subset) starts from 0.
+# 208 -> 164 ms with 12; on 231,200 rows, where the subset is an eighth of the set, it gained nothing with 16
+# values). A palette the subset cannot reach (its Newton has not converged after
+# _COARSE_MAX_EVALS evaluations; those that converge take 7–15) starts from 0.
 _COARSE_ROWS = 1 << 15
+_COARSE_MAX_EVALS = 20
 
 
 def _num_blocks(n: int) -> tuple[int, int]:
@@ -161,7 +163,7 @@ class PreparedPilot:
   ``vmap`` as an argument (closed over as a constant, XLA would fold it into the program). It holds R, its
   standardized rows and the LP's row blocks (about three copies of R), and the Hessian's data: for up to 2²¹
   entries the table of the rows' outer products, otherwise one more copy of the standardized rows; on more than
-  131,072 rows also an evenly strided subset of at most 32,768 of them, where Newton finds its start.
+  262,144 rows also an evenly strided subset of at most 32,768 of them, where Newton finds its start.
   """
 
   rewards: jax.Array  # R (n, m) as given
@@ -227,7 +229,7 @@ def _prepare(rewards, *, hessian):
   z = (rewards - mean) / scale
   rows = _standardized_rows(z, hessian)
   coarse = None
-  if n > 4 * _COARSE_ROWS:
+  if n > 8 * _COARSE_ROWS:
     stride = -(-n // _COARSE_ROWS)
     coarse = _standardized_rows(jax.lax.stop_gradient(z)[: stride * (n // stride) : stride], "moments")
   return PreparedPilot(rewards, mean, scale, rows, coarse, feas.prepare(r_sg))
@@ -465,7 +467,7 @@ def _solve_prepared(pilot: PreparedPilot, palette, *, tol, max_iter, ridge, lp_t
   lam0 = jnp.zeros_like(c_std)
   num_steps = jnp.zeros((), jnp.int32)
   if pilot.coarse is not None:
-    start = newton(pilot.coarse, c_std, lam0, max_evals=max_iter)
+    start = newton(pilot.coarse, c_std, lam0, max_evals=min(_COARSE_MAX_EVALS, 4 * max_iter))
     lam0 = jnp.where(start.residual <= tol, start.lam, lam0)
     num_steps = start.num_steps
   state = newton(jax.lax.stop_gradient(pilot.rows), c_std, lam0, max_evals=4 * max_iter)
