@@ -27,6 +27,12 @@ again at the end, batched solves included. Columns: prepare = ``prepare_pilot`` 
 preparation included; SciPy (median over the feasible palettes); the ratio of SciPy to ours on those same
 palettes (each the best of three calls after a warm-up); batched palettes/s with ``vmap`` over chunks of --chunk palettes (fewer
 where the chunk's (chunk, n) logits would pass 256 MB); KKT residuals of both, in float64 NumPy.
+
+  python -m benchmarks.dual_solver --drag=231200:6,1000000:12
+
+prints slider drags on such pilot sets: palettes in 20 even moves from the pilot mean to the 75% quantile, solved
+in turn, each afresh and each started from the previous palette's λ (``solve_dual(..., start=)``). The default
+run ends with the same drag on the reference set, in 100 moves to the 95% quantile.
 """
 
 import json
@@ -60,6 +66,9 @@ _SIZES = flags.DEFINE_string(
   "The (n, m) rows of --scaling, as n:m pairs.",
 )
 _ROW = flags.DEFINE_string("row", None, "(internal) one n:m row of --scaling in this process; prints JSON.")
+_DRAG = flags.DEFINE_string(
+  "drag", None, "Print slider drags (mean to 75% quantile, 20 moves) on pilot sets of these n:m sizes instead."
+)
 
 
 def adam150(rewards: jax.Array, palette: jax.Array) -> jax.Array:
@@ -168,6 +177,33 @@ def scipy_dual(rewards: np.ndarray, palette: np.ndarray) -> np.ndarray:
   return out.x
 
 
+def slider_drag(pilot, c_from: np.ndarray, c_to: np.ndarray, moves: int = 100) -> dict:
+  """A slider drag: `moves` palettes evenly from c_from to c_to solved in turn, each afresh ("cold") and each
+  started from the previous palette's λ ("warm"); the best of three drags each."""
+  path = jnp.asarray(c_from + np.linspace(0, 1, moves)[:, None] * (c_to - c_from), pilot.rewards.dtype)
+  solve = jax.jit(solve_dual)
+
+  def drag(warm):
+    previous, steps = None, 0
+    for c in path:
+      previous = solve(pilot, c, start=previous.lam) if warm and previous is not None else solve(pilot, c)
+      steps += int(previous.num_steps)
+    return steps
+
+  out = {}
+  for name, warm in (("cold", False), ("warm", True)):
+    drag(warm)  # compile
+    best = min(_timed(lambda: drag(warm)) for _ in range(3))
+    out[name] = (1e3 * best[0] / moves, best[1] / moves)
+  return out
+
+
+def _timed(fn):
+  start = time.perf_counter()
+  result = fn()
+  return time.perf_counter() - start, result
+
+
 def _peak_rss_gb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
@@ -271,6 +307,20 @@ def main(argv):
     n, m = (int(x) for x in _ROW.value.split(":"))
     print(json.dumps(scaling_row(_reference_rewards(), n, m)))
     return
+  if _DRAG.value:
+    print("slider drags: palettes in 20 moves from the pilot mean to the 75% quantile, solved in turn (float32)")
+    print("| n | m | afresh | from the previous λ | speed-up | Newton steps afresh / from the previous λ |")
+    print("|---|---|---|---|---|---|")
+    for size in _DRAG.value.split(","):
+      n, m = (int(x) for x in size.split(":"))
+      r32 = scaled_pilot(_reference_rewards(), n, m)
+      drag = slider_drag(prepare_pilot(jnp.asarray(r32)), r32.mean(0), np.quantile(r32, 0.75, axis=0), moves=20)
+      (cold, cold_steps), (warm, warm_steps) = drag["cold"], drag["warm"]
+      print(
+        f"| {n:,} | {m} | {cold:.2f} ms | {warm:.2f} ms | {cold / warm:.2f}x | {cold_steps:.1f} / {warm_steps:.1f} |",
+        flush=True,
+      )
+    return
   if _SCALING.value:
     scaling_table([tuple(int(x) for x in size.split(":")) for size in _SIZES.value.split(",")])
     return
@@ -348,6 +398,15 @@ def main(argv):
     f"are feasible; Newton steps: median {np.median(steps[feasible]):.0f}, "
     f"max {steps[feasible].max()}"
   )
+
+  pilot = prepare_pilot(r32)
+  q = np.quantile(rewards32, 0.95, axis=0)
+  drag = slider_drag(pilot, rewards32.mean(0), q)
+  print("\n== a slider drag: 100 palettes from the pilot mean to the 95% quantile, solved in turn ==")
+  for name, label in (("cold", "each palette afresh"), ("warm", "each from the previous palette's λ")):
+    ms, steps = drag[name]
+    print(f"{label:42s} {ms:9.3f} ms/palette   Newton steps {steps:.1f}/palette")
+  print(f"warm start: {drag['cold'][0] / drag['warm'][0]:.2f}x")
 
 
 def _has_torch() -> bool:

@@ -105,9 +105,9 @@ _STREAM_ROWS = 512
 # of the 5–11 a start from λ = 0 takes (measured at 10⁶ rows: median single solve 61 -> 42 ms with 6 values,
 # 208 -> 164 ms with 12; on 231,200 rows, where the subset is an eighth of the set, it gained nothing with 16
 # values). A palette the subset cannot reach (its Newton has not converged after
-# _COARSE_MAX_EVALS evaluations; those that converge take 7–15) starts from 0.
+# _START_MAX_EVALS evaluations; those that converge take 7–15) starts from 0.
 _COARSE_ROWS = 1 << 15
-_COARSE_MAX_EVALS = 20
+_START_MAX_EVALS = 20
 
 
 def _num_blocks(n: int) -> tuple[int, int]:
@@ -445,6 +445,7 @@ def solve_dual(
   ridge: float | None = None,
   lp_tol: float | None = None,
   lp_max_iter: int = feas.MAX_PIVOTS,
+  start: jax.Array | None = None,
 ) -> DualSolution:
   """Solves the MAP dual exactly for one palette.
 
@@ -459,6 +460,10 @@ def solve_dual(
       constant reward column; defaults to 100 × machine epsilon.
     lp_tol, lp_max_iter: options of the feasibility LP, see
       :func:`map_jax.core.feasibility.feasibility`.
+    start: λ (m,) for Newton to start from, in reward units, such as the ``lam`` of the previous palette in a
+      slider drag or a sweep along a path (negative entries count as 0, non-finite ones make it start from 0).
+      The answer is the same to ``tol``; a start near it saves Newton steps (the LP starts afresh), and one
+      from which Newton has not converged after 20 evaluations gives way to the usual start.
 
   Returns:
     A :class:`DualSolution`.
@@ -475,17 +480,20 @@ def solve_dual(
     (True, (2,))
   """
   pilot = rewards if isinstance(rewards, PreparedPilot) else prepare_pilot(rewards)
+  m = pilot.rewards.shape[1]
   if validation.is_concrete(palette):
-    validation.check_palette(palette, pilot.rewards.shape[1])
+    validation.check_palette(palette, m)
+  if start is not None and jnp.shape(start) != (m,):
+    raise ValueError(f"start must be a λ of shape ({m},); got shape {jnp.shape(start)}.")
   return _solve_prepared(
-    pilot, palette, tol=tol, max_iter=max_iter, ridge=ridge, lp_tol=lp_tol, lp_max_iter=lp_max_iter
+    pilot, palette, start, tol=tol, max_iter=max_iter, ridge=ridge, lp_tol=lp_tol, lp_max_iter=lp_max_iter
   )
 
 
 # Compiled once per shape, dtype and options, so eager calls are fast too; inside an
 # outer jit or vmap this inlines.
 @functools.partial(jax.jit, static_argnames=("tol", "max_iter", "ridge", "lp_tol", "lp_max_iter"))
-def _solve_prepared(pilot: PreparedPilot, palette, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
+def _solve_prepared(pilot: PreparedPilot, palette, start, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
   rewards = pilot.rewards
   dtype = rewards.dtype
   palette = jnp.asarray(palette, dtype)
@@ -508,13 +516,27 @@ def _solve_prepared(pilot: PreparedPilot, palette, *, tol, max_iter, ridge, lp_t
   c_std = (c_solve - mean) / scale
   n = rewards.shape[0]
   newton = functools.partial(_newton, tol=tol, max_iter=max_iter, ridge=ridge)
-  lam0 = jnp.zeros_like(c_std)
-  num_steps = jnp.zeros((), jnp.int32)
-  if pilot.coarse is not None:
-    start = newton(pilot.coarse, c_std, lam0, max_evals=min(_COARSE_MAX_EVALS, 4 * max_iter))
-    lam0 = jnp.where(start.residual <= tol, start.lam, lam0)
-    num_steps = start.num_steps
-  state = newton(jax.lax.stop_gradient(pilot.rows), c_std, lam0, max_evals=4 * max_iter)
+  rows = jax.lax.stop_gradient(pilot.rows)
+  # A start (the subset's solution, or the caller's λ) gets _START_MAX_EVALS evaluations; one that has not
+  # converged by then gives way to the next start.
+  start_evals = min(_START_MAX_EVALS, 4 * max_iter)
+
+  def from_subset_or_zero(num_steps):
+    lam0 = jnp.zeros_like(c_std)
+    if pilot.coarse is not None:
+      first = newton(pilot.coarse, c_std, lam0, max_evals=start_evals)
+      lam0 = jnp.where(first.residual <= tol, first.lam, lam0)
+      num_steps = num_steps + first.num_steps
+    state = newton(rows, c_std, lam0, max_evals=4 * max_iter)
+    return state._replace(num_steps=num_steps + state.num_steps)
+
+  if start is None:
+    state = from_subset_or_zero(jnp.zeros((), jnp.int32))
+  else:
+    given = jnp.maximum(jax.lax.stop_gradient(jnp.asarray(start, dtype)) * scale, 0.0)
+    given = jnp.where(jnp.all(jnp.isfinite(given)), given, 0.0)
+    first = newton(rows, c_std, given, max_evals=start_evals)
+    state = jax.lax.cond(first.residual <= tol, lambda: first, lambda: from_subset_or_zero(first.num_steps))
   lam = jnp.where(lp.feasible, state.lam / scale, 0.0)
   lam = implicit.attach_implicit_grad(rewards, palette, lam)
 
@@ -538,5 +560,5 @@ def _solve_prepared(pilot: PreparedPilot, palette, *, tol, max_iter, ridge, lp_t
     dual_value=jnp.dot(lam, palette - mean) - (lse - jnp.log(n)),  # dual_objective, sharing lse
     kkt_residual=state.residual,
     converged=converged,
-    num_steps=num_steps + state.num_steps,
+    num_steps=state.num_steps,
   )

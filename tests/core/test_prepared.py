@@ -184,3 +184,31 @@ def test_no_solve_materialises_more_than_a_few_copies_of_the_rewards(n, m):
     assert len(sizes) > 100
     largest = max(sizes)
     assert largest[0] <= limit, largest
+
+
+def test_a_start_from_the_previous_palette_gives_the_same_lambda_in_fewer_newton_steps(reference_rewards):
+  """A slider drag from the pilot mean towards the 95% quantile in 40 small moves, each solve started from the
+  previous palette's λ; a far or non-finite start still finds the same λ, and a start of the wrong shape is
+  refused."""
+  R = jnp.asarray(reference_rewards)
+  pilot = prepare_pilot(R)
+  c0, q75 = reference_rewards.mean(0), np.quantile(reference_rewards, 0.95, axis=0)
+  solve = jax.jit(solve_dual)
+  previous, cold_steps, warm_steps, verdicts = None, 0, 0, set()
+  for t in np.linspace(0.05, 1.0, 40):
+    c = jnp.asarray(c0 + t * (q75 - c0))
+    cold = solve(pilot, c)
+    warm = solve(pilot, c, start=previous.lam) if previous is not None else cold
+    assert bool(warm.feasible) == bool(cold.feasible) and bool(warm.converged) and bool(cold.converged)
+    np.testing.assert_allclose(np.asarray(warm.lam), np.asarray(cold.lam), rtol=1e-8, atol=1e-10)
+    cold_steps, warm_steps = cold_steps + int(cold.num_steps), warm_steps + int(warm.num_steps)
+    verdicts.add(bool(cold.feasible))
+    previous = warm
+  assert verdicts == {True, False}  # the drag crosses the feasible set's boundary
+  assert warm_steps < 0.7 * cold_steps, (warm_steps, cold_steps)
+  c = jnp.asarray(c0 + 0.5 * (q75 - c0))
+  reference = np.asarray(solve(pilot, c).lam)
+  for start in (np.full(6, 1e3), np.full(6, -1.0), np.full(6, np.nan)):
+    np.testing.assert_allclose(np.asarray(solve(pilot, c, start=jnp.asarray(start)).lam), reference, rtol=1e-8)
+  with pytest.raises(ValueError, match=r"start must be a λ of shape \(6,\)"):
+    solve_dual(pilot, c, start=jnp.zeros(5))
