@@ -207,6 +207,10 @@ def prepare_pilot(rewards: jax.Array, *, hessian: str = "auto") -> PreparedPilot
   return _prepare(rewards, hessian=hessian)
 
 
+def _auto_hessian(n: int, m: int) -> str:
+  return "moments" if n * (m + m * (m + 1) // 2) <= _MOMENT_TABLE_MAX_ENTRIES else "streamed"
+
+
 @functools.partial(jax.jit, static_argnames=("hessian",))
 def _prepare(rewards, *, hessian):
   rewards = jnp.asarray(rewards)
@@ -216,7 +220,7 @@ def _prepare(rewards, *, hessian):
     raise ValueError(f"rewards must be a 2-D (samples × values) matrix; got shape {rewards.shape}.")
   n, m = rewards.shape
   if hessian == "auto":
-    hessian = "moments" if n * (m + m * (m + 1) // 2) <= _MOMENT_TABLE_MAX_ENTRIES else "streamed"
+    hessian = _auto_hessian(n, m)
   r_sg = jax.lax.stop_gradient(rewards)
   # A constant column is exactly zero once centred on its value; computing it as (R − mean) / std
   # would leave rounding noise that a singular Hessian direction amplifies.
@@ -233,7 +237,8 @@ def _prepare(rewards, *, hessian):
   coarse = None
   if n > 8 * _COARSE_ROWS:
     stride = -(-n // _COARSE_ROWS)
-    coarse = _standardized_rows(jax.lax.stop_gradient(z)[: stride * (n // stride) : stride], "moments")
+    subset = jax.lax.stop_gradient(z)[: stride * (n // stride) : stride]
+    coarse = _standardized_rows(subset, _auto_hessian(*subset.shape))
   return PreparedPilot(rewards, mean, scale, rows, coarse, feas.prepare(r_sg))
 
 
