@@ -25,7 +25,8 @@ prepared pilot set and the solver; before the unprepared calls, which prepare ag
 again at the end, batched solves included. Columns: prepare = ``prepare_pilot`` once; single =
 ``solve_dual`` on the prepared set (median over palettes, feasible or not); unprepared = ``solve_dual(R, c)``,
 preparation included; SciPy (median over the feasible palettes); the ratio of SciPy to ours on those same
-palettes (each the best of three calls after a warm-up); batched palettes/s with ``vmap`` over chunks of --chunk palettes (fewer
+palettes (each the best of three calls after a warm-up); the median ESS of the feasible palettes' tilted pilot sets
+(how hard they are: the lower, the further λ from 0); batched palettes/s with ``vmap`` over chunks of --chunk palettes (fewer
 where the chunk's (chunk, n) logits would pass 256 MB); KKT residuals of both, in float64 NumPy.
 
   python -m benchmarks.dual_solver --drag=231200:6,1000000:12
@@ -261,6 +262,7 @@ def scaling_row(reference: np.ndarray, n: int, m: int) -> dict:
     "kkt_ours": float(np.median(res_ours)) if res_ours else float("nan"),
     "kkt_scipy": float(np.median(res_scipy)) if res_scipy else float("nan"),
     "feasible": f"{sum(feasible)}/{len(feasible)}",
+    "ess": float(np.median([float(o.ess) for o, f in zip(outs, feasible) if f])) if any(feasible) else float("nan"),
     "rss_single_gb": rss_single,
     "rss_gb": _peak_rss_gb(),
   }
@@ -271,7 +273,7 @@ def scaling_table(sizes: list[tuple[int, int]]) -> list[dict]:
   print(f"solver at scale: float32 ours, float64 SciPy L-BFGS-B; {os.cpu_count()} cores, jax {jax.__version__}")
   header = (
     "| n | m | prepare | single palette | unprepared | SciPy (feasible) | SciPy / ours (feasible) | palettes/s (chunk) | "
-    "KKT ours / SciPy | feasible | peak RSS single / all |"
+    "KKT ours / SciPy | feasible | median ESS | peak RSS single / all |"
   )
   print(header)
   print("|" + "---|" * header.count(" | ") + "---|")
@@ -289,7 +291,7 @@ def scaling_table(sizes: list[tuple[int, int]]) -> list[dict]:
       f"| {n:,} | {m} | {row['prepare_ms']:.1f} ms | {row['single_ms']:.2f} ms | {row['unprepared_ms']:.2f} ms | "
       f"{row['scipy_ms']:.2f} ms | {row['scipy_ms'] / row['single_feasible_ms']:.1f}x | "
       f"{row['palettes_per_s']:,.0f} ({row['chunk']}) | {row['kkt_ours']:.1e} / {row['kkt_scipy']:.1e} | "
-      f"{row['feasible']} | {row['rss_single_gb']:.2f} / {row['rss_gb']:.2f} GB |",
+      f"{row['feasible']} | {row['ess']:,.0f} | {row['rss_single_gb']:.2f} / {row['rss_gb']:.2f} GB |",
       flush=True,
     )
   return rows
