@@ -25,9 +25,9 @@ prepared pilot set and the solver; before the unprepared calls, which prepare ag
 again at the end, batched solves included. Columns: prepare = ``prepare_pilot`` once; single =
 ``solve_dual`` on the prepared set (median over palettes, feasible or not); unprepared = ``solve_dual(R, c)``,
 preparation included; SciPy (median over the feasible palettes); the ratio of SciPy to ours on those same
-palettes (each the best of three calls after a warm-up); the median ESS of the feasible palettes' tilted pilot sets
-(how hard they are: the lower, the further λ from 0); batched palettes/s with ``vmap`` over chunks of --chunk palettes (fewer
-where the chunk's (chunk, n) logits would pass 256 MB); KKT residuals of both, in float64 NumPy.
+palettes (each the best of three calls after a warm-up); the median ESS of the feasible palettes' tilted pilot
+sets (how hard they are: the lower, the further λ from 0); batched palettes/s with ``vmap`` over chunks of --chunk
+palettes (fewer where the chunk's (chunk, n) logits would pass 256 MB); KKT residuals of both, in float64 NumPy.
 
   python -m benchmarks.dual_solver --drag=231200:6,1000000:12
 
@@ -191,18 +191,10 @@ def slider_drag(pilot, c_from: np.ndarray, c_to: np.ndarray, moves: int = 100) -
       steps += int(previous.num_steps)
     return steps
 
-  out = {}
-  for name, warm in (("cold", False), ("warm", True)):
-    drag(warm)  # compile
-    best = min(_timed(lambda: drag(warm)) for _ in range(3))
-    out[name] = (1e3 * best[0] / moves, best[1] / moves)
-  return out
-
-
-def _timed(fn):
-  start = time.perf_counter()
-  result = fn()
-  return time.perf_counter() - start, result
+  return {
+    name: (1e3 * hardware.best_seconds(lambda: drag(warm), 3) / moves, drag(warm) / moves)
+    for name, warm in (("cold", False), ("warm", True))
+  }
 
 
 def _peak_rss_gb() -> float:

@@ -180,8 +180,8 @@ def prepare_pilot(rewards: jax.Array, *, hessian: str = "auto") -> PreparedPilot
   """Prepares a pilot reward matrix R (n, m) for :func:`solve_dual`, once for all its palettes.
 
   Everything in a solve that depends on R alone (standardization, the LP's row blocks and starting shortlist,
-  the Hessian's moment table, the subset of rows for Newton's start) is built here; a palette then costs only its Newton and simplex steps. On a
-  pilot set of 231,200 rows and 6 values that is about half of a single solve
+  the Hessian's moment table, the subset of rows for Newton's start) is built here; a palette then costs only
+  its Newton and simplex steps. On a pilot set of 231,200 rows and 6 values that is about half of a single solve
   (`python -m benchmarks.dual_solver --scaling`).
 
   Args:
@@ -543,8 +543,7 @@ def _solve_prepared(pilot: PreparedPilot, palette, start, *, tol, max_iter, ridg
   # Everything below is ordinary differentiable JAX of (rewards, palette, λ), in the standardized units of the
   # solve: with R = μ + σ z (μ, σ held constant), λᵀr = λᵀμ + (σλ)ᵀz and the constant λᵀμ cancels in the
   # weights, so rewards far from zero (1e4 + O(1)) cost no float32 precision in the logits, weights, levels,
-  # ESS or KL. (λᵀzᵀ rather than zλ: under vmap over palettes the logits then come out (batch, n), with no
-  # transpose of the largest array in the solve.)
+  # ESS or KL.
   lse, z_mean, ess, kl = _tilted(pilot.rows, lam * scale)
   realized = mean + scale * z_mean
   margin = lp.margin - jnp.dot(lp.certificate, palette - c_sg)  # d margin / dc = −d

@@ -142,9 +142,9 @@ def test_newton_started_on_a_subset_of_rows_finds_the_same_lambda_and_survives_o
   R[::stride][:, 1] = -R[::stride][:, 0]
   pilot = prepare_pilot(jnp.asarray(R))
   from_zero = dataclasses.replace(pilot, coarse=None)
+  subset = jax.jit(functools.partial(dual._newton, tol=1e-12, max_iter=50, max_evals=50, ridge=1e-14))
   for c in [np.array([0.3, -0.5]), np.array([0.5, 0.5])]:
     c_std = (jnp.asarray(c) - pilot.mean) / pilot.scale
-    subset = jax.jit(functools.partial(dual._newton, tol=1e-12, max_iter=50, max_evals=50, ridge=1e-14))
     reaches = bool(subset(pilot.coarse, c_std, jnp.zeros(2)).residual <= 1e-12)
     assert reaches == (c[1] < 0)
     sol, reference = solve_dual(pilot, jnp.asarray(c)), solve_dual(from_zero, jnp.asarray(c))
@@ -192,11 +192,11 @@ def test_a_start_from_the_previous_palette_gives_the_same_lambda_in_fewer_newton
   refused."""
   R = jnp.asarray(reference_rewards)
   pilot = prepare_pilot(R)
-  c0, q75 = reference_rewards.mean(0), np.quantile(reference_rewards, 0.95, axis=0)
+  c0, q95 = reference_rewards.mean(0), np.quantile(reference_rewards, 0.95, axis=0)
   solve = jax.jit(solve_dual)
   previous, cold_steps, warm_steps, verdicts = None, 0, 0, set()
   for t in np.linspace(0.05, 1.0, 40):
-    c = jnp.asarray(c0 + t * (q75 - c0))
+    c = jnp.asarray(c0 + t * (q95 - c0))
     cold = solve(pilot, c)
     warm = solve(pilot, c, start=previous.lam) if previous is not None else cold
     assert bool(warm.feasible) == bool(cold.feasible) and bool(warm.converged) and bool(cold.converged)
@@ -206,7 +206,7 @@ def test_a_start_from_the_previous_palette_gives_the_same_lambda_in_fewer_newton
     previous = warm
   assert verdicts == {True, False}  # the drag crosses the feasible set's boundary
   assert warm_steps < 0.7 * cold_steps, (warm_steps, cold_steps)
-  c = jnp.asarray(c0 + 0.5 * (q75 - c0))
+  c = jnp.asarray(c0 + 0.5 * (q95 - c0))
   reference = np.asarray(solve(pilot, c).lam)
   for start in (np.full(6, 1e3), np.full(6, -1.0), np.full(6, np.nan)):
     np.testing.assert_allclose(np.asarray(solve(pilot, c, start=jnp.asarray(start)).lam), reference, rtol=1e-8)
