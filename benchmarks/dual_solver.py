@@ -32,8 +32,9 @@ palettes (fewer where the chunk's (chunk, n) logits would pass 256 MB); KKT resi
   python -m benchmarks.dual_solver --drag=231200:6,1000000:12
 
 prints slider drags on such pilot sets: palettes in 20 even moves from the pilot mean to the 75% quantile, solved
-in turn, each afresh and each started from the previous palette's λ (``solve_dual(..., start=)``). The default
-run ends with the same drag on the reference set, in 100 moves to the 95% quantile.
+in turn, each afresh, each started from the previous palette's λ and each from its whole solution, λ and LP basis
+(``solve_dual(..., start=)``). The default run ends with the same drag on the reference set, in 100 moves to the
+95% quantile.
 """
 
 import json
@@ -51,6 +52,7 @@ import optax
 from scipy import optimize, special
 
 from benchmarks import hardware
+from map_jax.core import feasibility as feas
 from map_jax.core.dual import prepare_pilot, solve_dual
 from map_jax.data.pilot import load_pilot
 
@@ -179,22 +181,36 @@ def scipy_dual(rewards: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 
 def slider_drag(pilot, c_from: np.ndarray, c_to: np.ndarray, moves: int = 100) -> dict:
-  """A slider drag: `moves` palettes evenly from c_from to c_to solved in turn, each afresh ("cold") and each
-  started from the previous palette's λ ("warm"); the best of three drags each."""
+  """A slider drag: `moves` palettes evenly from c_from to c_to solved in turn, each afresh, each started from the
+  previous palette's λ alone, and each from its whole solution (λ and LP basis): for each, ms per palette (the
+  best of three drags) and Newton steps per palette. And the LP alone (``feasibility``) in the same drag, afresh
+  and from the previous basis: ms and pivots per palette (DualSolution does not report its pivots)."""
   path = jnp.asarray(c_from + np.linspace(0, 1, moves)[:, None] * (c_to - c_from), pilot.rewards.dtype)
   solve = jax.jit(solve_dual)
+  lp = jax.jit(lambda c, start=None: feas.feasibility(pilot.rewards, c, prepared=pilot.lp, start=start))
 
-  def drag(warm):
+  def drag(start):
     previous, steps = None, 0
     for c in path:
-      previous = solve(pilot, c, start=previous.lam) if warm and previous is not None else solve(pilot, c)
+      given = None if previous is None else {"afresh": None, "λ": previous.lam, "solution": previous}[start]
+      previous = solve(pilot, c, start=given)
       steps += int(previous.num_steps)
     return steps
 
-  return {
-    name: (1e3 * hardware.best_seconds(lambda: drag(warm), 3) / moves, drag(warm) / moves)
-    for name, warm in (("cold", False), ("warm", True))
-  }
+  def lp_drag(warm):
+    previous, total = None, 0
+    for c in path:
+      previous = lp(c, previous.basis if warm and previous is not None else None)
+      total += int(previous.num_steps)
+    return total
+
+  out = {name: (1e3 * hardware.best_seconds(lambda: drag(name), 3) / moves, drag(name) / moves) for name in _STARTS}
+  for name, warm in (("lp afresh", False), ("lp from basis", True)):
+    out[name] = (1e3 * hardware.best_seconds(lambda: lp_drag(warm), 3) / moves, lp_drag(warm) / moves)
+  return out
+
+
+_STARTS = ("afresh", "λ", "solution")
 
 
 def _peak_rss_gb() -> float:
@@ -303,15 +319,21 @@ def main(argv):
     return
   if _DRAG.value:
     print("slider drags: palettes in 20 moves from the pilot mean to the 75% quantile, solved in turn (float32)")
-    print("| n | m | afresh | from the previous λ | speed-up | Newton steps afresh / from the previous λ |")
-    print("|---|---|---|---|---|---|")
+    print(
+      "| n | m | afresh | from the previous λ | from the previous solution | speed-up | Newton steps "
+      "| LP alone afresh / from the basis | LP pivots |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for size in _DRAG.value.split(","):
       n, m = (int(x) for x in size.split(":"))
       r32 = scaled_pilot(_reference_rewards(), n, m)
       drag = slider_drag(prepare_pilot(jnp.asarray(r32)), r32.mean(0), np.quantile(r32, 0.75, axis=0), moves=20)
-      (cold, cold_steps), (warm, warm_steps) = drag["cold"], drag["warm"]
+      (cold, cold_steps), (lam, lam_steps), (warm, warm_steps) = (drag[name] for name in _STARTS)
+      (lp_cold, pivots_cold), (lp_warm, pivots_warm) = drag["lp afresh"], drag["lp from basis"]
       print(
-        f"| {n:,} | {m} | {cold:.2f} ms | {warm:.2f} ms | {cold / warm:.2f}x | {cold_steps:.1f} / {warm_steps:.1f} |",
+        f"| {n:,} | {m} | {cold:.2f} ms | {lam:.2f} ms | {warm:.2f} ms | {cold / warm:.2f}x | "
+        f"{cold_steps:.1f} / {lam_steps:.1f} / {warm_steps:.1f} | {lp_cold:.2f} / {lp_warm:.2f} ms | "
+        f"{pivots_cold:.1f} / {pivots_warm:.1f} |",
         flush=True,
       )
     return
@@ -397,10 +419,20 @@ def main(argv):
   q = np.quantile(rewards32, 0.95, axis=0)
   drag = slider_drag(pilot, rewards32.mean(0), q)
   print("\n== a slider drag: 100 palettes from the pilot mean to the 95% quantile, solved in turn ==")
-  for name, label in (("cold", "each palette afresh"), ("warm", "each from the previous palette's λ")):
+  for name, label in (
+    ("afresh", "each palette afresh"),
+    ("λ", "each from the previous palette's λ"),
+    ("solution", "each from the previous solution (λ, LP basis)"),
+  ):
     ms, steps = drag[name]
-    print(f"{label:42s} {ms:9.3f} ms/palette   Newton steps {steps:.1f}/palette")
-  print(f"warm start: {drag['cold'][0] / drag['warm'][0]:.2f}x")
+    print(f"{label:48s} {ms:9.3f} ms/palette   Newton steps {steps:.1f}/palette")
+  for name, label in (
+    ("lp afresh", "the LP alone, afresh"),
+    ("lp from basis", "the LP alone, from the previous basis"),
+  ):
+    ms, pivots = drag[name]
+    print(f"{label:48s} {ms:9.3f} ms/palette   pivots {pivots:.1f}/palette")
+  print(f"warm start: {drag['afresh'][0] / drag['solution'][0]:.2f}x")
 
 
 def _has_torch() -> bool:

@@ -61,6 +61,8 @@ class DualSolution(NamedTuple):
     converged: ``kkt_residual <= tol`` (for infeasible palettes: the LP converged).
     num_steps: accepted Newton steps (on a large pilot set, those of the start on a subset of its rows
       included; see :func:`prepare_pilot`).
+    lp_basis: (m + 1,) the feasibility LP's final basis (see :class:`map_jax.core.feasibility.Feasibility`);
+      with ``lam``, what ``solve_dual(..., start=solution)`` starts the next palette from.
   """
 
   lam: jax.Array
@@ -74,6 +76,7 @@ class DualSolution(NamedTuple):
   kkt_residual: jax.Array
   converged: jax.Array
   num_steps: jax.Array
+  lp_basis: jax.Array
 
 
 def dual_objective(rewards: jax.Array, palette: jax.Array, lam: jax.Array) -> jax.Array:
@@ -99,14 +102,13 @@ _BLOCK_ROWS = 1 << 14
 # (blocks of 1,024–8,192 rows measured 5–40% slower at 10⁶ × 12). The blocks' sums are compensated (Kahan), so
 # their number costs no precision.
 _STREAM_ROWS = 512
-# Newton on a pilot set of more than 8 × _COARSE_ROWS rows starts from the solution on an evenly strided subset
-# of at most _COARSE_ROWS of them. That start lies within the subset's sampling error of the solution
-# (~1/√_COARSE_ROWS), where Newton converges quadratically: two or three evaluations over all the rows instead
+# Newton on a pilot set of more than 8 × feas.COARSE_ROWS rows starts from the solution on an evenly strided
+# subset of at most feas.COARSE_ROWS of them (feas.coarse_subset, the LP's too). That start lies within the subset's sampling error of the solution
+# (~1/√COARSE_ROWS), where Newton converges quadratically: two or three evaluations over all the rows instead
 # of the 5–11 a start from λ = 0 takes (measured at 10⁶ rows: median single solve 61 -> 42 ms with 6 values,
 # 208 -> 164 ms with 12; on 231,200 rows, where the subset is an eighth of the set, it gained nothing with 16
 # values). A palette the subset cannot reach (its Newton has not converged after
 # _START_MAX_EVALS evaluations; those that converge take 7–15) starts from 0.
-_COARSE_ROWS = 1 << 15
 _START_MAX_EVALS = 20
 
 
@@ -172,7 +174,7 @@ class PreparedPilot:
   mean: jax.Array  # μ (m,)
   scale: jax.Array  # σ (m,), 1 for constant columns
   rows: StandardizedRows  # differentiable in R (μ and σ held constant) but for the Hessian's data
-  coarse: StandardizedRows | None  # every k-th row, for Newton's start on large sets (see _COARSE_ROWS)
+  coarse: StandardizedRows | None  # every k-th row, for Newton's start on large sets (see feas.COARSE_ROWS)
   lp: feas.PreparedLP
 
 
@@ -234,11 +236,8 @@ def _prepare(rewards, *, hessian):
   scale = jnp.where(constant | (std == 0), 1.0, std)
   z = (rewards - mean) / scale
   rows = _standardized_rows(z, hessian)
-  coarse = None
-  if n > 8 * _COARSE_ROWS:
-    stride = -(-n // _COARSE_ROWS)
-    subset = jax.lax.stop_gradient(z)[: stride * (n // stride) : stride]
-    coarse = _standardized_rows(subset, _auto_hessian(*subset.shape))
+  subset, _ = feas.coarse_subset(jax.lax.stop_gradient(z))
+  coarse = None if subset is None else _standardized_rows(subset, _auto_hessian(*subset.shape))
   return PreparedPilot(rewards, mean, scale, rows, coarse, feas.prepare(r_sg))
 
 
@@ -445,7 +444,7 @@ def solve_dual(
   ridge: float | None = None,
   lp_tol: float | None = None,
   lp_max_iter: int = feas.MAX_PIVOTS,
-  start: jax.Array | None = None,
+  start: jax.Array | DualSolution | None = None,
 ) -> DualSolution:
   """Solves the MAP dual exactly for one palette.
 
@@ -460,10 +459,13 @@ def solve_dual(
       constant reward column; defaults to 100 × machine epsilon.
     lp_tol, lp_max_iter: options of the feasibility LP, see
       :func:`map_jax.core.feasibility.feasibility`.
-    start: λ (m,) for Newton to start from, in reward units, such as the ``lam`` of the previous palette in a
-      slider drag or a sweep along a path (negative entries count as 0, non-finite ones make it start from 0).
-      The answer is the same to ``tol``; a start near it saves Newton steps (the LP starts afresh), and one
-      from which Newton has not converged after 20 evaluations gives way to the usual start.
+    start: the solution of a previous palette on the same pilot set, such as the last one in a slider drag or
+      a sweep along a path: Newton starts from its ``lam`` and the feasibility LP from its ``lp_basis`` (see
+      the ``start`` of :func:`map_jax.core.feasibility.feasibility`). Or a λ (m,) alone, in reward units, for
+      Newton only (negative entries count as 0, non-finite ones make it start from 0). The answer is the same
+      to ``tol``; a start near it saves Newton steps and LP pivots, and one from which Newton has not
+      converged after 20 evaluations, or the LP reached no feasible basis in 32 pivots, gives way to the usual
+      start.
 
   Returns:
     A :class:`DualSolution`.
@@ -483,17 +485,28 @@ def solve_dual(
   m = pilot.rewards.shape[1]
   if validation.is_concrete(palette):
     validation.check_palette(palette, m)
-  if start is not None and jnp.shape(start) != (m,):
-    raise ValueError(f"start must be a λ of shape ({m},); got shape {jnp.shape(start)}.")
+  lam_start, lp_start = (start.lam, start.lp_basis) if isinstance(start, DualSolution) else (start, None)
+  if lam_start is not None and jnp.shape(lam_start) != (m,):
+    raise ValueError(f"start must be a solution or a λ of shape ({m},); got λ of shape {jnp.shape(lam_start)}.")
+  if lp_start is not None and jnp.shape(lp_start) != (m + 1,):
+    raise ValueError(f"start's lp_basis must have shape ({m + 1},); got {jnp.shape(lp_start)}.")
   return _solve_prepared(
-    pilot, palette, start, tol=tol, max_iter=max_iter, ridge=ridge, lp_tol=lp_tol, lp_max_iter=lp_max_iter
+    pilot,
+    palette,
+    lam_start,
+    lp_start,
+    tol=tol,
+    max_iter=max_iter,
+    ridge=ridge,
+    lp_tol=lp_tol,
+    lp_max_iter=lp_max_iter,
   )
 
 
 # Compiled once per shape, dtype and options, so eager calls are fast too; inside an
 # outer jit or vmap this inlines.
 @functools.partial(jax.jit, static_argnames=("tol", "max_iter", "ridge", "lp_tol", "lp_max_iter"))
-def _solve_prepared(pilot: PreparedPilot, palette, start, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
+def _solve_prepared(pilot: PreparedPilot, palette, start, lp_start, *, tol, max_iter, ridge, lp_tol, lp_max_iter):
   rewards = pilot.rewards
   dtype = rewards.dtype
   palette = jnp.asarray(palette, dtype)
@@ -507,7 +520,12 @@ def _solve_prepared(pilot: PreparedPilot, palette, start, *, tol, max_iter, ridg
 
   c_sg = jax.lax.stop_gradient(palette)
   lp = feas.feasibility(
-    jax.lax.stop_gradient(rewards), c_sg, tol=lp_tol, max_iter=lp_max_iter, prepared=jax.lax.stop_gradient(pilot.lp)
+    jax.lax.stop_gradient(rewards),
+    c_sg,
+    tol=lp_tol,
+    max_iter=lp_max_iter,
+    prepared=jax.lax.stop_gradient(pilot.lp),
+    start=None if lp_start is None else jax.lax.stop_gradient(lp_start),
   )
   mean, scale = pilot.mean, pilot.scale
   # Infeasible palettes are solved at the pilot means instead (λ = 0 at once), so the
@@ -560,4 +578,5 @@ def _solve_prepared(pilot: PreparedPilot, palette, start, *, tol, max_iter, ridg
     kkt_residual=state.residual,
     converged=converged,
     num_steps=state.num_steps,
+    lp_basis=lp.basis,
   )

@@ -10,6 +10,7 @@ import pytest
 from scipy import special
 
 from map_jax.core import dual
+from map_jax.core import feasibility as feas
 from map_jax.core.dual import prepare_pilot, solve_dual
 
 from .test_dual import scipy_lambda
@@ -134,10 +135,10 @@ def test_float32_at_200k_rows_and_12_values_against_float64_scipy(reference_rewa
 def test_newton_started_on_a_subset_of_rows_finds_the_same_lambda_and_survives_one_that_cannot_reach_the_palette():
   """Past 262,144 rows Newton starts from the solution on every k-th row. Here those rows all have x + y = 0, so
   the subset cannot reach c = (0.5, 0.5), which the other rows can: that palette falls back to a start from 0."""
-  n = 8 * dual._COARSE_ROWS + 1000
+  n = 8 * feas.COARSE_ROWS + 1000
   R = np.random.default_rng(0).normal(size=(n, 2))
   pilot = prepare_pilot(jnp.asarray(R))
-  stride = -(-n // dual._COARSE_ROWS)
+  stride = -(-n // feas.COARSE_ROWS)
   assert pilot.coarse is not None and pilot.coarse.n == n // stride
   R[::stride][:, 1] = -R[::stride][:, 0]
   pilot = prepare_pilot(jnp.asarray(R))
@@ -188,8 +189,8 @@ def test_no_solve_materialises_more_than_a_few_copies_of_the_rewards(n, m):
 
 def test_a_start_from_the_previous_palette_gives_the_same_lambda_in_fewer_newton_steps(reference_rewards):
   """A slider drag from the pilot mean towards the 95% quantile in 40 small moves, each solve started from the
-  previous palette's λ; a far or non-finite start still finds the same λ, and a start of the wrong shape is
-  refused."""
+  previous palette's solution (its λ and LP basis); a far or non-finite λ still finds the same λ, and a start of
+  the wrong shape is refused."""
   R = jnp.asarray(reference_rewards)
   pilot = prepare_pilot(R)
   c0, q95 = reference_rewards.mean(0), np.quantile(reference_rewards, 0.95, axis=0)
@@ -198,9 +199,10 @@ def test_a_start_from_the_previous_palette_gives_the_same_lambda_in_fewer_newton
   for t in np.linspace(0.05, 1.0, 40):
     c = jnp.asarray(c0 + t * (q95 - c0))
     cold = solve(pilot, c)
-    warm = solve(pilot, c, start=previous.lam) if previous is not None else cold
+    warm = solve(pilot, c, start=previous) if previous is not None else cold
     assert bool(warm.feasible) == bool(cold.feasible) and bool(warm.converged) and bool(cold.converged)
     np.testing.assert_allclose(np.asarray(warm.lam), np.asarray(cold.lam), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(float(warm.margin), float(cold.margin), atol=1e-10)
     cold_steps, warm_steps = cold_steps + int(cold.num_steps), warm_steps + int(warm.num_steps)
     verdicts.add(bool(cold.feasible))
     previous = warm
@@ -210,5 +212,7 @@ def test_a_start_from_the_previous_palette_gives_the_same_lambda_in_fewer_newton
   reference = np.asarray(solve(pilot, c).lam)
   for start in (np.full(6, 1e3), np.full(6, -1.0), np.full(6, np.nan)):
     np.testing.assert_allclose(np.asarray(solve(pilot, c, start=jnp.asarray(start)).lam), reference, rtol=1e-8)
-  with pytest.raises(ValueError, match=r"start must be a λ of shape \(6,\)"):
+  with pytest.raises(ValueError, match=r"start must be a solution or a λ of shape \(6,\)"):
     solve_dual(pilot, c, start=jnp.zeros(5))
+  with pytest.raises(ValueError, match=r"start's lp_basis must have shape \(7,\)"):
+    solve_dual(pilot, c, start=previous._replace(lp_basis=jnp.zeros(6, jnp.int32)))
