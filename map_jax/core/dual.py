@@ -460,8 +460,8 @@ def solve_dual(
     lp_tol, lp_max_iter: options of the feasibility LP, see
       :func:`map_jax.core.feasibility.feasibility`.
     start: the solution of a previous palette on the same pilot set, such as the last one in a slider drag or
-      a sweep along a path: Newton starts from its ``lam`` and the feasibility LP from its ``lp_basis`` (see
-      the ``start`` of :func:`map_jax.core.feasibility.feasibility`). Or a λ (m,) alone, in reward units, for
+      a sweep along a path: Newton starts from its ``lam`` and the feasibility LP from its ``lp_basis`` (on
+      more than about 4,000 rows; see the ``start`` of :func:`map_jax.core.feasibility.feasibility`). Or a λ (m,) alone, in reward units, for
       Newton only (negative entries count as 0, non-finite ones make it start from 0). The answer is the same
       to ``tol``; a start near it saves Newton steps and LP pivots, and one from which Newton has not
       converged after 20 evaluations, or the LP reached no feasible basis in 32 pivots, gives way to the usual

@@ -145,39 +145,48 @@ def test_initial_basis_inverse_is_the_inverse(i0):
 
 
 def test_a_start_from_the_previous_basis_gives_the_same_bracket_in_fewer_pivots(reference_rewards):
-  """A slider drag from the pilot mean past the 97% quantile in 30 moves, each LP started from the previous
-  palette's basis: every bracket is what HiGHS says and the drag crosses the feasible set's boundary, in far
-  fewer pivots than starting afresh. Jumps between random palettes (a start far from optimal), bases that are
-  no basis (out of range, repeated, singular, of another pilot set) and a batch of starts under vmap give the
-  same answers; a start of the wrong shape is refused."""
-  R = jnp.asarray(reference_rewards)
-  n, m = reference_rewards.shape
+  """The reference rows resampled with noise to four times as many (partial pricing): a slider drag from the
+  pilot mean past the 97% quantile in 30 moves, each LP started from the previous palette's basis: every bracket
+  is what HiGHS says and the drag crosses the feasible set's boundary, in far fewer pivots than starting afresh.
+  Jumps between random palettes (a start far from optimal), bases that are no basis (out of range, repeated,
+  singular, of another pilot set) and a batch of starts under vmap give the same answers; a start of the wrong
+  shape is refused. On the reference set itself (full pricing) a start is not used: the same pivots."""
+  rng = np.random.default_rng(3)
+  base = reference_rewards[rng.integers(0, len(reference_rewards), 4 * len(reference_rewards))]
+  rewards = base + 0.05 * reference_rewards.std(0) * rng.standard_normal(base.shape)
+  R = jnp.asarray(rewards)
+  n, m = rewards.shape
   prepared = feasibility_lib.prepare(R)
+  assert prepared.blocks.shape[2] > feasibility_lib._POOL
   solve = jax.jit(lambda c, start=None: feasibility(R, c, prepared=prepared, start=start))
-  c0, q97 = reference_rewards.mean(0), np.quantile(reference_rewards, 0.97, axis=0)
+  c0, q97 = rewards.mean(0), np.quantile(rewards, 0.97, axis=0)
   previous, cold_pivots, warm_pivots, verdicts = None, 0, 0, set()
   for t in np.linspace(0.05, 1.0, 30):
     c = c0 + t * (q97 - c0)
     cold = solve(jnp.asarray(c))
     warm = solve(jnp.asarray(c), previous.basis) if previous is not None else cold
-    check_bracket(reference_rewards, c, warm, atol=1e-9)
+    check_bracket(rewards, c, warm, atol=1e-9)
     cold_pivots, warm_pivots = cold_pivots + int(cold.num_steps), warm_pivots + int(warm.num_steps)
     verdicts.add(bool(warm.feasible))
     previous = warm
   assert verdicts == {True, False}
   assert warm_pivots < 0.2 * cold_pivots, (warm_pivots, cold_pivots)
 
-  rng = np.random.default_rng(3)
   palettes = c0 + rng.uniform(-0.5, 1.2, (12, m)) * (q97 - c0)
   outs = jax.vmap(solve)(jnp.asarray(palettes))
   jumps = jax.vmap(solve)(jnp.asarray(palettes), jnp.roll(outs.basis, 1, axis=0))  # each from another's optimum
   other = feasibility(jnp.asarray(rng.normal(size=(n, m))), jnp.zeros(m)).basis
   odd = [np.r_[-1, n + np.arange(m)], np.r_[-1, np.arange(m) + 10**9], np.full(m + 1, -5), np.zeros(m + 1), other]
   for k, c in enumerate(palettes):
-    check_bracket(reference_rewards, c, jax.tree.map(lambda a: a[k], jumps), atol=1e-9)
-    check_bracket(reference_rewards, c, solve(jnp.asarray(c), jnp.asarray(odd[k % len(odd)], jnp.int32)), atol=1e-9)
+    check_bracket(rewards, c, jax.tree.map(lambda a: a[k], jumps), atol=1e-9)
+    check_bracket(rewards, c, solve(jnp.asarray(c), jnp.asarray(odd[k % len(odd)], jnp.int32)), atol=1e-9)
   with pytest.raises(ValueError, match=r"start must be a basis of shape \(7,\)"):
     feasibility(R, jnp.asarray(c0), start=jnp.zeros(m, jnp.int32))
+
+  small = jnp.asarray(reference_rewards)
+  c = jnp.asarray(reference_rewards.mean(0) + 0.5 * (q97 - c0))
+  near = feasibility(small, c + 0.01)
+  assert int(feasibility(small, c, start=near.basis).num_steps) == int(feasibility(small, c).num_steps) > 2
 
 
 def test_a_large_pilot_set_starts_from_the_subsets_basis_and_matches_highs():
