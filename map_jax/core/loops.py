@@ -75,3 +75,35 @@ def compacting_while_loop(cond_fun, body_fun, consts, init, *, shrink: int = 4, 
     return out, jax.tree.map(lambda _: True, out)
 
   return loop(consts, init)
+
+
+def unbatched_cond(pred, true_fun, false_fun, operand):
+  """``lax.cond(pred, true_fun, false_fun, operand)`` for one problem; under ``vmap``, ``false_fun`` on every
+  lane.
+
+  For a step that pays only when a problem is solved alone, such as a better start that saves passes over data
+  a batch reads once for all its lanes anyway. (Under ``vmap`` with a batched predicate, ``lax.cond`` would run
+  both branches on every lane.) Both branches must give answers the caller treats alike, as two starts of
+  the same solver do.
+
+  Args:
+    pred: a boolean scalar.
+    true_fun, false_fun: functions of ``operand`` returning pytrees of the same structure. They must not
+      close over traced values (``custom_vmap`` does not batch those): pass every one in ``operand``.
+    operand: a pytree (batched or not).
+
+  Returns:
+    The chosen branch's value.
+  """
+
+  @jax.custom_batching.custom_vmap
+  def run(pred, operand):
+    return jax.lax.cond(pred, true_fun, false_fun, operand)
+
+  @run.def_vmap
+  def rule(axis_size, in_batched, pred, operand):
+    axes = jax.tree.map(lambda b: 0 if b else None, in_batched[1])
+    out = jax.vmap(false_fun, in_axes=(axes,), axis_size=axis_size)(operand)
+    return out, jax.tree.map(lambda _: True, out)
+
+  return run(pred, operand)

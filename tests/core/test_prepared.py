@@ -154,6 +154,59 @@ def test_newton_started_on_a_subset_of_rows_finds_the_same_lambda_and_survives_o
     np.testing.assert_allclose(np.asarray(sol.lam), scipy_lambda(R, c), rtol=1e-4)
 
 
+@pytest.mark.parametrize("hessian", ["moments", "streamed"])
+def test_the_heavy_rows_are_the_largest_logits_of_each_block(monkeypatch, hessian):
+  """_heavy_rows keeps, in each whole block of 512 rows, the rows of largest logit (as NumPy sorts them), each
+  once, and none of a last partial block."""
+  monkeypatch.setattr(dual, "_HEAVY_ROWS", 9 * 40)
+  n, m = 9 * dual._STREAM_ROWS + 100, 3
+  z = np.random.default_rng(2).normal(size=(n, m))
+  rows = dual._standardized_rows(jnp.asarray(z), hessian)
+  lam = jnp.asarray([0.7, -1.2, 0.4])
+  heavy = dual._heavy_rows(rows, dual._logits(rows, lam))
+  assert heavy.n == 9 * 40
+  if heavy.stream is not None:
+    got = np.asarray(heavy.stream).transpose(0, 2, 1).reshape(-1, m)[: heavy.n]
+  else:
+    got = np.asarray(heavy.zt).T[: heavy.n]
+  blocks = (z[: 9 * dual._STREAM_ROWS] @ np.asarray(lam)).reshape(9, dual._STREAM_ROWS)
+  top = np.argsort(-blocks, axis=1)[:, :40] + dual._STREAM_ROWS * np.arange(9)[:, None]
+  expected = z[top.reshape(-1)]
+  np.testing.assert_allclose(got[np.lexsort(got.T)], expected[np.lexsort(expected.T)], rtol=1e-12)
+
+
+def test_a_palette_whose_weight_sits_on_few_rows_starts_from_the_heaviest_rows_and_finds_scipys_lambda(
+  reference_rewards,
+):
+  """Past 262,144 rows of 12 values, palettes near the 75% quantile put their weight on few rows: Newton also
+  solves on the heaviest rows of each block and starts all rows from there when that is lower on all rows (it is,
+  for some palette here). λ is SciPy's, with the KKT residual of a float64 solve, and the same under vmap (which
+  skips that start)."""
+  R = large_pilot(reference_rewards, 8 * feas.COARSE_ROWS + 1000, 12)
+  pilot = prepare_pilot(jnp.asarray(R))
+  subset = jax.jit(functools.partial(dual._newton, tol=1e-12, max_iter=50, max_evals=20, ridge=1e-14))
+  full = jax.jit(functools.partial(dual._newton, tol=1e-12, max_iter=50, max_evals=20, ridge=1e-14))
+  taken = 0
+  palettes = palettes_between_mean_and_q75(R, 3, seed=4)
+  for c in palettes:
+    c_std = (jnp.asarray(c) - pilot.mean) / pilot.scale
+    first = subset(pilot.coarse, c_std, jnp.zeros(12))
+    ess = float(dual._tilted(pilot.coarse, first.lam)[2]) * len(R) / pilot.coarse.n
+    if float(first.residual) <= 1e-12 and ess < dual._HEAVY_MAX_ESS:
+      logits = dual._logits(pilot.rows, first.lam)
+      second = full(dual._heavy_rows(pilot.rows, logits), c_std, first.lam)
+      after = jax.nn.logsumexp(dual._logits(pilot.rows, second.lam)) - jnp.dot(second.lam, c_std)
+      taken += bool(after < jax.nn.logsumexp(logits) - jnp.dot(first.lam, c_std))
+    sol = solve_dual(pilot, jnp.asarray(c))
+    assert bool(sol.feasible) and bool(sol.converged)
+    assert kkt_residual64(R, c, np.asarray(sol.lam)) < 1e-10
+    np.testing.assert_allclose(np.asarray(sol.lam), scipy_lambda(R, c), rtol=1e-4, atol=1e-4 * float(sol.lam.max()))
+  assert taken > 0
+  batched = jax.vmap(solve_dual, in_axes=(None, 0))(pilot, jnp.asarray(palettes))
+  single = np.stack([np.asarray(solve_dual(pilot, jnp.asarray(c)).lam) for c in palettes])
+  np.testing.assert_allclose(np.asarray(batched.lam), single, rtol=1e-8, atol=1e-12)
+
+
 def _intermediate_sizes(jaxpr) -> list[tuple[int, str]]:
   """(size, primitive) of every value computed in a jaxpr, its sub-jaxprs (loops, conditionals) included."""
   out = []
