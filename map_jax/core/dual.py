@@ -59,8 +59,8 @@ class DualSolution(NamedTuple):
     kkt_residual: max_i |min(σ_i λ_i, (realized_i − c_i) / σ_i)| with σ the pilot
       standard deviations, a scale-free measure of optimality.
     converged: ``kkt_residual <= tol`` (for infeasible palettes: the LP converged).
-    num_steps: accepted Newton steps (on a large pilot set, those of the start on a subset of its rows
-      included; see :func:`prepare_pilot`).
+    num_steps: accepted Newton steps (on a large pilot set, those of the starts on a subset of its rows and on
+      its heaviest rows included; see :func:`prepare_pilot`).
     lp_basis: (m + 1,) the feasibility LP's final basis (see :class:`map_jax.core.feasibility.Feasibility`);
       with ``lam``, what ``solve_dual(..., start=solution)`` starts the next palette from.
   """
@@ -387,8 +387,8 @@ def _logits(rows: StandardizedRows, lam: jax.Array) -> jax.Array:
 
 
 def _heavy_rows(rows: StandardizedRows, logits: jax.Array) -> StandardizedRows:
-  """Given the `_logits` of the rows, those of largest logit in each block of _STREAM_ROWS rows, about _HEAVY_ROWS in all, each once
-  (the rows of a last partial block are left out).
+  """The rows of largest logit (given as `_logits`) in each block of _STREAM_ROWS rows: about _HEAVY_ROWS in
+  all, each once (the rows of a last partial block are left out).
 
   Per block rather than over all rows: XLA:CPU's top_k over 10⁶ logits, or the cumulative sum that picks the
   rows above a threshold, costs more than a Newton evaluation; per block it is about half of one. When a
@@ -498,11 +498,11 @@ def solve_dual(
       :func:`map_jax.core.feasibility.feasibility`.
     start: the solution of a previous palette on the same pilot set, such as the last one in a slider drag or
       a sweep along a path: Newton starts from its ``lam`` and the feasibility LP from its ``lp_basis`` (on
-      more than about 4,000 rows; see the ``start`` of :func:`map_jax.core.feasibility.feasibility`). Or a λ (m,) alone, in reward units, for
-      Newton only (negative entries count as 0, non-finite ones make it start from 0). The answer is the same
-      to ``tol``; a start near it saves Newton steps and LP pivots, and one from which Newton has not
-      converged after 20 evaluations, or the LP reached no feasible basis in 32 pivots, gives way to the usual
-      start.
+      more than about 4,000 rows; see the ``start`` of :func:`map_jax.core.feasibility.feasibility`). Or a
+      λ (m,) alone, in reward units, for Newton only (negative entries count as 0, non-finite ones make it
+      start from 0). The answer is the same to ``tol``; a start near it saves Newton steps and LP pivots, and
+      one from which Newton has not converged after 20 evaluations, or the LP reached no feasible basis in 32
+      pivots, gives way to the usual start.
 
   Returns:
     A :class:`DualSolution`.

@@ -15,24 +15,23 @@ m + 1 equality rows,
 
     maximise t   s.t.   Σ_j q_j (R_j − μ) − t 1 − s = c − μ,   1ᵀq = 1,   q, s >= 0
 
-(centred at the pilot means μ and divided by one common scale, which only changes
-rounding), and is solved here by the revised simplex method in plain JAX, so it runs
-under ``jit`` and ``vmap`` over palettes. A basis holds t (free, always basic) and m of the q_j and s_i; its dual
-values are (−d, ν), the certificate of the other form and ν = max over the basic rows
-of dᵀR_j. Pricing column j asks whether row j cuts off the current vertex,
-dᵀR_j > ν: each pivot is one cutting-plane step that brings in a violated row and,
-unlike cutting planes with a restricted LP solved afresh, keeps everything else it
-knows. A pivot prices every row, a pass over R (n × m), and costs O(m²) more with a
-rank-one update of the basis inverse; on large pilot sets pricing is partial: a pass
-finds the most violated row and a pool of the next best, pivots then price only the
-pool, O(pool · m) each, until nothing in it prices out, and the next pass refills it. On the MAP pilot set (n = 2,312, m = 6) the optimum is
-typically about 10 pivots away from the best single sample, where the method starts;
-with 12 values, 50 to 140. When no column of all n prices out, d and q are optimal. Given the final
-basis of a previous palette on the same pilot set (``start``), as in a slider drag, the simplex starts
-there instead: c enters only the right-hand side, so that basis keeps its reduced costs' signs, and a few
-pivots of the dual simplex method make it feasible for the new palette (a drag of 30 moves on 9,248
-rows in the tests: 1.2 pivots per palette instead of 17; on sets as small as MAP's, where every pivot
-prices all rows, starting afresh is cheaper and a start is not used). Both bounds are reported, computed from the gaps R_j − c:
+(centred at the pilot means μ and divided by one common scale, which only changes rounding), and is solved
+here by the revised simplex method in plain JAX, so it runs under ``jit`` and ``vmap`` over palettes. A basis
+holds t (free, always basic) and m of the q_j and s_i; its dual values are (−d, ν), the certificate of the
+other form and ν = max over the basic rows of dᵀR_j. Pricing column j asks whether row j cuts off the current
+vertex, dᵀR_j > ν: each pivot is one cutting-plane step that brings in a violated row and, unlike cutting
+planes with a restricted LP solved afresh, keeps everything else it knows. A pivot prices every row, a pass
+over R (n × m), and costs O(m²) more with a rank-one update of the basis inverse; on large pilot sets pricing
+is partial: a pass finds the most violated row and a pool of the next best, pivots then price only the pool,
+O(pool · m) each, until nothing in it prices out, and the next pass refills it. On the MAP pilot set (n =
+2,312, m = 6) the optimum is typically about 10 pivots away from the best single sample, where the method
+starts; with 12 values, 50 to 140. When no column of all n prices out, d and q are optimal. Given the final
+basis of a previous palette on the same pilot set (``start``), as in a slider drag, the simplex starts there
+instead: c enters only the right-hand side, so that basis keeps its reduced costs' signs, and a few pivots of
+the dual simplex method make it feasible for the new palette (a drag of 30 moves on 9,248 rows in the tests:
+1.2 pivots per palette instead of 17; on sets as small as MAP's, where every pivot prices all rows, starting
+afresh is cheaper and a start is not used). Without one, on more than 262,144 rows, the simplex starts from
+its final basis on every k-th row (see COARSE_ROWS). Both bounds are reported, computed from the gaps R_j − c:
 ``max_j dᵀ(R_j − c)`` (an upper bound on the margin, certified by d) and
 ``min_i (Rᵀq − c)_i`` (a lower bound, certified by q).
 """
