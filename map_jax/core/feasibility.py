@@ -169,15 +169,20 @@ def _row_blocks(S: jax.Array):
 
 
 def _pool(blocks: jax.Array, ids: jax.Array, d: jax.Array, size: int):
-  """The `size` rows with the largest dᵀS_j among the best rows of each row block (the best row of the blocks
-  with the `size` largest maxima), best first, and dᵀS of the first: one pass over all rows. By a max per
+  """The `size` rows with the largest dᵀS_j among the best rows of each row block, best first, and dᵀS of the
+  first: one pass over all rows (see :func:`_best_of_blocks`)."""
+  return _best_of_blocks(jnp.tensordot(d, blocks, axes=1), ids, size)
+
+
+def _best_of_blocks(scores: jax.Array, ids: jax.Array, size: int):
+  """The rows of the best row of each block for the blocks with the `size` largest maxima of `scores` (one per
+  row, laid out as the blocks: (size of a block, blocks)), best first, and the first's score. By a max per
   block, then short searches over the blocks: XLA:CPU's argmax over all n rows costs about ten times a max
   (under ``vmap`` it dominated the whole solve)."""
-  scores = jnp.tensordot(d, blocks, axes=1)  # (size, count): block b is column b
   per_block = jnp.max(scores, axis=0)
   top, chosen = jax.lax.top_k(per_block, min(size, per_block.shape[0]))
   within = jnp.argmax(scores[:, chosen], axis=0)
-  return ids[chosen * blocks.shape[1] + within], top[0]
+  return ids[chosen * scores.shape[0] + within], top[0]
 
 
 def _most_violated(blocks: jax.Array, ids: jax.Array, d: jax.Array):
@@ -235,7 +240,6 @@ def _start_at(prepared: PreparedLP, c: jax.Array, basis: jax.Array, *, max_pivot
   n, m = prepared.num_rows, prepared.blocks.shape[0]
   dtype = prepared.blocks.dtype
   pivot_tol = 100 * float(jnp.finfo(dtype).eps)
-  size = prepared.blocks.shape[1]
   b = jnp.concatenate([c, jnp.ones((1,), dtype)])
   basis = jnp.asarray(basis).astype(jnp.int32)
   in_range = jnp.all((basis[1:] >= 0) & (basis[1:] < n + m))
@@ -258,16 +262,14 @@ def _start_at(prepared: PreparedLP, c: jax.Array, basis: jax.Array, *, max_pivot
     both = jnp.tensordot(jnp.stack([row[:m], -y[:m]]), prepared.blocks, axes=1)  # (2, size, count)
     alpha, cost = both[0] + row[m], both[1] - y[m]
     ratio = jnp.where(alpha < -pivot_tol, jnp.minimum(cost, 0.0) / alpha, jnp.inf)
-    per_block = jnp.min(ratio, axis=0)  # by a min per block, as in _pool
-    block = jnp.argmin(per_block)
-    j = prepared.ids[block * size + jnp.argmin(ratio[:, block])]
+    (j,), neg_ratio = _best_of_blocks(-ratio, prepared.ids, 1)
     ratio_s = jnp.where(row[:m] > pivot_tol, jnp.minimum(y[:m], 0.0) / -row[:m], jnp.inf)  # slack i: entry −row_i
     i = jnp.argmin(ratio_s)
-    enter = jnp.where(per_block[block] <= ratio_s[i], j, n + i).astype(jnp.int32)
+    enter = jnp.where(-neg_ratio <= ratio_s[i], j, n + i).astype(jnp.int32)
     delta = st.inv @ _columns(prepared, enter)
     new = _exchange(st, p, enter, delta, st.x[p] / delta[p])
     new = new._replace(done=feasible(new.x))
-    stuck = ~jnp.isfinite(jnp.minimum(per_block[block], ratio_s[i])) | ~(delta[p] < 0)
+    stuck = ~jnp.isfinite(jnp.minimum(-neg_ratio, ratio_s[i])) | ~(delta[p] < 0)
     return jax.tree.map(lambda a, b: jnp.where(stuck, a, b), st._replace(done=jnp.ones((), bool)), new)
 
   def cond(prepared, st):
