@@ -14,7 +14,7 @@ import numpy as np
 
 from map_jax import parallel
 from map_jax.models import tokenizer as tok_lib
-from map_jax.models.layers import KVCache, positions_from_mask, unstack_layers
+from map_jax.models.layers import KVCache, positions_from_mask, unstack_layers, weights_major_params
 
 
 class SampleOutput(NamedTuple):
@@ -106,9 +106,10 @@ def sample(
     eos_ids: tokens that end a row; pad_id fills the rest of it.
     unroll_layers: run the layers as a Python loop over per-layer weights and KV buffers
       (`layers.UnrolledLayers`) instead of a scan over the stacked ones, which on CPU copies every layer's
-      weights and cache on every step. None: on CPU only. The same computation either way (tested token for
-      token). A module that is unrolled already (`for_decoding`) is used as it is; otherwise the params are
-      split inside this call, once before the loop (slower than `for_decoding`'s split outside it).
+      weights and cache on every step; on CPU its projections are also weights-major (`for_decoding`).
+      None: on CPU only. The same computation either way, up to float rounding (tested token for token). A
+      module that is unrolled already (`for_decoding`) is used as it is; otherwise the params are laid out
+      inside this call, once before the loop (slower than `for_decoding`'s layout outside it).
 
   Returns:
     `SampleOutput` with B*k rows.
@@ -118,7 +119,7 @@ def sample(
   B, T = prompt_tokens.shape
   N, k, cfg = max_new_tokens, num_return_sequences, module.config
   logging.info("compiling sample: batch=%d prompt_len=%d new=%d k=%d", B, T, N, k)  # runs at trace time only
-  module, params = for_decoding(module, params, unroll_layers)  # split here unless the caller did
+  module, params = for_decoding(module, params, unroll_layers)  # laid out here unless the caller did
   apply = functools.partial(module.apply, {"params": params}, last_only=True)
   cache = KVCache.zeros(
     cfg.num_layers, B, T + N, cfg.num_kv_heads, cfg.head_dim, jnp.dtype(cfg.dtype), per_layer=module.unroll
@@ -174,10 +175,15 @@ def sample(
 def for_decoding(module: nn.Module, params, unroll_layers: bool | None = None) -> tuple[nn.Module, Any]:
   """(module, params) as `sample` decodes fastest on this backend: on CPU (or with `unroll_layers`) the
   unrolled module and its per-layer params (`layers.unstack_layers`, a copy of the layer weights), else both
-  unchanged. Split once and reuse across many `generate`/`sample` calls with the same weights; params that
-  change every call (a policy in training) are better split inside `sample`."""
-  if (jax.default_backend() == "cpu" if unroll_layers is None else unroll_layers) and not module.unroll:
-    return module.clone(unroll=True), unstack_layers(params, module.config.num_layers)
+  unchanged; on CPU also with weights-major projections (`layers.Dense`: a decode step multiplies few rows,
+  which XLA:CPU does faster with the weights stored [out, in]; `layers.weights_major_params` copies them so).
+  Lay out once and reuse across many `generate`/`sample` calls with the same weights; params that change
+  every call (a policy in training) are better laid out inside `sample`."""
+  cpu = jax.default_backend() == "cpu"
+  if (cpu if unroll_layers is None else unroll_layers) and not module.unroll:
+    decoding = module.clone(unroll=True, weights_major=cpu)
+    params = unstack_layers(params, module.config.num_layers)
+    return decoding, (weights_major_params(decoding, params) if cpu else params)
   return module, params
 
 

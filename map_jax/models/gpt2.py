@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -77,39 +78,31 @@ class GPT2Block(nn.Module):
 
   config: GPT2Config
   lora: L.LoRA | None = None
+  weights_major: bool = False  # see `layers.Dense`
 
   @nn.compact
   def __call__(self, carry, kv_mask, cache_index):
     c = self.config
     h, cache, layer = carry
     dt, pdt = L.dtype_of(c.dtype), L.dtype_of(c.param_dtype)
+    proj = functools.partial(L.dense, dtype=dt, param_dtype=pdt, lora=self.lora, weights_major=self.weights_major)
     H, D = c.num_heads, c.head_dim
     x = L.layer_norm(c.layer_norm_eps, dt, pdt, name="ln_1")(h)
     q, k, v = (
-      L.dense((H, D), (L.EMBED, L.HEADS, L.HEAD_DIM), use_bias=True, dtype=dt, param_dtype=pdt, lora=self.lora, name=n)(
-        x
-      )
-      for n in ("q_proj", "k_proj", "v_proj")
+      proj((H, D), (L.EMBED, L.HEADS, L.HEAD_DIM), use_bias=True, name=n)(x) for n in ("q_proj", "k_proj", "v_proj")
     )
     a, cache = L.attend(q, k, v, kv_mask=kv_mask, layer=layer, cache=cache, cache_index=cache_index)
-    h = h + L.dense(
+    h = h + proj(
       c.hidden_size,
       (L.HEADS, L.HEAD_DIM, L.EMBED),
       axis=(-2, -1),
       use_bias=True,
-      dtype=dt,
-      param_dtype=pdt,
-      lora=self.lora,
       name="o_proj",
       bias_names=(L.EMBED,),
     )(a)
     x = L.layer_norm(c.layer_norm_eps, dt, pdt, name="ln_2")(h)
-    x = L.dense(
-      c.intermediate_size, (L.EMBED, L.MLP), use_bias=True, dtype=dt, param_dtype=pdt, lora=self.lora, name="fc"
-    )(x)
-    x = L.dense(c.hidden_size, (L.MLP, L.EMBED), use_bias=True, dtype=dt, param_dtype=pdt, lora=self.lora, name="proj")(
-      L.activation(c.hidden_act)(x)
-    )
+    x = proj(c.intermediate_size, (L.EMBED, L.MLP), use_bias=True, name="fc")(x)
+    x = proj(c.hidden_size, (L.MLP, L.EMBED), use_bias=True, name="proj")(L.activation(c.hidden_act)(x))
     return (h + x, cache, layer + 1), None
 
 
@@ -119,12 +112,13 @@ class GPT2(nn.Module):
   config: GPT2Config
   lora: L.LoRA | None = None  # low-rank adapters on the projections (`layers.LoRA`); None: none
   unroll: bool = False  # layers as a Python loop over per-layer params (`layers.UnrolledLayers`)
+  weights_major: bool = False  # projection kernels held [out, in] (`layers.Dense`; `for_decoding` on CPU)
 
   def setup(self):
     c = self.config
     dt, pdt = L.dtype_of(c.dtype), L.dtype_of(c.param_dtype)
     init = nn.initializers.normal(0.02)
-    self.wte = nn.Embed(
+    self.wte = L.Embed(
       c.vocab_size, c.hidden_size, dtype=dt, param_dtype=pdt, embedding_init=L.partitioned(init, (L.VOCAB, L.EMBED))
     )
     self.wpe = nn.Embed(
@@ -134,7 +128,7 @@ class GPT2(nn.Module):
       param_dtype=pdt,
       embedding_init=L.partitioned(init, (L.POSITIONS, L.EMBED)),
     )
-    self.layers = L.scan_layers(GPT2Block, c.num_layers, 2, c.remat, self.unroll)(c, self.lora)
+    self.layers = L.scan_layers(GPT2Block, c.num_layers, 2, c.remat, self.unroll)(c, self.lora, self.weights_major)
     self.ln_f = L.layer_norm(c.layer_norm_eps, dt, pdt)
 
   def __call__(self, tokens, positions=None, kv_mask=None, cache=None, cache_index=0, last_only=False):

@@ -6,6 +6,7 @@ import dataclasses
 import math
 from typing import Any, Callable, NamedTuple
 
+import chex
 import flax.linen as nn
 from flax.linen.dtypes import promote_dtype
 import jax
@@ -102,8 +103,92 @@ class LoRA:
     return self if name in self.targets else None
 
 
-class LoRADenseGeneral(nn.DenseGeneral):
-  """`nn.DenseGeneral` plus a low-rank update (see `LoRA`) when its `lora_a`/`lora_b` params are present.
+# Rows (one position each, as in a decode step) that XLA:CPU multiplies faster weights-major.
+FEW_ROWS = (2, 64)
+
+
+def weights_major_product(x: jax.Array, w: jax.Array, precision=None) -> jax.Array:
+  """x [rows, in] times a weights-major matrix w [out, in]: x @ w^T, [rows, out].
+
+  XLA:CPU multiplies a few rows by a matrix (x [rows, in] @ W [in, out]) at about half its speed at many
+  rows; the same product computed as w [out, in] @ x^T [in, rows] runs at nearly full speed (SmolLM2's
+  decode at 16 rows on one core: 32 against 50 GFLOP/s, `benchmarks/generate.py`, whose same-shape
+  matmul times both forms). So on CPU, for `FEW_ROWS`, this is w @ x^T,
+  its transposes fenced by optimization barriers so that XLA does not fold them back into the slow form;
+  the weights must be stored [out, in] for it (a transpose of them inside the product would be a copy per
+  call). Otherwise, and on other backends, a plain dot. The same sums of the same products, in another
+  order: the result may differ in the last bits.
+  """
+  chex.assert_rank([x, w], 2)
+  if jax.default_backend() == "cpu" and FEW_ROWS[0] <= x.shape[0] <= FEW_ROWS[1]:
+    x_t = jax.lax.optimization_barrier(x.T)
+    return jax.lax.optimization_barrier(jax.lax.dot_general(w, x_t, (((1,), (0,)), ((), ())), precision)).T
+  return jax.lax.dot_general(x, w, (((1,), (1,)), ((), ())), precision)
+
+
+class Dense(nn.DenseGeneral):
+  """`nn.DenseGeneral` whose kernel can be held weights-major.
+
+  weights_major: the kernel is the param `kernel_t` [out, in] (outputs by inputs, flattened; what
+    `weights_major_params` makes of `kernel` [in..., out...]) and products run as `weights_major_product`:
+    the layout `map_jax.sampling.for_decoding` gives decoders on CPU, where a decode step multiplies few
+    rows. The contracted axes must then be the input's last ones, in order. The bias is unchanged.
+  """
+
+  weights_major: bool = False
+
+  @nn.compact
+  def __call__(self, inputs):
+    if not self.weights_major:
+      return super().__call__(inputs)
+    features = self.features if isinstance(self.features, tuple) else (self.features,)
+    axis = self.axis if isinstance(self.axis, tuple) else (self.axis,)
+    n = len(axis)
+    if tuple(a % inputs.ndim for a in axis) != tuple(range(inputs.ndim - n, inputs.ndim)) or self.batch_dims:
+      raise ValueError(f"a weights-major Dense contracts the input's last axes in order, got axis={self.axis}")
+    k = math.prod(inputs.shape[inputs.ndim - n :])
+    kernel = self.param("kernel_t", nn.initializers.normal(0.02), (math.prod(features), k), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros_init(), features, self.param_dtype) if self.use_bias else None
+    x, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    y = weights_major_product(x.reshape(-1, k), kernel, self.precision)
+    y = y.reshape(inputs.shape[: inputs.ndim - n] + features)
+    return y if bias is None else y + bias
+
+
+class Embed(nn.Embed):
+  """`nn.Embed` whose `attend` (tied vocabulary logits) is a `weights_major_product`: the embedding
+  [vocab, embed] is weights-major already, so a decode step's head runs at the fast form with no copy."""
+
+  def attend(self, query):
+    query, embedding = self.promote_dtype(query, self.embedding, dtype=self.dtype)
+    y = weights_major_product(query.reshape(-1, query.shape[-1]), embedding)
+    return y.reshape(query.shape[:-1] + embedding.shape[:1])
+
+
+def weights_major_params(module: nn.Module, params):
+  """`params` (plain or boxed) laid out for `module`, a decoder built with `weights_major=True`: each of its
+  weights-major projections' `kernel` [in..., out...] becomes `kernel_t` [out, in] (a copy; stacked
+  layers keep their leading axis); every other leaf is shared, not copied. The layout comes from the module's own init (abstract, `jax.eval_shape`)."""
+  target = nn.meta.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))["params"])
+
+  def convert(src, tgt):
+    out = {}
+    for name, value in src.items():
+      if isinstance(value, dict) or hasattr(value, "items"):
+        out[name] = convert(value, tgt.get(name, {}))
+      elif name == "kernel" and "kernel_t" in tgt:
+        lead = tgt["kernel_t"].shape[:-2]  # a scan's stacked layers
+        rows, cols = tgt["kernel_t"].shape[-2:]
+        out["kernel_t"] = jnp.swapaxes(jnp.reshape(value, lead + (cols, rows)), -1, -2)
+      else:
+        out[name] = value
+    return out
+
+  return convert(nn.meta.unbox(params), target)
+
+
+class LoRADenseGeneral(Dense):
+  """`Dense` plus a low-rank update (see `LoRA`) when its `lora_a`/`lora_b` params are present.
 
   `kernel_names` are the kernel's logical axes (inputs, then features): the adapters take the input names (A)
   and the feature names (B) with `LORA_RANK` between. The contracted axes must be the input's last ones.
@@ -152,9 +237,11 @@ def dense(
   name=None,
   bias_names=None,
   lora: LoRA | None = None,
-) -> nn.DenseGeneral:
-  """`nn.DenseGeneral` whose kernel (and bias) carry logical axis names for sharding; with `lora` targeting
-  `name`, a `LoRADenseGeneral` with the same kernel and bias (so checkpoints load unchanged)."""
+  weights_major: bool = False,
+) -> Dense:
+  """`Dense` whose kernel (and bias) carry logical axis names for sharding; with `lora` targeting
+  `name`, a `LoRADenseGeneral` with the same kernel and bias (so checkpoints load unchanged);
+  `weights_major` as `Dense`'s."""
   features_t = features if isinstance(features, tuple) else (features,)
   bias_names = bias_names if bias_names is not None else names[-len(features_t) :]
   kw = dict(
@@ -166,10 +253,11 @@ def dense(
     name=name,
     kernel_init=partitioned(nn.initializers.normal(0.02), names),
     bias_init=partitioned(nn.initializers.zeros_init(), bias_names),
+    weights_major=weights_major,
   )
   lora = lora.on(name) if lora is not None and name is not None else None
   if lora is None:
-    return nn.DenseGeneral(**kw)
+    return Dense(**kw)
   return LoRADenseGeneral(**kw, lora=lora, kernel_names=tuple(names))
 
 

@@ -93,13 +93,14 @@ class LlamaBlock(nn.Module):
 
   config: LlamaConfig
   lora: L.LoRA | None = None
+  weights_major: bool = False  # see `layers.Dense`
 
   @nn.compact
   def __call__(self, carry, cos, sin, kv_mask, cache_index):
     c = self.config
     h, cache, layer = carry
     dt, pdt = L.dtype_of(c.dtype), L.dtype_of(c.param_dtype)
-    proj = functools.partial(L.dense, dtype=dt, param_dtype=pdt, lora=self.lora)
+    proj = functools.partial(L.dense, dtype=dt, param_dtype=pdt, lora=self.lora, weights_major=self.weights_major)
     attn_in = functools.partial(proj, use_bias=c.attention_bias)
     mlp = functools.partial(proj, use_bias=c.mlp_bias)
     x = L.RMSNorm(c.rms_norm_eps, dt, pdt, name="input_norm")(h)
@@ -140,21 +141,24 @@ class Llama(nn.Module):
   config: LlamaConfig
   lora: L.LoRA | None = None  # low-rank adapters on the projections (`layers.LoRA`); None: none
   unroll: bool = False  # layers as a Python loop over per-layer params (`layers.UnrolledLayers`)
+  weights_major: bool = False  # projection kernels held [out, in] (`layers.Dense`; `for_decoding` on CPU)
 
   def setup(self):
     c = self.config
     dt, pdt = L.dtype_of(c.dtype), L.dtype_of(c.param_dtype)
-    self.embed_tokens = nn.Embed(
+    self.embed_tokens = L.Embed(
       c.vocab_size,
       c.hidden_size,
       dtype=dt,
       param_dtype=pdt,
       embedding_init=L.partitioned(nn.initializers.normal(0.02), (L.VOCAB, L.EMBED)),
     )
-    self.layers = L.scan_layers(LlamaBlock, c.num_layers, 4, c.remat, self.unroll)(c, self.lora)
+    self.layers = L.scan_layers(LlamaBlock, c.num_layers, 4, c.remat, self.unroll)(c, self.lora, self.weights_major)
     self.norm = L.RMSNorm(c.rms_norm_eps, dt, pdt)
     if not c.tie_word_embeddings:
-      self.lm_head = L.dense(c.vocab_size, (L.EMBED, L.VOCAB), dtype=dt, param_dtype=pdt)
+      self.lm_head = L.dense(
+        c.vocab_size, (L.EMBED, L.VOCAB), dtype=dt, param_dtype=pdt, weights_major=self.weights_major
+      )
     scaling = dict(c.rope_scaling) or None
     self._inv_freq, self._rope_scale = L.rope_inv_freq(c.head_dim, c.rope_theta, scaling)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -90,42 +91,36 @@ class OPTBlock(nn.Module):
 
   config: OPTConfig
   lora: L.LoRA | None = None
+  weights_major: bool = False  # see `layers.Dense`
 
   @nn.compact
   def __call__(self, carry, kv_mask, cache_index):
     c = self.config
     h, cache, layer = carry
     dt, pdt = L.dtype_of(c.dtype), L.dtype_of(c.param_dtype)
+    proj = functools.partial(L.dense, dtype=dt, param_dtype=pdt, lora=self.lora, weights_major=self.weights_major)
     H, D, b = c.num_heads, c.head_dim, c.enable_bias
     pre = c.do_layer_norm_before
     ln1 = L.layer_norm(c.layer_norm_eps, dt, pdt, name="self_attn_layer_norm")
     ln2 = L.layer_norm(c.layer_norm_eps, dt, pdt, name="final_layer_norm")
     x = ln1(h) if pre else h
     q, k, v = (
-      L.dense((H, D), (L.EMBED, L.HEADS, L.HEAD_DIM), use_bias=b, dtype=dt, param_dtype=pdt, lora=self.lora, name=n)(x)
-      for n in ("q_proj", "k_proj", "v_proj")
+      proj((H, D), (L.EMBED, L.HEADS, L.HEAD_DIM), use_bias=b, name=n)(x) for n in ("q_proj", "k_proj", "v_proj")
     )
     a, cache = L.attend(q, k, v, kv_mask=kv_mask, layer=layer, cache=cache, cache_index=cache_index)
-    h = h + L.dense(
+    h = h + proj(
       c.hidden_size,
       (L.HEADS, L.HEAD_DIM, L.EMBED),
       axis=(-2, -1),
       use_bias=b,
-      dtype=dt,
-      param_dtype=pdt,
-      lora=self.lora,
       name="out_proj",
       bias_names=(L.EMBED,),
     )(a)
     if not pre:
       h = ln1(h)
     x = ln2(h) if pre else h
-    x = L.dense(
-      c.intermediate_size, (L.EMBED, L.MLP), use_bias=b, dtype=dt, param_dtype=pdt, lora=self.lora, name="fc1"
-    )(x)
-    h = h + L.dense(c.hidden_size, (L.MLP, L.EMBED), use_bias=b, dtype=dt, param_dtype=pdt, lora=self.lora, name="fc2")(
-      L.activation(c.hidden_act)(x)
-    )
+    x = proj(c.intermediate_size, (L.EMBED, L.MLP), use_bias=b, name="fc1")(x)
+    h = h + proj(c.hidden_size, (L.MLP, L.EMBED), use_bias=b, name="fc2")(L.activation(c.hidden_act)(x))
     if not pre:
       h = ln2(h)
     return (h, cache, layer + 1), None
@@ -137,12 +132,13 @@ class OPT(nn.Module):
   config: OPTConfig
   lora: L.LoRA | None = None  # low-rank adapters on the projections (`layers.LoRA`); None: none
   unroll: bool = False  # layers as a Python loop over per-layer params (`layers.UnrolledLayers`)
+  weights_major: bool = False  # projection kernels held [out, in] (`layers.Dense`; `for_decoding` on CPU)
 
   def setup(self):
     c = self.config
     dt, pdt = L.dtype_of(c.dtype), L.dtype_of(c.param_dtype)
     init = nn.initializers.normal(0.02)
-    self.embed_tokens = nn.Embed(
+    self.embed_tokens = L.Embed(
       c.vocab_size,
       c.word_embed_proj_dim,
       dtype=dt,
@@ -159,7 +155,7 @@ class OPT(nn.Module):
     if c.projects:
       self.project_in = L.dense(c.hidden_size, (None, L.EMBED), dtype=dt, param_dtype=pdt)
       self.project_out = L.dense(c.word_embed_proj_dim, (L.EMBED, None), dtype=dt, param_dtype=pdt)
-    self.layers = L.scan_layers(OPTBlock, c.num_layers, 2, c.remat, self.unroll)(c, self.lora)
+    self.layers = L.scan_layers(OPTBlock, c.num_layers, 2, c.remat, self.unroll)(c, self.lora, self.weights_major)
     if c.final_layer_norm:
       self.final_layer_norm = L.layer_norm(c.layer_norm_eps, dt, pdt)
 

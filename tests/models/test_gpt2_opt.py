@@ -1,12 +1,15 @@
 """GPT-2, OPT (and a Llama) parity with transformers on tiny random checkpoints saved as safetensors, and the
 unrolled decoding layout against the scanned one."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from map_jax import sampling as G
+from map_jax.align import lora
+from map_jax.models import layers as L
 from map_jax.models import loading
 from map_jax.models.tokenizer import pad_left
 
@@ -150,3 +153,46 @@ def test_unrolled_layers_compute_and_sample_what_the_scan_does(tmp_path):
     np.testing.assert_array_equal(out.lengths, outs[0].lengths)
     np.testing.assert_allclose(out.logprobs, outs[0].logprobs, atol=1e-5)
   assert len(set(np.asarray(outs[0].tokens).ravel().tolist())) > 5  # sampled, not one repeated token
+
+
+@pytest.mark.parametrize("name", ["gpt2", "opt_350m_style", "llama"])
+def test_weights_major_layout_computes_what_the_kernels_do(name, tmp_path):
+  """`for_decoding`'s weights-major projections (kernels copied to `kernel_t` [out, in]) give the logits of the
+  kernels [in..., out...] at a decode step's shape (one position, rows in `FEW_ROWS`, the fast product) and at
+  a prefill's, unrolled (and stacked), with LoRA adapters on: GPT-2 and OPT (tied heads, OPT's projections in and
+  out), Llama (its own head)."""
+  torch.manual_seed(0)
+  (MODELS | {"llama": _llama})[name]().save_pretrained(tmp_path)
+  cfg, base, _ = loading.load_model(str(tmp_path), tokenizer=False)
+  module = cfg.module(lora=L.LoRA(rank=2))
+  tokens = jnp.asarray(np.random.RandomState(0).randint(3, V, (8, 5)))
+  adapters = lora.init_adapters(module, jax.random.key(0))
+  keys = iter(jax.random.split(jax.random.key(1), 1000))
+  adapters = jax.tree.map(lambda x: x + 0.3 * jax.random.normal(next(keys), x.shape), adapters)  # B != 0
+  params = lora.combine(base, adapters)
+  for unroll in (True, False) if name == "llama" else (True,):  # stacked layers: one family is enough
+    plain = module.clone(unroll=unroll)
+    p = L.unstack_layers(params, cfg.num_layers) if unroll else params
+    major = plain.clone(weights_major=True)
+    p_major = L.weights_major_params(major, p)
+    leaves = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(p_major)}
+    assert any(k.endswith("['kernel_t']") for k in leaves)
+    assert not any("layers" in k and k.endswith("['kernel']") for k in leaves)
+    for shape in [(8, 1), (3, 7)]:  # a decode step's rows (fast path), then many rows
+      x = tokens[: shape[0], : shape[1]]
+      want = plain.apply({"params": p}, x).logits
+      got = major.apply({"params": p_major}, x).logits
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+  with pytest.raises(flax.errors.ScopeParamNotFoundError):  # the layouts do not mix silently
+    major.apply({"params": p}, tokens[:2, :1])
+
+
+@pytest.mark.parametrize("rows", [1, 2, 16, 64, 65, 200])
+def test_weights_major_product_is_the_matmul(rows):
+  """x @ w^T against float64 NumPy at rows on either side of `FEW_ROWS`; a bad rank is named."""
+  rng = np.random.RandomState(rows)
+  x, w = rng.randn(rows, 96).astype(np.float32), rng.randn(40, 96).astype(np.float32)
+  got = L.weights_major_product(jnp.asarray(x), jnp.asarray(w))
+  np.testing.assert_allclose(got, x.astype(np.float64) @ w.astype(np.float64).T, rtol=1e-5, atol=1e-4)
+  with pytest.raises(AssertionError, match="rank"):
+    L.weights_major_product(jnp.asarray(x[None]), jnp.asarray(w))
