@@ -3,8 +3,8 @@ r"""Rows per second of each built-in reward value on pilot rows, and MiniLM cohe
   python -m benchmarks.rewards                       # 1,000 rows of the MAP authors' OPT pilot data
   python -m benchmarks.rewards --values=coherence --rows=1000
 
-Each value is built (model load not timed), warmed up on the first batch (jit compiles, timed separately as
-"warm-up"), then timed over all rows. The reference for coherence is sentence-transformers when installed,
+Each value is built (model load not timed), warmed up by a first pass over the rows (jit compiles every
+shape they need; timed separately as "warm-up"), then timed over the same rows again. The reference for coherence is sentence-transformers when installed,
 otherwise transformers' PyTorch `BertModel` + mean pooling + L2 on the very same all-MiniLM-L6-v2 weights
 and the same rows (the output says which), with the same length-sorted batches of the same size, so the
 comparison is of the forward passes, not of the batching. perplexity (SmolLM2-135M, ~58 tokens per row of
@@ -58,7 +58,7 @@ def time_value(name, prompts, responses, batch_size):
   value = get_reward(name, **kw)
   load = time.perf_counter() - t
   t = time.perf_counter()
-  value(prompts[:batch_size], responses[:batch_size])
+  value(prompts, responses)  # every shape the rows need compiles here, not in the timed pass
   warm = time.perf_counter() - t
   t = time.perf_counter()
   value(prompts, responses)

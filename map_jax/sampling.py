@@ -336,6 +336,44 @@ def sequence_logprobs(module: nn.Module, params, tokens, mask, scored):
   return lp.sum(-1), lp
 
 
+@functools.partial(jax.jit, static_argnames=("module", "max_scored", "chunk"))
+def packed_logprobs(
+  module: nn.Module, params, tokens, segments, scored, max_scored: int | None = None, chunk: int = 512
+):
+  """Per-token log-probs of packed sequences (`tokenizer.pack`), one forward pass; pure and differentiable.
+
+  Each row holds several sequences one after the other (segment ids 1, 2, ..., 0 on padding); attention
+  stays within a sequence and positions restart at each (`layers.attend`, `layers.positions_from_mask`), so
+  every sequence is scored as if alone, with no padding between them. Only the hidden states that predict
+  scored tokens go through the vocabulary projection, `chunk` positions at a time (a `lax.map`: logits never
+  take more than chunk x vocabulary floats).
+
+  Args:
+    tokens, segments: [B, P] packed rows and their segment ids.
+    scored: [B, P] which tokens are scored; a scored token must follow one of its own sequence (t >= 1).
+    max_scored: a static bound on the scored tokens of the batch, the vocabulary projection's row count
+      (default B * (P - 1)); the caller guarantees it: scored tokens beyond it are not computed.
+
+  Returns:
+    per_token [B, P] float32: log p(tokens[:, t] | its sequence's tokens before t) where scored, else 0.
+  """
+  chex.assert_rank([tokens, segments, scored], 2)
+  chex.assert_equal_shape([tokens, segments, scored])
+  B, P = tokens.shape
+  out = module.apply({"params": params}, tokens, positions_from_mask(segments), segments)
+  n = -(-(max_scored or B * (P - 1)) // chunk) * chunk
+  (at,) = jnp.nonzero(scored.reshape(-1), size=n, fill_value=0)  # flat positions of the scored tokens
+  h = out.hidden.reshape(B * P, -1)[jnp.maximum(at - 1, 0)].reshape(n // chunk, chunk, -1)
+
+  def head(args):
+    h, t = args
+    logits = module.apply({"params": params}, h[None], method="logits")[0]
+    return jnp.take_along_axis(logits, t[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(logits, axis=-1)
+
+  lp = jax.lax.map(head, (h, tokens.reshape(-1)[at].reshape(n // chunk, chunk))).reshape(-1)
+  return jnp.zeros(B * P).at[at].add(jnp.where(scored.reshape(-1)[at], lp, 0.0)).reshape(B, P)
+
+
 @functools.partial(jax.jit, static_argnames=("module",))
 def token_logprobs(module: nn.Module, params, prompt_tokens, prompt_mask, cont_tokens, cont_mask):
   """Log-probs of continuation tokens given prompts, one forward pass; pure and differentiable.

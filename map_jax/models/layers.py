@@ -367,8 +367,16 @@ class KVCache(NamedTuple):
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
-  """Position ids from a (left-)padding mask [B, T]: 0 at each row's first real token, clipped to 0 on pads."""
-  return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+  """Position ids from a (left-)padding mask [B, T]: 0 at each row's first real token, clipped to 0 on pads.
+
+  With integer segment ids (packed sequences, see `attend`) instead of a bool mask: the index of each token
+  within its segment (each segment a contiguous run of one id), 0 on padding."""
+  if not jnp.issubdtype(mask.dtype, jnp.integer):
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+  t = jnp.arange(mask.shape[-1], dtype=jnp.int32)
+  new = jnp.concatenate([jnp.ones_like(mask[..., :1], bool), mask[..., 1:] != mask[..., :-1]], axis=-1)
+  start = jax.lax.cummax(jnp.where(new, t, 0), axis=mask.ndim - 1)
+  return jnp.where(mask > 0, t - start, 0)
 
 
 def attend(q, k, v, *, kv_mask, layer=None, cache: KVCache | None = None, cache_index=0, scale=None, causal=True):
@@ -376,7 +384,9 @@ def attend(q, k, v, *, kv_mask, layer=None, cache: KVCache | None = None, cache_
 
   Args:
     q: queries [B, T, H, D]; k, v: this step's keys/values [B, T, Hkv, D] (H a multiple of Hkv).
-    kv_mask: [B, S] bool, which key slots are real tokens (S = T without a cache, else the cache length).
+    kv_mask: [B, S] bool, which key slots are real tokens (S = T without a cache, else the cache length); or
+      int segment ids of packed sequences, 0 on padding: a query then sees only the keys of its own
+      segment (the query at slot s has the id kv_mask[:, s]).
     layer: int32 scalar, this layer's index into the stacked cache (inside the layer scan).
     cache: the stacked cache; k/v are written at slots [cache_index, cache_index + T) of `layer`.
     cache_index: int32 scalar, the slot of q's first token.
@@ -406,7 +416,11 @@ def attend(q, k, v, *, kv_mask, layer=None, cache: KVCache | None = None, cache_
   qg = q.reshape(B, T, Hkv, H // Hkv, D)
   logits = jnp.einsum("btkgd,bksd->bkgts", qg * jnp.asarray(scale, q.dtype), k).astype(jnp.float32)
   q_slot = cache_index + jnp.arange(T)
-  mask = jnp.broadcast_to(kv_mask[:, None, :].astype(bool), (B, T, S))
+  if jnp.issubdtype(kv_mask.dtype, jnp.integer):
+    q_segment = jax.lax.dynamic_slice_in_dim(kv_mask, cache_index, T, axis=1)
+    mask = (q_segment[:, :, None] == kv_mask[:, None, :]) & (kv_mask[:, None, :] > 0)
+  else:
+    mask = jnp.broadcast_to(kv_mask[:, None, :].astype(bool), (B, T, S))
   if causal:
     mask = mask & (jnp.arange(S)[None, :] <= q_slot[:, None])[None]
   # A finite floor (not -inf) keeps fully masked rows (queries on left padding) finite instead of NaN.

@@ -126,6 +126,7 @@ class Llama(nn.Module):
     positions [B, T] int32 position ids; without a cache they default to `kv_mask`'s running count, so left
               padding does not shift positions; with a cache they are required
     kv_mask   [B, S] bool, which key slots hold real tokens; S = T without a cache, the cache length with one
+              (or int segment ids of packed sequences, 0 on padding: `layers.attend`)
     cache     `layers.KVCache` or None; this call writes k/v at slots [cache_index, cache_index + T)
     last_only compute logits for the last position only (prefill in generation)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import shutil
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -122,6 +123,57 @@ def pad_rows(arrays: Sequence[np.ndarray], rows: int) -> list[np.ndarray]:
     extra = rows - a.shape[0]
     out.append(a if extra <= 0 else np.concatenate([a, np.repeat(a[:1], extra, 0)]))
   return out
+
+
+class Packed(NamedTuple):
+  """Sequences packed into rows (`pack`).
+
+  tokens:   [R, length] int32, right-padded with the pad id.
+  segments: [R, length] int32, 1, 2, ... for a row's sequences in order, 0 on padding (what
+            `layers.attend` and `layers.positions_from_mask` take for packed sequences).
+  index:    [n] int64, the flat position (row * length + offset) of each sequence's first token.
+  """
+
+  tokens: np.ndarray
+  segments: np.ndarray
+  index: np.ndarray
+
+
+def pack(seqs: Sequence[Sequence[int]], length: int, pad: int = 0) -> Packed:
+  """Pack sequences into as few rows of `length` tokens as best-fit decreasing finds: longest first, each
+  into the fullest row that still has room (a sorted list of free spaces), so rows of any lengths share a
+  forward pass with little padding. Every sequence must fit (1 <= len <= length)."""
+  lens = np.array([len(q) for q in seqs], np.int64)
+  if len(lens) and (lens.min() < 1 or lens.max() > length):
+    bad = int(np.flatnonzero((lens < 1) | (lens > length))[0])
+    raise ValueError(f"sequence {bad} has {lens[bad]} tokens; packing needs 1 to {length}")
+  free: list[tuple[int, int]] = []  # (free tokens, row), sorted
+  fill: list[int] = []
+  where = np.zeros((len(lens), 2), np.int64)
+  for i in np.argsort(-lens, kind="stable"):
+    j = bisect.bisect_left(free, (int(lens[i]), -1))
+    if j == len(free):
+      row = len(fill)
+      fill.append(0)
+    else:
+      row = free.pop(j)[1]
+    where[i] = row, fill[row]
+    fill[row] += int(lens[i])
+    if fill[row] < length:
+      bisect.insort(free, (length - fill[row], row))
+  tokens = np.full((len(fill), length), pad, np.int32)
+  segments = np.zeros((len(fill), length), np.int32)
+  index = where[:, 0] * length + where[:, 1]
+  flat = np.repeat(index - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+  tokens.reshape(-1)[flat] = np.concatenate([np.asarray(q, np.int32) for q in seqs]) if len(seqs) else []
+  # A row's sequences are numbered in order of their offsets: 1 + how many start before them in the row.
+  order = np.lexsort((where[:, 1], where[:, 0]))
+  seg = np.empty(len(lens), np.int32)
+  first_of_row = np.r_[True, where[order[1:], 0] != where[order[:-1], 0]] if len(order) else np.zeros(0, bool)
+  run = np.arange(len(order)) - np.maximum.accumulate(np.where(first_of_row, np.arange(len(order)), 0))
+  seg[order] = run + 1
+  segments.reshape(-1)[flat] = np.repeat(seg, lens)
+  return Packed(tokens, segments, index)
 
 
 def encode(tokenizer, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:

@@ -134,7 +134,8 @@ class Perplexity(RewardFn):
   .. math:: r(x, y) = \frac{1}{|y|} \sum_t \log p_0(y_t \mid x, y_{<t})
 
   under a base language model (default SmolLM2-135M-Instruct, offline), computed with
-  `map_jax.sampling.sequence_logprobs` (one jitted forward pass per batch, per-token log-probs). Higher is more fluent.
+  `map_jax.sampling.packed_logprobs` (rows packed several to a sequence, one jitted forward pass per batch of
+  sequences, per-token log-probs). Higher is more fluent.
   The prompt is tokenized with the model's special tokens (BOS when the tokenizer adds one) and the response
   without, as `generate` lines them up. Edge cases, each with a definite score:
 
@@ -146,8 +147,10 @@ class Perplexity(RewardFn):
   Args:
     model: a built-in name, HF directory or GGUF file of the base model (`map_jax.models.load_model`).
     chat: wrap prompts in the model's chat template (when the pilot samples were generated that way).
-    batch_size: rows per forward pass (every batch is padded to it: one compiled shape per length bucket).
-    min_bucket: smallest padded length of a row (prompt + response); coarser buckets mean fewer compiles.
+    batch_size: packed sequences per forward pass (the last pass is padded to a row bucket).
+    pack_length: tokens per packed sequence (at least the longest row, rounded up to a length bucket):
+      rows are packed several to a sequence, so little is padded.
+    min_bucket: smallest length bucket.
     loaded: an already loaded `(config, params, tokenizer)` to use instead of loading `model`.
     mesh: a `map_jax.parallel.make_mesh` mesh to split each batch (and the weights) over.
   """
@@ -159,7 +162,8 @@ class Perplexity(RewardFn):
     self,
     model: str = "smollm2-135m-instruct",
     chat: bool = False,
-    batch_size: int = 16,
+    batch_size: int = 8,
+    pack_length: int = 256,
     min_bucket: int = 32,
     loaded=None,
     mesh=None,
@@ -167,6 +171,7 @@ class Perplexity(RewardFn):
     from map_jax.models.loading import load_model
 
     self.model_name, self.chat, self.batch_size, self.min_bucket = model, chat, batch_size, min_bucket
+    self.pack_length = pack_length
     self.config, self.params, self.tokenizer = loaded if loaded is not None else load_model(model)
     self.module = self.config.module()
     self.mesh = mesh
@@ -197,27 +202,39 @@ class Perplexity(RewardFn):
     return p_ids, r_ids
 
   def _score(self, prompts, responses):
-    from map_jax.sampling import sequence_logprobs
+    from map_jax.sampling import packed_logprobs
 
     p_ids, r_ids = self._ids(prompts, responses)
     rows = [p + r for p, r in zip(p_ids, r_ids)]
-    n_resp = np.array([len(r) for r in r_ids])
-    pad, B = tok_lib.pad_id(self.tokenizer), self.batch_size
-    # Packed layout: each row is one left-padded sequence, prompt then response, and rows sorted by total
-    # length share a batch, so padding is what the length bucket adds, whatever the prompt/response split.
-    # The response is scored on the last C positions, C = the table's longest response (bucketed) or L - 1
-    # in shorter batches: one compiled shape per length bucket L, every batch padded to B rows.
-    C_table = tok_lib.bucket(int(n_resp.max()), self.min_bucket)
-    out = np.zeros(len(prompts))
-    for idx in length_sorted_batches([len(s) for s in rows], B):
-      longest = max(len(rows[i]) for i in idx)
-      L = min(tok_lib.bucket(longest, self.min_bucket), max(longest, self.context))
-      C = min(C_table, L - 1)
-      tokens, mask = tok_lib.pad_left([rows[i] for i in idx], pad, length=L)
-      scored = np.arange(C)[None, :] >= C - n_resp[idx][:, None]
-      total, _ = forward_rows(sequence_logprobs, self.module, self.params, [tokens, mask, scored], B, self.mesh)
-      out[idx] = total / n_resp[idx]
-    return out
+    n_p, n_r = np.array([len(p) for p in p_ids]), np.array([len(r) for r in r_ids])
+    # Packed layout: the rows (prompt then response) are packed into sequences of P tokens, several rows to
+    # a sequence with no padding between them (attention stays within a row); one compiled shape per P and
+    # per row bucket of the last forward pass.
+    P = tok_lib.bucket(max(max(len(s) for s in rows), self.pack_length), self.min_bucket)
+    packed = tok_lib.pack(rows, P, tok_lib.pad_id(self.tokenizer))
+    resp = np.repeat(packed.index + n_p - np.cumsum(n_r) + n_r, n_r) + np.arange(n_r.sum())  # flat positions
+    scored = np.zeros(packed.tokens.size, bool)
+    scored[resp] = True
+    scored = scored.reshape(packed.tokens.shape)
+    B = self.batch_size
+    starts = range(0, len(packed.tokens), B)
+    # The vocabulary head runs on the scored positions only: as many as the fullest batch has (rounded up to
+    # the head's chunk, so that one shape serves every batch; rows padding a batch come after the real ones).
+    most = max(int(scored[i : i + B].sum()) for i in starts)
+    lp = np.concatenate(
+      [
+        forward_rows(
+          functools.partial(packed_logprobs, max_scored=-(-most // 512) * 512),
+          self.module,
+          self.params,
+          [packed.tokens[i : i + B], packed.segments[i : i + B], scored[i : i + B]],
+          tok_lib.bucket(min(B, len(packed.tokens) - i), 1),
+          self.mesh,
+        )
+        for i in starts
+      ]
+    ).reshape(-1)
+    return np.bincount(np.repeat(np.arange(len(rows)), n_r), weights=lp[resp], minlength=len(rows)) / n_r
 
   def close(self):
     self.params = None

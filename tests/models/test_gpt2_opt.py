@@ -11,7 +11,7 @@ from map_jax import sampling as G
 from map_jax.align import lora
 from map_jax.models import layers as L
 from map_jax.models import loading
-from map_jax.models.tokenizer import pad_left
+from map_jax.models.tokenizer import pack, pad_left, pad_right
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -196,3 +196,40 @@ def test_weights_major_product_is_the_matmul(rows):
   np.testing.assert_allclose(got, x.astype(np.float64) @ w.astype(np.float64).T, rtol=1e-5, atol=1e-4)
   with pytest.raises(AssertionError, match="rank"):
     L.weights_major_product(jnp.asarray(x[None]), jnp.asarray(w))
+
+
+@pytest.mark.parametrize("name", ["gpt2", "opt_350m_style", "llama"])
+def test_packed_sequences_score_as_if_alone(name, tmp_path):
+  """`packed_logprobs` on rows packed several to a sequence (segment ids: attention within a row, positions
+  restarting) gives each token the log-prob `token_logprobs` gives it on the row alone; positions from
+  segment ids against a NumPy count; a `max_scored` bound that holds changes nothing."""
+  torch.manual_seed(0)
+  (MODELS | {"llama": _llama})[name]().save_pretrained(tmp_path)
+  cfg, params, _ = loading.load_model(str(tmp_path), tokenizer=False)
+  module = cfg.module()
+  rng = np.random.RandomState(1)
+  prompts = [rng.randint(3, V, n).tolist() for n in (5, 1, 9, 3, 12, 2)]
+  conts = [rng.randint(3, V, n).tolist() for n in (4, 7, 1, 10, 6, 3)]
+  rows = [p + c for p, c in zip(prompts, conts)]
+  packed = pack(rows, 32, pad=1)
+  assert len(packed.tokens) < len(rows)
+  segments = packed.segments
+  want_pos = np.zeros_like(segments)
+  for r, seg in enumerate(segments):
+    for t in range(1, seg.size):
+      want_pos[r, t] = want_pos[r, t - 1] + 1 if seg[t] and seg[t] == seg[t - 1] else 0
+  np.testing.assert_array_equal(L.positions_from_mask(jnp.asarray(segments)), want_pos)
+  scored = np.zeros(packed.tokens.size, bool)
+  for i, (p, c) in zip(packed.index, zip(prompts, conts)):
+    scored[i + len(p) : i + len(p) + len(c)] = True
+  scored = scored.reshape(packed.tokens.shape)
+  args = (jnp.asarray(packed.tokens), jnp.asarray(segments), jnp.asarray(scored))
+  got = np.asarray(G.packed_logprobs(module, params, *args))
+  bounded = np.asarray(G.packed_logprobs(module, params, *args, max_scored=int(scored.sum()), chunk=8))
+  np.testing.assert_allclose(bounded, got, rtol=1e-6, atol=1e-6)
+  pt, pm = pad_left(prompts, 1)
+  ct, cm = pad_right(conts, 1)
+  _, want = G.token_logprobs(module, params, jnp.asarray(pt), jnp.asarray(pm), jnp.asarray(ct), jnp.asarray(cm))
+  for j, (i, p, c) in enumerate(zip(packed.index, prompts, conts)):
+    np.testing.assert_allclose(got.reshape(-1)[i + len(p) : i + len(p) + len(c)], want[j, : len(c)], atol=2e-5)
+  assert (got[~scored] == 0).all()

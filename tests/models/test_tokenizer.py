@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from map_jax.models import loading
-from map_jax.models.tokenizer import bucket, chat_prompt, encode, load_tokenizer, pad_left, pad_right
+from map_jax.models.tokenizer import bucket, chat_prompt, encode, load_tokenizer, pack, pad_left, pad_right
 
 TEXTS = [
   "Hello, world!",
@@ -92,3 +92,29 @@ def test_cached_gguf_tokenizer_equals_the_fresh_conversion(monkeypatch, tmp_path
     cached.pad_token_id,
     cached.padding_side,
   )
+
+
+def test_pack_places_every_sequence_whole_and_numbers_its_segments():
+  """Best-fit packing: each sequence intact at its index, segments 1, 2, ... in order within a row and 0 on
+  padding, no token lost or duplicated, fewer rows than one per sequence; too long or empty ones named."""
+  rng = np.random.RandomState(0)
+  seqs = [rng.randint(1, 1000, rng.randint(1, 65)).tolist() for _ in range(300)] + [[7] * 64]
+  packed = pack(seqs, 64, pad=0)
+  R = len(packed.tokens)
+  assert packed.tokens.shape == packed.segments.shape == (R, 64)
+  assert R < len(seqs) and (packed.segments > 0).sum() == sum(map(len, seqs))
+  assert R <= 1.1 * -(-sum(map(len, seqs)) // 64)  # within 10% of the fewest rows that could hold them
+  covered = np.zeros(R * 64, int)
+  for q, i in zip(seqs, packed.index):
+    row, off = divmod(int(i), 64)
+    assert packed.tokens[row, off : off + len(q)].tolist() == q
+    assert len(set(packed.segments[row, off : off + len(q)].tolist())) == 1
+    covered[i : i + len(q)] += 1
+  assert covered.max() == 1 and (covered.reshape(R, 64) > 0).tolist() == (packed.segments > 0).tolist()
+  for seg in packed.segments:
+    ids = seg[seg > 0]
+    assert ids[0] == 1 and set(np.diff(ids)) <= {0, 1}  # 1, 2, ... in order of offset, contiguous runs
+  with pytest.raises(ValueError, match="sequence 1 has 9 tokens; packing needs 1 to 8"):
+    pack([[1], [2] * 9], 8)
+  with pytest.raises(ValueError, match="sequence 0 has 0 tokens"):
+    pack([[]], 8)
