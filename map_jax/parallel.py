@@ -290,3 +290,25 @@ def to_host(x: jax.Array) -> np.ndarray:
   from jax.experimental import multihost_utils
 
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def pad_rows(arrays: Sequence[np.ndarray], rows: int) -> list[np.ndarray]:
+  """Pad each array's first axis up to `rows` with copies of row 0 (copies, not zeros: a fully masked row
+  could make attention produce NaN, and extra rows are dropped anyway)."""
+  out = []
+  for a in arrays:
+    extra = rows - a.shape[0]
+    out.append(a if extra <= 0 else np.concatenate([a, np.repeat(a[:1], extra, 0)]))
+  return out
+
+
+def forward_rows(fn, module, params, arrays: Sequence[np.ndarray], rows: int, mesh=None):
+  """`fn(module, params, *arrays)` on a batch padded to `rows` rows, as numpy of the real rows (the tree `fn`
+  returns). With a mesh the batch is padded to a multiple of its batch devices and split over them (`params`
+  placed by `place_model`); on several hosts every process passes the same rows and gets them all."""
+  n = len(arrays[0])
+  if mesh is None:
+    out = fn(module, params, *pad_rows(arrays, rows))
+  else:
+    out = fn(module, params, *place_rows(mesh, *pad_rows(arrays, padded_rows(rows, mesh))))
+  return jax.tree.map(lambda x: to_host(x)[:n], out)

@@ -275,7 +275,7 @@ def generate(
       f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} exceeds the model's context of {context} positions"
     )
   pad_id = tok_lib.pad_id(tokenizer)
-  tokens, mask = tok_lib.pad_rows(tok_lib.pad_left(ids, pad_id, min_bucket=min_bucket), _row_bucket(len(ids), mesh))
+  tokens, mask = parallel.pad_rows(tok_lib.pad_left(ids, pad_id, min_bucket=min_bucket), _row_bucket(len(ids), mesh))
   module, params = for_decoding(module, params)
   params = parallel.place_model(module, params, mesh)
   if mesh is not None:
@@ -434,8 +434,8 @@ def score(
     raise ValueError(f"prompt + continuation longer than the model's context of {context} positions")
   pad_id = tok_lib.pad_id(tokenizer)
   rows = _row_bucket(len(p_ids))
-  pt, pm = tok_lib.pad_rows(tok_lib.pad_left(p_ids, pad_id, min_bucket=min_bucket), rows)
-  ct, cm = tok_lib.pad_rows(tok_lib.pad_right(c_ids, pad_id, min_bucket=min_bucket), rows)
+  pt, pm = parallel.pad_rows(tok_lib.pad_left(p_ids, pad_id, min_bucket=min_bucket), rows)
+  ct, cm = parallel.pad_rows(tok_lib.pad_right(c_ids, pad_id, min_bucket=min_bucket), rows)
   total, per = token_logprobs(module, params, pt, pm, ct, cm)
   B = len(p_ids)
   return ScoreOutput(np.asarray(total)[:B], np.asarray(per)[:B], cm[:B])

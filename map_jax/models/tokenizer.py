@@ -115,16 +115,6 @@ def pad_right(
   return tokens, mask
 
 
-def pad_rows(arrays: Sequence[np.ndarray], rows: int) -> list[np.ndarray]:
-  """Pad each array's first axis up to `rows` with copies of row 0 (copies, not zeros: a fully masked row
-  could make attention produce NaN, and extra rows are dropped anyway)."""
-  out = []
-  for a in arrays:
-    extra = rows - a.shape[0]
-    out.append(a if extra <= 0 else np.concatenate([a, np.repeat(a[:1], extra, 0)]))
-  return out
-
-
 class Packed(NamedTuple):
   """Sequences packed into rows (`pack`).
 

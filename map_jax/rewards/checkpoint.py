@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from map_jax import parallel
 from map_jax.rewards.base import RewardError, RewardFn, TruncationNotice
-from map_jax.rewards.models import forward_rows, length_sorted_batches
+from map_jax.rewards.models import length_sorted_batches
 
 # Named input templates; any other string containing {prompt} / {response} is used as a format string.
 TEMPLATES = {
@@ -161,7 +162,7 @@ class ClassifierReward(RewardFn):
       # and read the last column, so they pad on the left.
       pad_fn = tok_lib.pad_right if self.encoder else tok_lib.pad_left
       tokens, mask = pad_fn([ids[i] for i in idx], pad, length=length)
-      logits[idx] = forward_rows(
+      logits[idx] = parallel.forward_rows(
         _logits, self.module, self.params, [tokens, mask], tok_lib.bucket(len(idx), 1), self.mesh
       )
     return reward_from_logits(logits, self.label_index, self.output)

@@ -24,18 +24,6 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int):
   return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def forward_rows(fn, module, params, arrays: Sequence[np.ndarray], rows: int, mesh=None):
-  """`fn(module, params, *arrays)` on a batch padded to `rows` rows, as numpy of the real rows (the tree `fn`
-  returns). With a mesh the batch is padded to a multiple of its batch devices and split over them (`params`
-  placed by `parallel.place_model`); on several hosts every process passes the same rows and gets them all."""
-  n = len(arrays[0])
-  if mesh is None:
-    out = fn(module, params, *tok_lib.pad_rows(arrays, rows))
-  else:
-    out = fn(module, params, *parallel.place_rows(mesh, *tok_lib.pad_rows(arrays, parallel.padded_rows(rows, mesh))))
-  return jax.tree.map(lambda x: parallel.to_host(x)[:n], out)
-
-
 class TextEncoder:
   """Texts -> unit-norm sentence embeddings [n, E] with a MiniLM-family encoder, batched and jitted.
 
@@ -96,7 +84,9 @@ class TextEncoder:
       length = min(tok_lib.bucket(max(len(ids[i]) for i in idx)), self.max_length)
       tokens, mask = tok_lib.pad_right([ids[i] for i in idx], pad, length=length)
       embed = functools.partial(bert.embed, normalize=self.encoder.normalize)
-      out[idx] = forward_rows(embed, self.module, self.params, [tokens, mask], tok_lib.bucket(len(idx), 1), self.mesh)
+      out[idx] = parallel.forward_rows(
+        embed, self.module, self.params, [tokens, mask], tok_lib.bucket(len(idx), 1), self.mesh
+      )
     return out
 
 
@@ -223,7 +213,7 @@ class Perplexity(RewardFn):
     most = max(int(scored[i : i + B].sum()) for i in starts)
     lp = np.concatenate(
       [
-        forward_rows(
+        parallel.forward_rows(
           functools.partial(packed_logprobs, max_scored=-(-most // 512) * 512),
           self.module,
           self.params,
