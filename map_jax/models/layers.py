@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -165,11 +166,19 @@ class Embed(nn.Embed):
     return y.reshape(query.shape[:-1] + embedding.shape[:1])
 
 
+@functools.lru_cache(maxsize=16)
+def _param_shapes(module: nn.Module):
+  """The shapes of a decoder's params as its init makes them (`jax.eval_shape`: nothing is computed; tracing
+  a large model's init takes about a second, so once per module)."""
+  return nn.meta.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))["params"])
+
+
 def weights_major_params(module: nn.Module, params):
   """`params` (plain or boxed) laid out for `module`, a decoder built with `weights_major=True`: each of its
   weights-major projections' `kernel` [in..., out...] becomes `kernel_t` [out, in] (a copy; stacked
-  layers keep their leading axis); every other leaf is shared, not copied. The layout comes from the module's own init (abstract, `jax.eval_shape`)."""
-  target = nn.meta.unbox(jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))["params"])
+  layers keep their leading axis); every other leaf is shared, not copied. The layout comes from the
+  module's own init, abstract and once per module (`_param_shapes`)."""
+  target = _param_shapes(module)
 
   def convert(src, tgt):
     out = {}
