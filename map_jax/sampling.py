@@ -413,11 +413,21 @@ def score(
   *,
   chat: bool = False,
   min_bucket: int = 16,
+  pack_length: int = 256,
+  batch_size: int = 8,
+  mesh=None,
 ) -> ScoreOutput:
-  """Summed and per-token log p(continuation | prompt), batched and jitted (one compile per length bucket).
+  """Summed and per-token log p(continuation | prompt) of many rows, jitted and packed.
 
-  Text is tokenized prompt and continuation separately (continuations without special tokens) and the ids
-  concatenated, which is how `generate`'s outputs line up with their prompts.
+  The rows (prompt then continuation) are packed several to a sequence of `pack_length` tokens (longer if a
+  row is; `tokenizer.pack`) and scored by `packed_logprobs`, `batch_size` sequences per forward pass: no
+  padding between rows, one compile per sequence length and row bucket. With a `mesh` each pass is split
+  over its batch axes (params placed by `parallel.place_model`). Text is tokenized prompt and continuation
+  separately (continuations without special tokens) and the ids concatenated, which is how `generate`'s
+  outputs line up with their prompts. Every prompt needs a token (e.g. BOS), every row must fit the context.
+
+  Returns:
+    `ScoreOutput` with per_token [n, C] and mask [n, C], C the longest continuation's length bucket.
   """
   if len(prompts) != len(continuations):
     raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
@@ -429,13 +439,44 @@ def score(
     if len(continuations) and isinstance(continuations[0], str)
     else [list(c) for c in continuations]
   )
+  n_p, n_c = np.array([len(p) for p in p_ids], np.int64), np.array([len(c) for c in c_ids], np.int64)
   context = module.config.max_position_embeddings
-  if max(len(p) for p in p_ids) + max(len(c) for c in c_ids) > context:
-    raise ValueError(f"prompt + continuation longer than the model's context of {context} positions")
-  pad_id = tok_lib.pad_id(tokenizer)
-  rows = _row_bucket(len(p_ids))
-  pt, pm = parallel.pad_rows(tok_lib.pad_left(p_ids, pad_id, min_bucket=min_bucket), rows)
-  ct, cm = parallel.pad_rows(tok_lib.pad_right(c_ids, pad_id, min_bucket=min_bucket), rows)
-  total, per = token_logprobs(module, params, pt, pm, ct, cm)
-  B = len(p_ids)
-  return ScoreOutput(np.asarray(total)[:B], np.asarray(per)[:B], cm[:B])
+  if len(n_p) and (n_p + n_c).max() > context:
+    i = int(np.argmax(n_p + n_c))
+    raise ValueError(
+      f"row {i}: prompt + continuation of {n_p[i] + n_c[i]} tokens, longer than the model's context of "
+      f"{context} positions"
+    )
+  n = len(p_ids)
+  C = tok_lib.bucket(int(n_c.max()) if n else 1, min_bucket)
+  if n == 0:
+    return ScoreOutput(np.zeros(0, np.float32), np.zeros((0, C), np.float32), np.zeros((0, C), bool))
+  rows = [p + c for p, c in zip(p_ids, c_ids)]
+  packed = tok_lib.pack(
+    rows, tok_lib.bucket(max(int((n_p + n_c).max()), pack_length), min_bucket), tok_lib.pad_id(tokenizer)
+  )
+  at = np.repeat(packed.index + n_p - np.cumsum(n_c) + n_c, n_c) + np.arange(n_c.sum())  # continuation tokens
+  scored = np.zeros(packed.tokens.size, bool)
+  scored[at] = True
+  scored = scored.reshape(packed.tokens.shape)
+  starts = range(0, len(packed.tokens), batch_size)
+  # The vocabulary head runs on the scored positions only: as many as the fullest pass has, rounded up to the
+  # head's chunk so that one shape serves every pass (rows padding a pass come after the real ones).
+  most = max(int(scored[i : i + batch_size].sum()) for i in starts)
+  fn = functools.partial(packed_logprobs, max_scored=-(-max(most, 1) // 512) * 512)
+  lp = np.concatenate(
+    [
+      parallel.forward_rows(
+        fn,
+        module,
+        params,
+        [packed.tokens[i : i + batch_size], packed.segments[i : i + batch_size], scored[i : i + batch_size]],
+        tok_lib.bucket(min(batch_size, len(packed.tokens) - i), 1),
+        mesh,
+      )
+      for i in starts
+    ]
+  ).reshape(-1)
+  per = np.zeros((n, C), np.float32)
+  per[np.repeat(np.arange(n), n_c), np.arange(n_c.sum()) - np.repeat(np.cumsum(n_c) - n_c, n_c)] = lp[at]
+  return ScoreOutput(per.sum(-1), per, np.arange(C)[None, :] < n_c[:, None])

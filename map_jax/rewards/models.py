@@ -124,7 +124,7 @@ class Perplexity(RewardFn):
   .. math:: r(x, y) = \frac{1}{|y|} \sum_t \log p_0(y_t \mid x, y_{<t})
 
   under a base language model (default SmolLM2-135M-Instruct, offline), computed with
-  `map_jax.sampling.packed_logprobs` (rows packed several to a sequence, one jitted forward pass per batch of
+  `map_jax.sampling.score` (rows packed several to a sequence, one jitted forward pass per batch of
   sequences, per-token log-probs). Higher is more fluent.
   The prompt is tokenized with the model's special tokens (BOS when the tokenizer adds one) and the response
   without, as `generate` lines them up. Edge cases, each with a definite score:
@@ -192,39 +192,21 @@ class Perplexity(RewardFn):
     return p_ids, r_ids
 
   def _score(self, prompts, responses):
-    from map_jax.sampling import packed_logprobs
+    from map_jax.sampling import score
 
     p_ids, r_ids = self._ids(prompts, responses)
-    rows = [p + r for p, r in zip(p_ids, r_ids)]
-    n_p, n_r = np.array([len(p) for p in p_ids]), np.array([len(r) for r in r_ids])
-    # Packed layout: the rows (prompt then response) are packed into sequences of P tokens, several rows to
-    # a sequence with no padding between them (attention stays within a row); one compiled shape per P and
-    # per row bucket of the last forward pass.
-    P = tok_lib.bucket(max(max(len(s) for s in rows), self.pack_length), self.min_bucket)
-    packed = tok_lib.pack(rows, P, tok_lib.pad_id(self.tokenizer))
-    resp = np.repeat(packed.index + n_p - np.cumsum(n_r) + n_r, n_r) + np.arange(n_r.sum())  # flat positions
-    scored = np.zeros(packed.tokens.size, bool)
-    scored[resp] = True
-    scored = scored.reshape(packed.tokens.shape)
-    B = self.batch_size
-    starts = range(0, len(packed.tokens), B)
-    # The vocabulary head runs on the scored positions only: as many as the fullest batch has (rounded up to
-    # the head's chunk, so that one shape serves every batch; rows padding a batch come after the real ones).
-    most = max(int(scored[i : i + B].sum()) for i in starts)
-    lp = np.concatenate(
-      [
-        parallel.forward_rows(
-          functools.partial(packed_logprobs, max_scored=-(-most // 512) * 512),
-          self.module,
-          self.params,
-          [packed.tokens[i : i + B], packed.segments[i : i + B], scored[i : i + B]],
-          tok_lib.bucket(min(B, len(packed.tokens) - i), 1),
-          self.mesh,
-        )
-        for i in starts
-      ]
-    ).reshape(-1)
-    return np.bincount(np.repeat(np.arange(len(rows)), n_r), weights=lp[resp], minlength=len(rows)) / n_r
+    out = score(
+      self.module,
+      self.params,
+      self.tokenizer,
+      p_ids,
+      r_ids,
+      min_bucket=self.min_bucket,
+      pack_length=self.pack_length,
+      batch_size=self.batch_size,
+      mesh=self.mesh,
+    )
+    return out.total / np.array([len(r) for r in r_ids])
 
   def close(self):
     self.params = None

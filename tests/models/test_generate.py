@@ -134,5 +134,5 @@ def test_prompt_longer_than_context_is_rejected(smollm2):
   cfg, params, tok = smollm2
   with pytest.raises(ValueError, match="context of 8192"):
     G.generate(cfg.module(), params, tok, [[1] * 8190], key=jax.random.key(0), max_new_tokens=8)
-  with pytest.raises(ValueError, match="context"):
-    G.score(cfg.module(), params, tok, [[1] * 8000], [[2] * 400])
+  with pytest.raises(ValueError, match="row 1: prompt \\+ continuation of 8400 tokens, longer than the model's"):
+    G.score(cfg.module(), params, tok, [[1] * 10, [1] * 8000], [[2] * 400, [2] * 400])

@@ -233,3 +233,8 @@ def test_packed_sequences_score_as_if_alone(name, tmp_path):
   for j, (i, p, c) in enumerate(zip(packed.index, prompts, conts)):
     np.testing.assert_allclose(got.reshape(-1)[i + len(p) : i + len(p) + len(c)], want[j, : len(c)], atol=2e-5)
   assert (got[~scored] == 0).all()
+  # `score` packs the same rows (here one sequence per pass: several passes, a row bucket) and an empty
+  # continuation, which scores 0.
+  sc = G.score(module, params, None, prompts + [[5, 6]], conts + [[]], pack_length=32, batch_size=1)
+  np.testing.assert_allclose(sc.total[:-1], np.asarray(want).sum(-1), atol=1e-4)
+  assert sc.total[-1] == 0 and not sc.mask[-1].any() and sc.mask.sum() == sum(map(len, conts))
