@@ -420,11 +420,12 @@ def score(
   """Summed and per-token log p(continuation | prompt) of many rows, jitted and packed.
 
   The rows (prompt then continuation) are packed several to a sequence of `pack_length` tokens (longer if a
-  row is; `tokenizer.pack`) and scored by `packed_logprobs`, `batch_size` sequences per forward pass: no
-  padding between rows, one compile per sequence length and row bucket. With a `mesh` each pass is split
-  over its batch axes (params placed by `parallel.place_model`). Text is tokenized prompt and continuation
-  separately (continuations without special tokens) and the ids concatenated, which is how `generate`'s
-  outputs line up with their prompts. Every prompt needs a token (e.g. BOS), every row must fit the context.
+  row is, shorter if all of them are; `tokenizer.pack`) and scored by `packed_logprobs`, `batch_size`
+  sequences per forward pass: no padding between rows, one compile per sequence length and row bucket.
+  With a `mesh` each pass is split over its batch axes (params placed by `parallel.place_model`). Text is
+  tokenized prompt and continuation separately (continuations without special tokens) and the ids
+  concatenated, which is how `generate`'s outputs line up with their prompts. Every prompt needs a token
+  (e.g. BOS), every row must fit the context.
 
   Returns:
     `ScoreOutput` with per_token [n, C] and mask [n, C], C the longest continuation's length bucket.
@@ -452,9 +453,9 @@ def score(
   if n == 0:
     return ScoreOutput(np.zeros(0, np.float32), np.zeros((0, C), np.float32), np.zeros((0, C), bool))
   rows = [p + c for p, c in zip(p_ids, c_ids)]
-  packed = tok_lib.pack(
-    rows, tok_lib.bucket(max(int((n_p + n_c).max()), pack_length), min_bucket), tok_lib.pad_id(tokenizer)
-  )
+  # Sequences of pack_length tokens, or fewer when all the rows fit in fewer; never shorter than a row.
+  length = max(int((n_p + n_c).max()), min(pack_length, int((n_p + n_c).sum())))
+  packed = tok_lib.pack(rows, tok_lib.bucket(length, min_bucket), tok_lib.pad_id(tokenizer))
   at = np.repeat(packed.index + n_p - np.cumsum(n_c) + n_c, n_c) + np.arange(n_c.sum())  # continuation tokens
   scored = np.zeros(packed.tokens.size, bool)
   scored[at] = True

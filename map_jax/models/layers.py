@@ -113,12 +113,12 @@ def weights_major_product(x: jax.Array, w: jax.Array, precision=None) -> jax.Arr
 
   XLA:CPU multiplies a few rows by a matrix (x [rows, in] @ W [in, out]) at about half its speed at many
   rows; the same product computed as w [out, in] @ x^T [in, rows] runs at nearly full speed (SmolLM2's
-  decode at 16 rows on one core: 32 against 50 GFLOP/s, `benchmarks/generate.py`, whose same-shape
-  matmul times both forms). So on CPU, for `FEW_ROWS`, this is w @ x^T,
-  its transposes fenced by optimization barriers so that XLA does not fold them back into the slow form;
-  the weights must be stored [out, in] for it (a transpose of them inside the product would be a copy per
-  call). Otherwise, and on other backends, a plain dot. The same sums of the same products, in another
-  order: the result may differ in the last bits.
+  decode at 16 rows on one core: 32 against 50 GFLOP/s in `benchmarks/generate.py`, whose same-shape
+  matmul times both forms). So on CPU, for `FEW_ROWS`, this is w @ x^T, its transposes fenced by
+  optimization barriers so that XLA does not fold them back into the slow form; the weights must be
+  stored [out, in] for it (a transpose of them inside the product would be a copy per call). Otherwise,
+  and on other backends, a plain dot. The same sums of the same products in another order: the result
+  may differ in the last bits.
   """
   chex.assert_rank([x, w], 2)
   if jax.default_backend() == "cpu" and FEW_ROWS[0] <= x.shape[0] <= FEW_ROWS[1]:
