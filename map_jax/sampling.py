@@ -336,9 +336,13 @@ def sequence_logprobs(module: nn.Module, params, tokens, mask, scored):
   return lp.sum(-1), lp
 
 
+# Positions per vocabulary-head call in `packed_logprobs` (logits of chunk x vocabulary floats at a time).
+HEAD_CHUNK = 512
+
+
 @functools.partial(jax.jit, static_argnames=("module", "max_scored", "chunk"))
 def packed_logprobs(
-  module: nn.Module, params, tokens, segments, scored, max_scored: int | None = None, chunk: int = 512
+  module: nn.Module, params, tokens, segments, scored, max_scored: int | None = None, chunk: int = HEAD_CHUNK
 ):
   """Per-token log-probs of packed sequences (`tokenizer.pack`), one forward pass; pure and differentiable.
 
@@ -456,7 +460,7 @@ def score(
   # Sequences of pack_length tokens, or fewer when all the rows fit in fewer; never shorter than a row.
   length = max(int((n_p + n_c).max()), min(pack_length, int((n_p + n_c).sum())))
   packed = tok_lib.pack(rows, tok_lib.bucket(length, min_bucket), tok_lib.pad_id(tokenizer))
-  at = np.repeat(packed.index + n_p - np.cumsum(n_c) + n_c, n_c) + np.arange(n_c.sum())  # continuation tokens
+  at = tok_lib.ragged_positions(packed.index + n_p, n_c)  # flat positions of the continuation tokens
   scored = np.zeros(packed.tokens.size, bool)
   scored[at] = True
   scored = scored.reshape(packed.tokens.shape)
@@ -464,7 +468,7 @@ def score(
   # The vocabulary head runs on the scored positions only: as many as the fullest pass has, rounded up to the
   # head's chunk so that one shape serves every pass (rows padding a pass come after the real ones).
   most = max(int(scored[i : i + batch_size].sum()) for i in starts)
-  fn = functools.partial(packed_logprobs, max_scored=-(-max(most, 1) // 512) * 512)
+  fn = functools.partial(packed_logprobs, max_scored=-(-max(most, 1) // HEAD_CHUNK) * HEAD_CHUNK)
   lp = np.concatenate(
     [
       parallel.forward_rows(
@@ -479,5 +483,5 @@ def score(
     ]
   ).reshape(-1)
   per = np.zeros((n, C), np.float32)
-  per[np.repeat(np.arange(n), n_c), np.arange(n_c.sum()) - np.repeat(np.cumsum(n_c) - n_c, n_c)] = lp[at]
+  per[np.repeat(np.arange(n), n_c), tok_lib.ragged_positions(np.zeros(n), n_c)] = lp[at]
   return ScoreOutput(per.sum(-1), per, np.arange(C)[None, :] < n_c[:, None])

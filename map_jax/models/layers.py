@@ -183,7 +183,7 @@ def weights_major_params(module: nn.Module, params):
   def convert(src, tgt):
     out = {}
     for name, value in src.items():
-      if isinstance(value, dict) or hasattr(value, "items"):
+      if hasattr(value, "items"):  # a subtree (dict or FrozenDict)
         out[name] = convert(value, tgt.get(name, {}))
       elif name == "kernel" and "kernel_t" in tgt:
         lead = tgt["kernel_t"].shape[:-2]  # a scan's stacked layers

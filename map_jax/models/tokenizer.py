@@ -129,6 +129,12 @@ class Packed(NamedTuple):
   index: np.ndarray
 
 
+def ragged_positions(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+  """The positions starts[i], ..., starts[i] + lengths[i] - 1 of every run i, concatenated (int64)."""
+  starts, lengths = np.asarray(starts, np.int64), np.asarray(lengths, np.int64)
+  return np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+
+
 def pack(seqs: Sequence[Sequence[int]], length: int, pad: int = 0) -> Packed:
   """Pack sequences into as few rows of `length` tokens as best-fit decreasing finds: longest first, each
   into the fullest row that still has room (a sorted list of free spaces), so rows of any lengths share a
@@ -154,7 +160,7 @@ def pack(seqs: Sequence[Sequence[int]], length: int, pad: int = 0) -> Packed:
   tokens = np.full((len(fill), length), pad, np.int32)
   segments = np.zeros((len(fill), length), np.int32)
   index = where[:, 0] * length + where[:, 1]
-  flat = np.repeat(index - np.cumsum(lens) + lens, lens) + np.arange(lens.sum())
+  flat = ragged_positions(index, lens)
   tokens.reshape(-1)[flat] = np.concatenate([np.asarray(q, np.int32) for q in seqs]) if len(seqs) else []
   # A row's sequences are numbered in order of their offsets: 1 + how many start before them in the row.
   order = np.lexsort((where[:, 1], where[:, 0]))
