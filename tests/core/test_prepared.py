@@ -155,33 +155,54 @@ def test_newton_started_on_a_subset_of_rows_finds_the_same_lambda_and_survives_o
 
 
 @pytest.mark.parametrize("hessian", ["moments", "streamed"])
-def test_the_heavy_rows_are_the_largest_logits_of_each_block(monkeypatch, hessian):
-  """_heavy_rows keeps, in each whole block of 512 rows, the rows of largest logit (as NumPy sorts them), each
-  once, and none of a last partial block."""
+def test_the_heavy_rows_sample_holds_each_blocks_largest_logits_and_every_kth_row_weighted(monkeypatch, hessian):
+  """_heavy_rows: in each whole block of 512 rows the rows of largest logit (as NumPy sorts them), each of weight
+  1; then every k-th row of all, of weight k, or 0 where it is among the former. Newton's evaluations on the
+  sample are NumPy's weighted sums in float64, and the chord form (no Hessian) gives the same value and
+  gradient."""
   monkeypatch.setattr(dual, "_HEAVY_ROWS", 9 * 40)
   n, m = 9 * dual._STREAM_ROWS + 100, 3
   z = np.random.default_rng(2).normal(size=(n, m))
   rows = dual._standardized_rows(jnp.asarray(z), hessian)
-  lam = jnp.asarray([0.7, -1.2, 0.4])
-  heavy = dual._heavy_rows(rows, dual._logits(rows, lam))
-  assert heavy.n == 9 * 40
-  if heavy.stream is not None:
-    got = np.asarray(heavy.stream).transpose(0, 2, 1).reshape(-1, m)[: heavy.n]
+  lam = np.array([0.7, -1.2, 0.4])
+  sample = dual._heavy_rows(rows, dual._logits(rows, jnp.asarray(lam)))
+  stride = -(-n // (9 * 40))
+  others = np.arange(0, n, stride)
+  assert sample.n == 9 * 40 + len(others)
+  if sample.stream is not None:
+    got = np.asarray(sample.stream).transpose(0, 2, 1).reshape(-1, m)[: sample.n]
   else:
-    got = np.asarray(heavy.zt).T[: heavy.n]
-  blocks = (z[: 9 * dual._STREAM_ROWS] @ np.asarray(lam)).reshape(9, dual._STREAM_ROWS)
-  top = np.argsort(-blocks, axis=1)[:, :40] + dual._STREAM_ROWS * np.arange(9)[:, None]
-  expected = z[top.reshape(-1)]
-  np.testing.assert_allclose(got[np.lexsort(got.T)], expected[np.lexsort(expected.T)], rtol=1e-12)
+    got = np.asarray(sample.zt).T[: sample.n]
+  log_weight = np.asarray(sample.log_weight).reshape(-1)[: sample.n]
+  blocks = (z[: 9 * dual._STREAM_ROWS] @ lam).reshape(9, dual._STREAM_ROWS)
+  top = (np.argsort(-blocks, axis=1)[:, :40] + dual._STREAM_ROWS * np.arange(9)[:, None]).reshape(-1)
+  np.testing.assert_array_equal(got, z[np.r_[top, others]])
+  expected = np.r_[np.zeros(len(top)), np.where(np.isin(others, top), -np.inf, np.log(stride))]
+  np.testing.assert_array_equal(log_weight, expected)
+  assert 0 < np.sum(np.isin(others, top)) < len(others)
+
+  c = np.array([0.3, -0.2, 0.1])
+  at = lam / 2
+  logits = got @ at + log_weight
+  w = special.softmax(logits)
+  f, grad, hess = jax.jit(dual._evaluate)(sample, jnp.asarray(c), jnp.asarray(at))
+  np.testing.assert_allclose(float(f), special.logsumexp(logits) - np.log(sample.n) - at @ c, rtol=1e-12)
+  np.testing.assert_allclose(np.asarray(grad), w @ got - c, rtol=1e-11, atol=1e-12)
+  np.testing.assert_allclose(np.asarray(hess), np.cov(got.T, aweights=w, bias=True), rtol=1e-10, atol=1e-12)
+  if sample.stream is not None:
+    chord_f, chord_grad, none = dual._evaluate_streamed(sample, jnp.asarray(c), jnp.asarray(at), hessian=False)
+    assert none is None
+    np.testing.assert_allclose(float(chord_f), float(f), rtol=1e-14)
+    np.testing.assert_allclose(np.asarray(chord_grad), np.asarray(grad), rtol=1e-13, atol=1e-15)
 
 
 def test_a_palette_whose_weight_sits_on_few_rows_starts_from_the_heaviest_rows_and_finds_scipys_lambda(
   reference_rewards,
 ):
   """Past 262,144 rows of 12 values, palettes near the 75% quantile put their weight on few rows: Newton also
-  solves on the heaviest rows of each block and starts all rows from there when that is lower on all rows (it is,
+  solves on the heavy rows' sample and starts all rows from there when that is lower on all rows (it is,
   for some palette here). λ is SciPy's, with the KKT residual of a float64 solve, and the same under vmap (which
-  skips that start)."""
+  skips that start and forms the Hessian at every step, where one palette alone takes chord steps)."""
   R = large_pilot(reference_rewards, 8 * feas.COARSE_ROWS + 1000, 12)
   pilot = prepare_pilot(jnp.asarray(R))
   subset = jax.jit(functools.partial(dual._newton, tol=1e-12, max_iter=50, max_evals=20, ridge=1e-14))
@@ -191,12 +212,14 @@ def test_a_palette_whose_weight_sits_on_few_rows_starts_from_the_heaviest_rows_a
   for c in palettes:
     c_std = (jnp.asarray(c) - pilot.mean) / pilot.scale
     first = subset(pilot.coarse, c_std, jnp.zeros(12))
+    converged = float(first.residual) <= 1e-12
     ess = float(dual._tilted(pilot.coarse, first.lam)[2]) * len(R) / pilot.coarse.n
-    if float(first.residual) <= 1e-12 and ess < dual._HEAVY_MAX_ESS:
-      logits = dual._logits(pilot.rows, first.lam)
-      second = full(dual._heavy_rows(pilot.rows, logits), c_std, first.lam)
+    if not converged or ess < dual._HEAVY_MAX_ESS:
+      lam0 = first.lam if converged else jnp.zeros(12)
+      second = full(dual._heavy_rows(pilot.rows, dual._logits(pilot.rows, first.lam)), c_std, lam0)
       after = jax.nn.logsumexp(dual._logits(pilot.rows, second.lam)) - jnp.dot(second.lam, c_std)
-      taken += bool(after < jax.nn.logsumexp(logits) - jnp.dot(first.lam, c_std))
+      before = jax.nn.logsumexp(dual._logits(pilot.rows, lam0)) - jnp.dot(lam0, c_std)
+      taken += bool(second.residual <= 1e-12) and bool(after < before)
     sol = solve_dual(pilot, jnp.asarray(c))
     assert bool(sol.feasible) and bool(sol.converged)
     assert kkt_residual64(R, c, np.asarray(sol.lam)) < 1e-10
