@@ -112,18 +112,25 @@ _STREAM_ROWS = 512
 _START_MAX_EVALS = 20
 # Where the subset's solution puts its weight on few rows (its effective sample size, scaled to the whole set,
 # under _HEAVY_MAX_ESS, as with a dozen values and palettes near the 75% quantile), the subset lacks most of the
-# rows that carry it, and Newton over all rows still takes 5–12 evaluations from there. Then Newton also solves
-# on about _HEAVY_ROWS rows of largest logit under the subset's λ (see _heavy_rows), and all rows start from
-# whichever of the two λ has the lower objective on all rows (a pass over the logits each). Measured at
-# 10⁶ × 12 on 13 such palettes, the start so chosen took as few evaluations as the other or fewer (4–8
-# against 4–12) in 11, and one or three more in 2; median single solve of 10 palettes 163 -> 144 ms. One
-# palette alone: under vmap the batch reads the rows once for all its palettes anyway, and the start, tried
-# lane by lane, measured slower (see loops.unbatched_cond).
+# rows that carry it, and Newton over all rows still takes 5–12 evaluations from there; where the subset cannot
+# reach the palette at all, Newton from 0 takes 9–14. Then Newton also solves on a weighted sample of about
+# 2 × _HEAVY_ROWS rows: the rows heavy under the subset's λ (or the direction its Newton took when it could not
+# reach c) and every k-th row for the rest (see _heavy_rows), and all rows start from whichever λ has the lower
+# objective on all rows. Measured at 10⁶ × 12 on the five palettes of `benchmarks.dual_solver --row=1000000:12`
+# (ESS 46–275 for three of them; one the subset cannot reach), with the chord steps below: evaluations over all
+# rows 5, 13 and 6 (2, 9 and 2 forming the Hessian) with the heavy rows alone and no start for the one, 4, 5
+# and 4 (none forming it) with this sample; mean single solve 120 -> 90 ms (with _logits' pass mended too). One palette alone: under vmap the batch reads the rows once for all its
+# palettes anyway, and the start, tried lane by lane, measured slower (see loops.unbatched_cond).
 _HEAVY_ROWS = 1 << 15
 _HEAVY_MAX_ESS = _HEAVY_ROWS // 8
 # A Newton step on streamed rows reuses the Hessian of the last point where it was formed (a chord step: the
-# pass then forms no products, see _evaluate_streamed) while each step shrinks the KKT residual to at most this
-# fraction of the last; after a step that shrank it less, or a rejected one, the next evaluation forms it anew.
+# pass then forms no products, 7 against 17 ms at 10⁶ × 12, see _evaluate_streamed) while each full step shrinks
+# the KKT residual to at most this fraction of the last; after a step that shrank it less, a damped or a rejected
+# one, the next evaluation forms it anew. The first step from a start near the solution (the subset's or the
+# sample's) takes the Hessian found there. Near the solution chord steps shrink the residual 15–30 times each
+# (10⁶ × 6 and 12, the benchmark's palettes), so they save most of the Hessian's cost at the price of an extra
+# step now and then: mean single solve at 10⁶ × 6 41 -> 32 ms, at 10⁶ × 12 152 -> 121 ms (before the weighted
+# sample above). Under vmap every palette forms the Hessian at every step (see loops.unbatched_cond).
 _CHORD_CONTRACTION = 0.25
 
 
@@ -421,33 +428,32 @@ def _logits(rows: StandardizedRows, lam: jax.Array) -> jax.Array:
 
 
 def _heavy_rows(rows: StandardizedRows, logits: jax.Array) -> StandardizedRows:
-  """A weighted sample of the rows (of weight 1) that holds the weight exp(logit) of all of them: the rows of
-  largest logit (given as `_logits`) in each block of _STREAM_ROWS rows, about _HEAVY_ROWS in all, each of
-  weight 1, then every k-th row of the others, about _HEAVY_ROWS too, each of weight k. (The rows of a last
-  partial block are among the others.)
+  """A weighted sample of the rows (of weight 1) that holds the weight exp(logit) of all of them: the row of
+  largest logit (given as `_logits`) in each group of k = n // _HEAVY_ROWS consecutive rows, each of weight 1,
+  then every k-th row of all, of weight k, or 0 where it is among the former. (The rows after the last whole
+  group are only among the latter.)
 
   On this sample log E exp(λᵀz) is within sampling error of the whole set's at any λ whose weight sits on the
   heavy rows or spreads over many, so its Newton solution is a start near the whole set's; without the others a
-  palette that the heavy rows alone exceed would get λ = 0 there. Per block rather than over all rows: XLA:CPU's
-  top_k over 10⁶ logits, or the cumulative sum that picks the rows above a threshold, costs more than a Newton
-  evaluation; per block it is about half of one.
+  palette that the heavy rows alone exceed would get λ = 0 there. The largest of each group rather than the
+  largest of all: XLA:CPU's top_k over 10⁶ logits, or the cumulative sum that picks the rows above a threshold,
+  costs more than a Newton evaluation (and 17 per block of 512 rows 7 ms, against 1 ms for the groups' maxima);
+  when a palette's weight sits on a few hundred rows spread over the set, few share a group.
   """
   n = rows.n
-  blocks = n // _STREAM_ROWS
-  per_block = min(_STREAM_ROWS, -(-_HEAVY_ROWS // blocks))
-  values, within = jax.lax.top_k(logits[: blocks * _STREAM_ROWS].reshape(blocks, _STREAM_ROWS), per_block)
-  heavy = (within + _STREAM_ROWS * jnp.arange(blocks)[:, None]).reshape(-1)
-  stride = -(-n // _HEAVY_ROWS)
-  others = np.arange(0, n, stride)
-  # A row of the others that is among the heavy ones (its logit reaches its block's last heavy one) has weight 0
-  # there. The heavy rows come first, so a streamed pass meets a finite logit in its first block.
-  block_of = others // _STREAM_ROWS
-  threshold = jnp.where(block_of < blocks, values[np.minimum(block_of, blocks - 1), -1], jnp.inf)
-  taken = logits[others] >= threshold
-  ids = jnp.concatenate([heavy, jnp.asarray(others)])
+  k = max(1, n // _HEAVY_ROWS)
+  groups = n // k
+  grouped = logits[: groups * k].reshape(groups, k)
+  heavy = jnp.argmax(grouped, axis=1) + k * jnp.arange(groups)
+  others = np.arange(0, n, k)
+  # A row of the others that is its group's largest has weight 0 there. The heavy rows come first, so a streamed
+  # pass meets a finite logit in its first block.
+  group_of = others // k
+  largest = jnp.where(group_of < groups, jnp.max(grouped, axis=1)[np.minimum(group_of, groups - 1)], jnp.inf)
   log_weight = jnp.concatenate(
-    [jnp.zeros(heavy.shape, logits.dtype), jnp.where(taken, -jnp.inf, np.log(stride)).astype(logits.dtype)]
+    [jnp.zeros(groups, logits.dtype), jnp.where(logits[others] >= largest, -jnp.inf, np.log(k)).astype(logits.dtype)]
   )
+  ids = jnp.concatenate([heavy, jnp.asarray(others)])
   if rows.stream is not None:
     z = rows.stream[ids // _STREAM_ROWS, :, ids % _STREAM_ROWS]
   else:

@@ -155,29 +155,29 @@ def test_newton_started_on_a_subset_of_rows_finds_the_same_lambda_and_survives_o
 
 
 @pytest.mark.parametrize("hessian", ["moments", "streamed"])
-def test_the_heavy_rows_sample_holds_each_blocks_largest_logits_and_every_kth_row_weighted(monkeypatch, hessian):
-  """_heavy_rows: in each whole block of 512 rows the rows of largest logit (as NumPy sorts them), each of weight
-  1; then every k-th row of all, of weight k, or 0 where it is among the former. Newton's evaluations on the
-  sample are NumPy's weighted sums in float64, and the chord form (no Hessian) gives the same value and
+def test_the_heavy_rows_sample_holds_each_groups_largest_logit_and_every_kth_row_weighted(monkeypatch, hessian):
+  """_heavy_rows: the row of largest logit in each group of k = n // _HEAVY_ROWS rows (as NumPy finds it), of
+  weight 1; then every k-th row of all, of weight k, or 0 where it is its group's largest. Newton's evaluations
+  on the sample are NumPy's weighted sums in float64, and the chord form (no Hessian) gives the same value and
   gradient."""
-  monkeypatch.setattr(dual, "_HEAVY_ROWS", 9 * 40)
+  monkeypatch.setattr(dual, "_HEAVY_ROWS", 360)
   n, m = 9 * dual._STREAM_ROWS + 100, 3
   z = np.random.default_rng(2).normal(size=(n, m))
   rows = dual._standardized_rows(jnp.asarray(z), hessian)
   lam = np.array([0.7, -1.2, 0.4])
   sample = dual._heavy_rows(rows, dual._logits(rows, jnp.asarray(lam)))
-  stride = -(-n // (9 * 40))
-  others = np.arange(0, n, stride)
-  assert sample.n == 9 * 40 + len(others)
+  k = n // 360
+  groups = n // k
+  top = np.argmax((z[: groups * k] @ lam).reshape(groups, k), axis=1) + k * np.arange(groups)
+  others = np.arange(0, n, k)
+  assert n % k and sample.n == groups + len(others)
   if sample.stream is not None:
     got = np.asarray(sample.stream).transpose(0, 2, 1).reshape(-1, m)[: sample.n]
   else:
     got = np.asarray(sample.zt).T[: sample.n]
   log_weight = np.asarray(sample.log_weight).reshape(-1)[: sample.n]
-  blocks = (z[: 9 * dual._STREAM_ROWS] @ lam).reshape(9, dual._STREAM_ROWS)
-  top = (np.argsort(-blocks, axis=1)[:, :40] + dual._STREAM_ROWS * np.arange(9)[:, None]).reshape(-1)
   np.testing.assert_array_equal(got, z[np.r_[top, others]])
-  expected = np.r_[np.zeros(len(top)), np.where(np.isin(others, top), -np.inf, np.log(stride))]
+  expected = np.r_[np.zeros(groups), np.where(np.isin(others, top), -np.inf, np.log(k))]
   np.testing.assert_array_equal(log_weight, expected)
   assert 0 < np.sum(np.isin(others, top)) < len(others)
 
