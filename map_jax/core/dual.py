@@ -119,10 +119,14 @@ _START_MAX_EVALS = 20
 # objective on all rows. Measured at 10⁶ × 12 on the five palettes of `benchmarks.dual_solver --row=1000000:12`
 # (ESS 46–275 for three of them; one the subset cannot reach), with the chord steps below: evaluations over all
 # rows 5, 13 and 6 (2, 9 and 2 forming the Hessian) with the heavy rows alone and no start for the one, 4, 5
-# and 4 (none forming it) with this sample; mean single solve 120 -> 90 ms (with _logits' pass mended too). One palette alone: under vmap the batch reads the rows once for all its
-# palettes anyway, and the start, tried lane by lane, measured slower (see loops.unbatched_cond).
+# and 4 (none forming it) with this sample; mean single solve 120 -> 90 ms (with _logits' pass mended too).
+# Taking the sample's start up to an ESS of 65,536 rather than 4,096 also brings the two palettes of ESS 2,815
+# and 5,137 from 2 evaluations that form the Hessian and 3–4 chord steps to 4 chord steps (three runs of the
+# five, alternating: mean 92 -> 84 ms); for every palette (the 6-value ones have ESS 136,785–423,066) it cost
+# 6 more ms. One palette alone: under vmap the batch reads the rows once for all its palettes anyway, and the
+# start, tried lane by lane, measured slower (see loops.unbatched_cond).
 _HEAVY_ROWS = 1 << 15
-_HEAVY_MAX_ESS = _HEAVY_ROWS // 8
+_HEAVY_MAX_ESS = 2 * _HEAVY_ROWS
 # A Newton step on streamed rows reuses the Hessian of the last point where it was formed (a chord step: the
 # pass then forms no products, 7 against 17 ms at 10⁶ × 12, see _evaluate_streamed) while each full step shrinks
 # the KKT residual to at most this fraction of the last; after a step that shrank it less, a damped or a rejected
@@ -496,7 +500,6 @@ def _newton(
   """Projected Newton on −g from lam0 (standardized units). Given hess0, a Hessian near the one at lam0 (such as
   a subset's at its solution), and fresh0 False, the first evaluation is a chord step with it."""
   dtype = c.dtype
-  m = c.shape[0]
   sigma = 1e-4
   # Roundoff in f at the optimum; an accepted step may increase f by this much.
   slack = 16 * jnp.finfo(dtype).eps
@@ -515,9 +518,11 @@ def _newton(
     return loops.unbatched_cond(~fresh, chord, lambda operand: _evaluate(*operand[:3]), (rows, c, lam, hess))
 
   if hess0 is None:
-    hess0, fresh0 = jnp.zeros((m, m), dtype), True
-  fresh0 = jnp.asarray(fresh0)
-  f0, g0, h0 = evaluate(rows, c, lam0, fresh0, hess0)
+    f0, g0, h0 = _evaluate(rows, c, lam0)
+    fresh0 = jnp.array(True)
+  else:
+    fresh0 = jnp.asarray(fresh0)
+    f0, g0, h0 = evaluate(rows, c, lam0, fresh0, hess0)
   res0 = _kkt_residual(lam0, g0)
   step0, active0 = _newton_step(lam0, g0, h0, res0, ridge)
   one, zero = jnp.ones((), jnp.int32), jnp.zeros((), jnp.int32)
