@@ -136,3 +136,28 @@ def test_prompt_longer_than_context_is_rejected(smollm2):
     G.generate(cfg.module(), params, tok, [[1] * 8190], key=jax.random.key(0), max_new_tokens=8)
   with pytest.raises(ValueError, match="row 1: prompt \\+ continuation of 8400 tokens, longer than the model's"):
     G.score(cfg.module(), params, tok, [[1] * 10, [1] * 8000], [[2] * 400, [2] * 400])
+
+
+def test_token_logprob_is_the_log_softmax_at_the_token():
+  """sampling.token_logprob against SciPy's float64 log_softmax: logits far from 0, -inf entries (top-p's masked
+  tokens), float64 kept, bfloat16 widened to float32; its gradient is the token's indicator minus the softmax."""
+  from scipy import special
+
+  rng = np.random.default_rng(0)
+  logits = 30 * rng.standard_normal((3, 4, 2_000))
+  logits[1] += 1e4
+  tokens = rng.integers(0, 2_000, (3, 4))
+  logits[0, :, :500] = -np.inf
+  tokens[0] = 600 + np.arange(4)
+  expected = np.take_along_axis(special.log_softmax(logits, axis=-1), tokens[..., None], axis=-1)[..., 0]
+  with jax.enable_x64(True):
+    got64 = G.token_logprob(jnp.asarray(logits), jnp.asarray(tokens))
+    assert got64.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(got64), expected, rtol=1e-12, atol=1e-9)
+    finite = jnp.asarray(logits[2])
+    grad = jax.grad(lambda x: G.token_logprob(x, jnp.asarray(tokens[2])).sum())(finite)
+    softmax = special.softmax(logits[2], axis=-1)
+    np.testing.assert_allclose(np.asarray(grad), np.eye(2_000)[tokens[2]] - softmax, rtol=1e-9, atol=1e-12)
+  got32 = G.token_logprob(jnp.asarray(logits, jnp.float32), jnp.asarray(tokens))
+  np.testing.assert_allclose(np.asarray(got32), expected, rtol=1e-5, atol=1e-3)
+  assert G.token_logprob(jnp.asarray(logits[1:], jnp.bfloat16), jnp.asarray(tokens[1:])).dtype == jnp.float32
