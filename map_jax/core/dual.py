@@ -354,14 +354,11 @@ def _stream_sums(rows: StandardizedRows, lam: jax.Array, block_sums, powers: np.
   Returns top and the sums."""
   n, stream = rows.n, rows.stream
   num, m, size = stream.shape
-  log_weight = jnp.zeros((num, 0), stream.dtype) if rows.log_weight is None else rows.log_weight
 
   def block(carry, xs):
     top, sums, comp = carry
-    zb, first, log_w = xs
-    logits = lam @ zb
-    if rows.log_weight is not None:
-      logits = logits + log_w
+    zb, first, log_w = xs  # log_w None for rows of weight 1
+    logits = lam @ zb if log_w is None else lam @ zb + log_w
     real = first + jnp.arange(size) < n
     new_top = jnp.maximum(top, jnp.max(jnp.where(real, logits, -jnp.inf)))
     e = jnp.where(real, jnp.exp(logits - new_top), 0.0)
@@ -372,7 +369,7 @@ def _stream_sums(rows: StandardizedRows, lam: jax.Array, block_sums, powers: np.
 
   zeros = jnp.zeros(len(powers), stream.dtype)
   init = (jnp.array(-jnp.inf, stream.dtype), zeros, zeros)
-  (top, sums, _), _ = jax.lax.scan(block, init, (stream, jnp.arange(num) * size, log_weight))
+  (top, sums, _), _ = jax.lax.scan(block, init, (stream, jnp.arange(num) * size, rows.log_weight))
   return top, sums
 
 
@@ -452,12 +449,12 @@ def _heavy_rows(rows: StandardizedRows, logits: jax.Array) -> StandardizedRows:
   grouped = logits[: groups * k].reshape(groups, k)
   heavy = jnp.argmax(grouped, axis=1) + k * jnp.arange(groups)
   others = np.arange(0, n, k)
-  # A row of the others that is its group's largest has weight 0 there. The heavy rows come first, so a streamed
-  # pass meets a finite logit in its first block.
+  # A row of the others that is its group's heavy row has weight 0 there. The heavy rows come first, so a
+  # streamed pass meets a finite logit in its first block.
   group_of = others // k
-  largest = jnp.where(group_of < groups, jnp.max(grouped, axis=1)[np.minimum(group_of, groups - 1)], jnp.inf)
+  taken = (group_of < groups) & (heavy[np.minimum(group_of, groups - 1)] == others)
   log_weight = jnp.concatenate(
-    [jnp.zeros(groups, logits.dtype), jnp.where(logits[others] >= largest, -jnp.inf, np.log(k)).astype(logits.dtype)]
+    [jnp.zeros(groups, logits.dtype), jnp.where(taken, -jnp.inf, np.log(k)).astype(logits.dtype)]
   )
   ids = jnp.concatenate([heavy, jnp.asarray(others)])
   if rows.stream is not None:
